@@ -1,0 +1,82 @@
+"""The umbrella ``cryodiscovery`` command: one subcommand per module in
+``cryodiscovery.core.commands``, plus subcommands that other parts of the package register
+under the ``cryodiscovery.commands`` entry-point group (so core imports no adapter code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from importlib.metadata import entry_points
+from types import ModuleType
+
+from cryodiscovery.core import __version__
+from cryodiscovery.core.errors import InputError
+
+log = logging.getLogger(__name__)
+
+#: Core subcommands, in the order ``--help`` lists them.
+CORE_COMMANDS: tuple[str, ...] = ()
+
+
+def _command_modules() -> dict[str, ModuleType]:
+    modules = {
+        name: importlib.import_module(f"cryodiscovery.core.commands.{name}")
+        for name in CORE_COMMANDS
+    }
+    for ep in entry_points(group="cryodiscovery.commands"):
+        modules[ep.name] = ep.load()
+    return modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="cryodiscovery",
+        description="Automated 2D class-average selection for cryo-EM.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in _command_modules().items():
+        doc = (module.__doc__ or "").strip()
+        p = sub.add_parser(
+            name,
+            help=doc.splitlines()[0] if doc else None,
+            description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_args(p)
+        p.set_defaults(_main=module.main)
+    return parser
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Plain log lines on stderr; called by entry points only, never by library code."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``cryodiscovery`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        return int(args._main(args) or 0)
+    except InputError as err:
+        print(f"cryodiscovery {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cryodiscovery {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

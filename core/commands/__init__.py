@@ -1,0 +1,1 @@
+"""Subcommands of the umbrella ``cryodiscovery`` command, one module each."""

@@ -1,0 +1,1 @@
+"""cryoSPARC custom job: automated 2D class selection through cryosparc-tools."""

@@ -1,0 +1,1 @@
+"""Federated learning: Flower ClientApp (facility sidecar), ServerApp and model registry."""

@@ -1,0 +1,1 @@
+"""RELION External job: automated 2D class selection with the outputs of RELION Select."""
