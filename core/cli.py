@@ -18,7 +18,7 @@ from cryodiscovery.core.errors import InputError
 log = logging.getLogger(__name__)
 
 #: Core subcommands, in the order ``--help`` lists them.
-CORE_COMMANDS: tuple[str, ...] = ()
+CORE_COMMANDS: tuple[str, ...] = ("demo", "simulate", "score", "evaluate")
 
 
 def _command_modules() -> dict[str, ModuleType]:

@@ -1,0 +1,270 @@
+"""One entry point for class averages in any supported format, and the harvesting of
+labelled Class2D results (a job plus the Select job that selected from it) under a folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from cryodiscovery.core.classes import ClassAverages
+from cryodiscovery.core.cryosparc_class2d import (
+    read_cryosparc_class2d,
+    read_cryosparc_selection,
+    selection_source,
+)
+from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.relion_class2d import (
+    RUN_FILE_RE,
+    read_relion_class2d,
+    read_relion_selection,
+)
+from cryodiscovery.core.stack import read_stack
+from cryodiscovery.core.star_tables import read_star
+
+log = logging.getLogger(__name__)
+
+_SELECT_CS = re.compile(r"^(J\d+_)?templates_(selected|excluded)\.cs$")
+_CLASS2D_STACK = re.compile(
+    r"^(?P<job>.+)/(?P<root>[^/]+)_it(?P<it>\d{3,})_classes\.mrcs$"
+)
+_INPUT_RE = re.compile(r"--i\s+(\S+)")
+_SKIP_DIRS = {".venv", "node_modules", "__pycache__", ".git"}
+
+
+def read_class_averages(path: Path, angpix: float | None = None) -> ClassAverages:
+    """Read class averages from any supported source.
+
+    Parameters
+    ----------
+    path:
+        A RELION ``run_itNNN_data.star``/``_model.star``/``_optimiser.star`` or Class2D job
+        folder; a cryoSPARC 2D classification job folder or ``.cs`` file; or a bare
+        ``.mrcs``/``.mrc`` stack.
+    angpix:
+        Pixel size in Å: required knowledge for a bare stack without one in its header;
+        for RELION/cryoSPARC inputs it overrides the recorded value (with a warning when
+        they differ).
+
+    Raises
+    ------
+    InputError
+        An unknown kind of file, or any problem the format reader finds.
+    """
+    path = Path(path)
+    if angpix is not None and not angpix > 0:
+        raise InputError(
+            None, f"--angpix must be a positive pixel size in Å, got {angpix}"
+        )
+    if not path.exists():
+        raise InputError(path, "file not found")
+    suffix = path.suffix.lower()
+    if suffix in (".mrcs", ".mrc"):
+        return read_stack(path, angpix)
+    if suffix == ".cs" or (path.is_dir() and any(path.glob("*_class_averages.cs"))):
+        classes = read_cryosparc_class2d(path).classes
+    elif suffix == ".star" or (path.is_dir() and any(path.glob("*_it*_model.star"))):
+        classes = read_relion_class2d(path).classes
+    else:
+        raise InputError(
+            path,
+            "not a RELION Class2D .star, cryoSPARC .cs/job folder or .mrcs/.mrc stack",
+        )
+    if angpix is not None:
+        if (
+            classes.pixel_size is not None
+            and abs(classes.pixel_size - angpix) > 0.01 * angpix
+        ):
+            log.warning(
+                "%s: pixel size %.3f Å overridden by --angpix %.3f Å",
+                path,
+                classes.pixel_size,
+                angpix,
+            )
+        classes = replace(classes, pixel_size=float(angpix))
+    return classes
+
+
+def find_labelled_sets(root: Path) -> list[ClassAverages]:
+    """Every labelled 2D classification under ``root``, each with its labels.
+
+    Found: RELION ``Select/jobNNN`` folders with ``backup_selection.star`` (the Class2D
+    source from the Select job's ``job.star``, ``note.txt``, ``class_averages.star`` or the
+    project's ``default_pipeline.star``), RELION Class2D folders with a
+    ``backup_selection.star`` beside the run files, and cryoSPARC Select 2D folders
+    (``templates_selected.cs``/``templates_excluded.cs``) with the 2D job they point at.
+    A Class2D job selected more than once is returned once, with the labels of the
+    latest Select job. Automatic selections (RELION class_ranker, cryoSPARC auto jobs)
+    are not a person's labels and are skipped, as are sets that cannot be read (e.g. a
+    missing stack, with a warning).
+    """
+    found: dict[tuple[str, int], tuple[tuple[int, str], ClassAverages]] = {}
+    for folder, files in _walk(Path(root)):
+        if "backup_selection.star" in files:
+            item = _relion_set(folder)
+        elif any(_SELECT_CS.match(f) for f in files):
+            item = _cryosparc_set(folder)
+        else:
+            continue
+        if item is None:
+            continue
+        key, classes = item
+        if key in found:
+            log.info(
+                "%s selected again in %s; the later selection is kept", key[0], folder
+            )
+        order = _job_order(folder)
+        if key not in found or found[key][0] < order:
+            found[key] = (order, classes)
+    return [classes for _, (_, classes) in sorted(found.items())]
+
+
+def _job_order(folder: Path) -> tuple[int, str]:
+    """Sort key of a job folder: its number (job014, J43), then its path."""
+    digits = re.findall(r"\d+", folder.name)
+    return (int(digits[-1]) if digits else -1, str(folder))
+
+
+def _walk(root: Path) -> Iterator[tuple[Path, set[str]]]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in _SKIP_DIRS and not d.startswith(".")
+        )
+        yield Path(dirpath), set(filenames)
+
+
+def _relion_set(folder: Path) -> tuple[tuple[str, int], ClassAverages] | None:
+    selection = folder / "backup_selection.star"
+    try:
+        if any(RUN_FILE_RE.match(p.name) for p in folder.glob("*_it*_model.star")):
+            job = read_relion_class2d(
+                folder
+            )  # generated: ground truth beside the run files
+        elif _is_automatic_relion(folder):
+            log.info(
+                "%s: an automatic (class_ranker) selection, not a person's: skipped",
+                folder,
+            )
+            return None
+        else:
+            project = folder.parent.parent
+            source = _relion_select_source(folder, project)
+            if source is None:
+                log.debug("%s: no Class2D source found", folder)
+                return None
+            job = read_relion_class2d(project / source, project)
+        labels = read_relion_selection(selection, n_classes=len(job.classes))
+    except InputError as exc:
+        log.warning("skipping %s: %s", folder, exc)
+        return None
+    key = (str(job.model_star.parent.resolve()), job.iteration)
+    return key, job.classes.with_labels(labels)
+
+
+def _is_automatic_relion(select_dir: Path) -> bool:
+    """True for a Select job run by relion_class_ranker (its labels are predictions)."""
+    note = select_dir / "note.txt"
+    if note.is_file() and "relion_class_ranker" in note.read_text(errors="replace"):
+        return True
+    job_star = select_dir / "job.star"
+    return job_star.is_file() and "class2dauto" in job_star.read_text(errors="replace")
+
+
+def _relion_select_source(select_dir: Path, project: Path) -> str | None:
+    """The Class2D run file (relative to the project) a Select job read, if any."""
+    candidates: list[str] = []
+    job_star = select_dir / "job.star"
+    if job_star.is_file():
+        try:
+            values = read_star(job_star).get("joboptions_values")
+        except InputError:
+            values = None
+        if isinstance(values, pd.DataFrame) and {
+            "rlnJobOptionVariable",
+            "rlnJobOptionValue",
+        } <= set(values.columns):
+            opts = dict(
+                zip(
+                    values["rlnJobOptionVariable"],
+                    values["rlnJobOptionValue"],
+                    strict=True,
+                )
+            )
+            candidates.append(str(opts.get("fn_model", "")))
+    note = select_dir / "note.txt"
+    if note.is_file():
+        candidates.extend(_INPUT_RE.findall(note.read_text(errors="replace")))
+    candidates.extend(_class_averages_source(select_dir))
+    candidates.extend(_pipeline_sources(project, select_dir))
+    for cand in candidates:
+        if RUN_FILE_RE.match(Path(cand).name) and (project / cand).is_file():
+            return cand
+    return None
+
+
+def _class_averages_source(select_dir: Path) -> list[str]:
+    path = select_dir / "class_averages.star"
+    if not path.is_file():
+        return []
+    try:
+        blocks = read_star(path)
+    except InputError:
+        return []
+    out = []
+    for table in blocks.values():
+        if (
+            isinstance(table, pd.DataFrame)
+            and "rlnReferenceImage" in table.columns
+            and len(table)
+        ):
+            ref = str(table["rlnReferenceImage"].iloc[0]).split("@", 1)[-1]
+            match = _CLASS2D_STACK.match(ref)
+            if match:
+                out.append(f"{match['job']}/{match['root']}_it{match['it']}_model.star")
+    return out
+
+
+def _pipeline_sources(project: Path, select_dir: Path) -> list[str]:
+    path = project / "default_pipeline.star"
+    if not path.is_file():
+        return []
+    try:
+        edges = read_star(path).get("pipeline_input_edges")
+    except InputError:
+        return []
+    if (
+        not isinstance(edges, pd.DataFrame)
+        or "rlnPipeLineEdgeProcess" not in edges.columns
+    ):
+        return []
+    process = f"{select_dir.parent.name}/{select_dir.name}/"
+    rows = edges[edges["rlnPipeLineEdgeProcess"].astype(str) == process]
+    return [str(v) for v in rows.get("rlnPipeLineEdgeFromNode", [])]
+
+
+def _cryosparc_set(folder: Path) -> tuple[tuple[str, int], ClassAverages] | None:
+    job_json = folder / "job.json"
+    if job_json.is_file() and re.search(
+        r'"type":\s*"[^"]*auto', job_json.read_text(errors="replace")
+    ):
+        log.info("%s: an automatic selection job, not a person's: skipped", folder)
+        return None
+    try:
+        source = selection_source(folder)
+        job = read_cryosparc_class2d(source)
+        index = job.classes.class_numbers - 1
+        labels = read_cryosparc_selection(folder, n_classes=int(index.max()) + 1)
+    except InputError as exc:
+        log.warning("skipping %s: %s", folder, exc)
+        return None
+    iteration = int(
+        re.findall(r"_(\d{3,})_class_averages", job.classes.provenance.sources[0])[0]
+    )
+    key = (str(job.job_dir.resolve()), iteration)
+    return key, job.classes.with_labels(np.asarray(labels)[index])

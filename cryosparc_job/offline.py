@@ -1,0 +1,193 @@
+"""Offline mode: score a 2D classification job folder (or an export of one) without a
+server, and write the outputs of Select 2D Classes as ``.cs`` files beside the scores,
+gallery and run record.
+
+Each non-empty output ``<name>`` is written as cryoSPARC writes it: ``<name>.cs`` with
+``uid`` and the slots Select 2D writes itself (``blob`` and ``alignments2D`` for particles,
+``blob`` for templates) and ``passthrough_<name>.cs`` with ``uid`` and every other slot of
+the input rows (CTF, location, ...). Join the two on ``uid`` for the full rows. Empty
+outputs are not written. All files appear together or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from cryodiscovery.core.classes import ClassAverages
+from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.outputs import staged_outputs
+from cryodiscovery.core.report import write_selection_outputs
+from cryodiscovery.cryosparc_job.partition import (
+    OUTPUT_NAMES,
+    OUTPUT_TYPES,
+    Partition,
+    partition,
+    passthrough_fields,
+    written_fields,
+)
+from cryodiscovery.cryosparc_job.summary import summary_line
+from cryosparc.dataset import Dataset
+
+if TYPE_CHECKING:
+    from cryodiscovery.core.selection import Selection
+
+log = logging.getLogger(__name__)
+
+Selector = Callable[[ClassAverages], "Selection"]
+
+
+@dataclass(frozen=True)
+class OfflineResult:
+    """Rows written per output (empty outputs absent) and every file written."""
+
+    saved: dict[str, int]
+    files: dict[str, Path]
+    summary: str
+
+
+def output_files(name: str) -> tuple[str, str]:
+    """File names of output ``name``: the written slots and the passthrough slots."""
+    return f"{name}.cs", f"passthrough_{name}.cs"
+
+
+def write_partition(parts: Partition, folder: Path) -> dict[str, Path]:
+    """Write the non-empty outputs of ``parts`` into ``folder``; returns name -> path."""
+    written: dict[str, Path] = {}
+    for name, dset in parts.outputs():
+        if len(dset) == 0:
+            log.info("%s is empty; not written", name)
+            continue
+        otype = OUTPUT_TYPES[name]
+        main, passthrough = output_files(name)
+        dset.filter_fields(written_fields(dset, otype), copy=True).save(folder / main)
+        written[name] = folder / main
+        extra = passthrough_fields(dset, otype)
+        if len(extra) > 1:
+            dset.filter_fields(extra, copy=True).save(folder / passthrough)
+            written[f"passthrough_{name}"] = folder / passthrough
+    return written
+
+
+def _remove_stale(out_dir: Path, current: set[str]) -> None:
+    """Delete output files of an earlier run that this run did not write (an output that
+    is empty now must not keep its old rows)."""
+    for name in OUTPUT_NAMES:
+        for filename in output_files(name):
+            path = out_dir / filename
+            if filename not in current and path.exists():
+                path.unlink()
+                log.info("removed %s of an earlier run", path)
+
+
+def _passthrough_file(particles_cs: Path) -> Path | None:
+    """The 2D job's passthrough particles (``J42_passthrough_particles.cs``), if present."""
+    job_uid = particles_cs.name.split("_")[0]
+    for name in (f"{job_uid}_passthrough_particles.cs", "passthrough_particles.cs"):
+        if (particles_cs.parent / name).is_file():
+            return particles_cs.parent / name
+    return None
+
+
+def _load(path: Path) -> Dataset:
+    try:
+        return Dataset.load(path)
+    except Exception as err:  # cryosparc-tools raises DatasetLoadError, numpy others
+        raise InputError(
+            path, f"not a readable cryoSPARC .cs file ({err.__cause__ or err})"
+        ) from err
+
+
+def read_particles(particles_cs: Path) -> Dataset:
+    """All fields of the 2D job's particles: its own ``.cs`` joined on ``uid`` with the
+    passthrough ``.cs`` (CTF, location...) when that file is there."""
+    particles = _load(particles_cs)
+    passthrough = _passthrough_file(particles_cs)
+    if passthrough is None:
+        log.warning(
+            "%s: no passthrough particles file beside it; outputs carry only its own fields",
+            particles_cs,
+        )
+        return particles
+    extra = _load(passthrough)
+    new = [f for f in extra.fields(exclude_uid=True) if f not in particles.fields()]
+    if not new:
+        return particles
+    joined = particles.innerjoin(extra.filter_fields(["uid", *new], copy=True))
+    if len(joined) != len(particles):
+        raise InputError(
+            passthrough,
+            f"has {len(joined)} of the {len(particles)} particles of {particles_cs.name}",
+        )
+    uid, joined_uid = np.asarray(particles["uid"]), np.asarray(joined["uid"])
+    if not np.array_equal(uid, joined_uid):  # keep the particles' row order
+        order = np.argsort(joined_uid)
+        joined = joined.take(order[np.searchsorted(joined_uid[order], uid)])
+    return joined
+
+
+def read_job(job_dir: Path) -> tuple[ClassAverages, Dataset, Dataset]:
+    """Class averages, templates and particles (all fields) of a 2D job folder or its
+    ``class_averages`` ``.cs``."""
+    from cryodiscovery.core.cryosparc_class2d import (
+        find_class2d_files,
+        read_cryosparc_class2d,
+    )
+
+    if not job_dir.exists():
+        raise InputError(job_dir, "no such file or folder")
+    job = read_cryosparc_class2d(job_dir)
+    _, particles_cs = find_class2d_files(job_dir)
+    if particles_cs is None:
+        raise InputError(
+            job_dir, "no particles .cs of the 2D classification (JNN_NNN_particles.cs)"
+        )
+    return job.classes, job.class_averages, read_particles(particles_cs)
+
+
+def run_offline(
+    job_dir: Path,
+    out_dir: Path,
+    select: Selector,
+    *,
+    argv: list[str] | None = None,
+) -> OfflineResult:
+    """Score the 2D job in ``job_dir`` and write the Select 2D outputs to ``out_dir``.
+
+    Raises
+    ------
+    InputError
+        The folder is not a readable cryoSPARC 2D classification (missing or corrupt
+        ``.cs`` or ``.mrc`` files), or its particles and templates do not match.
+    """
+    classes, templates, particles = read_job(Path(job_dir))
+    what = classes.provenance.job or str(job_dir)
+    selection = select(classes)
+    parts = partition(
+        templates, particles, selection.class_numbers[selection.selected], what=what
+    )
+    out = Path(out_dir)
+    with staged_outputs(out) as stage:
+        written = write_partition(parts, stage)
+        reports = write_selection_outputs(
+            stage,
+            classes,
+            selection,
+            argv=argv,
+            command="cryodiscovery-cryosparc",
+            config={"job_dir": str(job_dir), "outputs": sorted(written)},
+        )
+        names = {p.name for p in written.values()}
+        files = {
+            k: out / p.relative_to(stage) for k, p in {**written, **reports}.items()
+        }
+    _remove_stale(out, names)
+    summary = summary_line(classes, selection, parts)
+    log.info("%s", summary)
+    return OfflineResult(
+        {n: len(d) for n, d in parts.outputs() if len(d)}, files, summary
+    )

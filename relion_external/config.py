@@ -1,0 +1,201 @@
+"""Options of the External job, converted once from RELION's ``--label value`` arguments.
+
+RELION builds the command line as ``<exe> --o External/jobNNN/ [--in_parts FILE]
+[--<label> <value> ...] --j N [additional arguments]`` and runs it through a shell, so an
+empty GUI value simply disappears: ``--explain --j 4``. Every option therefore takes an
+optional value, and values are checked here, inside the job, so that a bad value ends the
+job with ``RELION_JOB_EXIT_FAILURE`` and a clear message instead of an argparse exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryodiscovery.core.errors import InputError
+from cryodiscovery.relion_external.nodes import normalise_version
+
+log = logging.getLogger(__name__)
+
+_TRUE = {"", "yes", "y", "true", "1", "on"}
+_FALSE = {"no", "n", "false", "0", "off"}
+#: Values of --threshold / --model that mean "what the model ships with".
+_DEFAULT_WORDS = {"", "auto", "default", "model", "none"}
+
+
+@dataclass(frozen=True)
+class ExternalJobConfig:
+    """Everything one run of the External job needs.
+
+    Parameters
+    ----------
+    out_dir:
+        The job folder, as RELION gave it (``External/job010/``), relative to the project
+        folder (the working folder).
+    control_dir:
+        Where the exit markers go and the abort file is polled: ``--pipeline_control``
+        when given, else ``out_dir``.
+    in_parts:
+        The Class2D ``run_itNNN_data.star``.
+    threads:
+        ``--j``: CPU threads for scoring.
+    threshold:
+        Select classes scoring at least this (0-1); None: the model's own threshold.
+    target_fnr:
+        Instead of a threshold: the share of good classes the model may reject (0-1).
+    model:
+        A checkpoint to use instead of the shipped model.
+    min_particles:
+        Reject classes with fewer particles than this.
+    explain:
+        Also write saliency overlays (``explain/``).
+    relion_version:
+        ``"3.1"``, ``"4.0"`` or ``"5.0"`` to force the node-label dialect; None: detect.
+    ignored:
+        Arguments not understood (kept for the log and the run record).
+    """
+
+    out_dir: Path
+    control_dir: Path
+    in_parts: Path
+    threads: int = 1
+    threshold: float | None = None
+    target_fnr: float | None = None
+    model: Path | None = None
+    min_particles: int = 0
+    explain: bool = False
+    relion_version: str | None = None
+    ignored: tuple[str, ...] = field(default=())
+
+    def record(self) -> dict[str, Any]:
+        """The options as JSON-friendly values, for ``run_record.json``."""
+        return {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()
+        }
+
+
+#: Options RELION passes as ``--label value`` from the GUI's Params tab; the value may be
+#: empty (and then vanishes from the command line), so each takes an optional value.
+_LABELLED: tuple[tuple[str, str, str], ...] = (
+    ("threshold", "S", "keep classes scoring >= S (0-1); 'auto' or empty: the model's"),
+    ("min_score", "S", "the same as --threshold (the name RELION's Select job uses)"),
+    (
+        "target_fnr",
+        "F",
+        "instead of a threshold: share of good classes the model may reject",
+    ),
+    ("model", "PT", "a checkpoint to use instead of the shipped model"),
+    ("min_particles", "N", "reject classes with fewer than N particles (default 0)"),
+    (
+        "explain",
+        "YES/NO",
+        "also write saliency overlays to explain/ (a flag, or Yes/No)",
+    ),
+    (
+        "relion_version",
+        "V",
+        "3.1, 4.0 or 5.0: node labels (default: default_pipeline.star)",
+    ),
+)
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    """RELION's shapes: ``--o``, ``--in_parts``, ``--j`` and ``--<label> [value]``."""
+    parser.add_argument("--o", metavar="DIR", help="job folder, e.g. External/job010/")
+    parser.add_argument(
+        "--in_parts", metavar="STAR", help="Class2D run_itNNN_data.star"
+    )
+    parser.add_argument("--j", metavar="N", default="1", help="CPU threads (default 1)")
+    for name, metavar, text in _LABELLED:
+        parser.add_argument(
+            f"--{name}", nargs="?", const="", metavar=metavar, help=text
+        )
+    parser.add_argument(
+        "--pipeline_control",
+        metavar="DIR",
+        help="where RELION expects the exit markers (default: --o)",
+    )
+
+
+def _number(name: str, text: str, low: float, high: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not low <= value <= high:
+        raise InputError(
+            None, f"--{name} {text!r}: expected a number from {low} to {high}"
+        )
+    return value
+
+
+def _flag(name: str, text: str | None) -> bool:
+    if text is None:
+        return False
+    word = text.strip().lower()
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    raise InputError(None, f"--{name} {text!r}: expected Yes or No")
+
+
+def _integer(name: str, text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise InputError(None, f"--{name} {text!r}: expected a whole number >= {low}")
+    return value
+
+
+def _threshold(ns: argparse.Namespace) -> float | None:
+    given = [
+        (n, v) for n in ("threshold", "min_score") if (v := getattr(ns, n)) is not None
+    ]
+    values = [(n, v) for n, v in given if v.strip().lower() not in _DEFAULT_WORDS]
+    if len(values) > 1:
+        raise InputError(None, "give --threshold or --min_score, not both")
+    return _number(*values[0], 0.0, 1.0) if values else None
+
+
+def config_from_args(ns: argparse.Namespace, unknown: list[str]) -> ExternalJobConfig:
+    """Check the parsed arguments and build the config; :class:`InputError` on a bad one."""
+    if not ns.o:
+        raise InputError(
+            None, "--o is missing: give the job folder, e.g. --o External/job010/"
+        )
+    if not ns.in_parts:
+        raise InputError(
+            None,
+            "--in_parts is missing: choose the run_itNNN_data.star of a Class2D job as "
+            "'Input particles' on the External job's Input tab",
+        )
+    threshold = _threshold(ns)
+    fnr_text = (ns.target_fnr or "").strip()
+    target_fnr = _number("target_fnr", fnr_text, 0.0, 1.0) if fnr_text else None
+    if target_fnr == 1.0:  # rejecting every good class is no threshold at all
+        raise InputError(None, "--target_fnr '1': expected a number below 1")
+    if threshold is not None and target_fnr is not None:
+        raise InputError(None, "give a threshold or --target_fnr, not both")
+    model_text = (ns.model or "").strip()
+    min_parts = (ns.min_particles or "").strip() or "0"
+    version_text = (ns.relion_version or "").strip()
+    return ExternalJobConfig(
+        out_dir=Path(ns.o),
+        control_dir=Path(ns.pipeline_control or ns.o),
+        in_parts=Path(ns.in_parts),
+        threads=_integer("j", (ns.j or "").strip() or "1", 1),
+        threshold=threshold,
+        target_fnr=target_fnr,
+        model=None if model_text.lower() in _DEFAULT_WORDS else Path(model_text),
+        min_particles=_integer("min_particles", min_parts, 0),
+        explain=_flag("explain", ns.explain),
+        relion_version=normalise_version(version_text)
+        if version_text and version_text.lower() != "auto"
+        else None,
+        ignored=tuple(unknown),
+    )

@@ -1,0 +1,274 @@
+"""One run of the External job: read a Class2D iteration, score and select its classes, and
+write what RELION's auto-selecting Select job writes, plus the gallery and scores table.
+
+Every output is written into a staging folder inside the job folder and moved into place
+only when all of them are complete, so a failed or aborted run leaves the folder as it was
+(a rerun's earlier outputs stay whole; a first run leaves none). Inputs are only read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.outputs import staged_outputs
+from cryodiscovery.core.relion_class2d import RelionClass2DJob, read_relion_class2d
+from cryodiscovery.core.report import write_selection_outputs
+from cryodiscovery.relion_external.config import ExternalJobConfig
+from cryodiscovery.relion_external.job import ExternalJob
+from cryodiscovery.relion_external.nodes import detect_version, write_output_nodes
+from cryodiscovery.relion_external.outputs import (
+    class_averages_table,
+    read_model_classes,
+    write_backup_selection,
+    write_class_averages,
+)
+from cryodiscovery.relion_external.particles import FilterResult, filter_particles
+
+if TYPE_CHECKING:
+    from cryodiscovery.core.checkpoint import ClassScorer
+    from cryodiscovery.core.selection import Selection
+
+log = logging.getLogger(__name__)
+
+COMMAND = "cryodiscovery-relion"
+#: Files of an earlier run that this run replaces as a set (their number varies).
+_REPORT_PAGES = ("gallery_*.png", "explain/*.png")
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """What a successful run selected and wrote."""
+
+    n_classes: int
+    n_selected: int
+    n_particles: int
+    n_particles_kept: int
+    relion_version: str
+    outputs: tuple[Path, ...]
+
+
+def _load(config: ExternalJobConfig) -> tuple[RelionClass2DJob, str]:
+    """The Class2D iteration and the RELION version to write for."""
+    log.info("Reading %s ...", config.in_parts)
+    class2d = read_relion_class2d(config.in_parts)
+    if not class2d.data_star.is_file():
+        raise InputError(
+            class2d.data_star, "file not found (needed for particles.star)"
+        )
+    if config.out_dir.resolve() == class2d.data_star.parent.resolve():
+        raise InputError(
+            config.out_dir, "--o is the Class2D job folder; give a new job folder"
+        )
+    version, source = detect_version(
+        Path.cwd(),
+        class2d.data_star,
+        override=config.relion_version,
+        fallback=class2d.version,
+    )
+    n_parts = np.nansum(class2d.classes.field("particle_count"))
+    log.info(
+        "%s: %d classes, %d particles, %s px at %s A/px (%s)",
+        class2d.job or class2d.model_star.parent,
+        len(class2d.classes),
+        int(n_parts),
+        class2d.classes.box_size,
+        class2d.classes.pixel_size,
+        class2d.algorithm,
+    )
+    log.info("Writing for RELION %s (from %s)", version, source)
+    return class2d, version
+
+
+def _select(
+    config: ExternalJobConfig, class2d: RelionClass2DJob, job: ExternalJob
+) -> tuple[Selection, ClassScorer]:
+    """Score every class and decide which to keep."""
+    import torch
+    from cryodiscovery.core.checkpoint import load_scorer
+    from cryodiscovery.core.selection import SelectionOptions, select_classes
+
+    torch.set_num_threads(config.threads)
+    scorer = load_scorer(config.model)
+    log.info("Model %s (sha256 %s)", scorer.name, scorer.sha256[:12])
+    job.check_abort()
+    options = SelectionOptions(
+        model_path=config.model,
+        threshold=config.threshold,
+        target_fnr=config.target_fnr,
+        min_particles=config.min_particles,
+    )
+    log.info("Scoring %d class averages ...", len(class2d.classes))
+    selection = select_classes(
+        class2d.classes, options, scorer=scorer, abort_check=job.check_abort
+    )
+    job.check_abort()
+    _log_scores(class2d, selection)
+    if not np.any(selection.selected):
+        raise InputError(
+            None,
+            f"no class scored >= {selection.threshold:.3f} ({selection.threshold_source}"
+            f" threshold; best score {np.max(selection.scores):.3f}): nothing to pass on;"
+            " lower --threshold or check the input",
+        )
+    return selection, scorer
+
+
+def _log_scores(class2d: RelionClass2DJob, selection: Selection) -> None:
+    counts = class2d.classes.field("particle_count")
+    resolution = class2d.classes.field("resolution_A")
+    log.info("Class    Score  Particles  Res(A)  Decision")
+    for i, number in enumerate(selection.class_numbers):
+        reason = selection.reasons[i] or "score"
+        decision = "selected" if selection.selected[i] else f"rejected ({reason})"
+        count = "-" if np.isnan(counts[i]) else str(int(counts[i]))
+        res = "-" if not np.isfinite(resolution[i]) else f"{resolution[i]:.1f}"
+        log.info(
+            "%5d  %7.3f  %9s  %6s  %s",
+            number,
+            selection.scores[i],
+            count,
+            res,
+            decision,
+        )
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Hide a library's INFO lines that name the staging folder (noise in run.out)."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _share_like_umask(stage: Path) -> set[Path]:
+    """Give every staged file the permissions a plain ``open`` would (temporary files are
+    created private), so others in the project group can read the outputs; return the
+    files, relative to ``stage``."""
+    umask = os.umask(0)
+    os.umask(umask)
+    files = {p for p in stage.rglob("*") if p.is_file()}
+    for path in files:
+        path.chmod(0o666 & ~umask)
+    return {p.relative_to(stage) for p in files}
+
+
+def _remove_stale_pages(out_dir: Path, written: set[Path]) -> None:
+    """Delete gallery pages and overlays of an earlier run that this run did not write."""
+    for pattern in _REPORT_PAGES:
+        for path in out_dir.glob(pattern):
+            if path.relative_to(out_dir) not in written:
+                path.unlink()
+    explain = out_dir / "explain"
+    if explain.is_dir() and not any(explain.iterdir()):
+        explain.rmdir()
+
+
+def _write_outputs(
+    config: ExternalJobConfig,
+    class2d: RelionClass2DJob,
+    selection: Selection,
+    scorer: ClassScorer,
+    version: str,
+    job: ExternalJob,
+    argv: list[str] | None,
+) -> tuple[FilterResult, set[Path]]:
+    """Write every output through a staging folder; return the particle counts and the
+    files written (relative to the job folder)."""
+    model_classes = read_model_classes(class2d.model_star)
+    chosen = np.sort(selection.class_numbers[np.asarray(selection.selected, bool)])
+    prefix = config.out_dir.as_posix().rstrip("/") + "/"
+    with staged_outputs(config.out_dir) as stage:
+        log.info("Writing particles.star ...")
+        kept = filter_particles(
+            class2d.data_star,
+            stage / "particles.star",
+            chosen,
+            abort_check=job.check_abort,
+            max_class=len(model_classes),
+        )
+        if kept.n_written == 0:
+            raise InputError(
+                class2d.data_star, "the selected classes have no particles"
+            )
+        table = class_averages_table(
+            model_classes, class2d.classes, selection.scores, selection.selected
+        )
+        write_class_averages(stage / "class_averages.star", table, version=version)
+        write_backup_selection(
+            stage / "backup_selection.star", len(model_classes), chosen, version=version
+        )
+        log.info(
+            "Drawing the gallery%s ...", " and explanations" if config.explain else ""
+        )
+        with _quiet("cryodiscovery.core.report"):
+            write_selection_outputs(
+                stage,
+                class2d.classes,
+                selection,
+                argv=argv,
+                command=COMMAND,
+                explain=config.explain,
+                scorer=scorer if config.explain else None,
+                config={**config.record(), "relion_version": version},
+            )
+        nodes = {k: f"{prefix}{k}.star" for k in ("particles", "class_averages")}
+        write_output_nodes(stage, nodes, version)
+        job.check_abort()  # the last moment at which an abort leaves no outputs
+        written = _share_like_umask(stage)
+    _remove_stale_pages(config.out_dir, written)
+    log.info(
+        "Written %d of %d particles (%.1f%%) to %sparticles.star",
+        kept.n_written,
+        kept.n_read,
+        100.0 * kept.n_written / max(kept.n_read, 1),
+        prefix,
+    )
+    log.info(
+        "Written %d selected classes to %sclass_averages.star", len(chosen), prefix
+    )
+    return kept, written
+
+
+def run_selection_job(
+    config: ExternalJobConfig, job: ExternalJob, *, argv: list[str] | None = None
+) -> JobSummary:
+    """Run the job; raise :class:`InputError` (or :class:`JobAborted`) to end it.
+
+    Parameters
+    ----------
+    config:
+        The checked options.
+    job:
+        The entered job context (abort polling).
+    argv:
+        The command line, for the run record.
+    """
+    start = time.monotonic()
+    class2d, version = _load(config)
+    job.check_abort()
+    selection, scorer = _select(config, class2d, job)
+    kept, written = _write_outputs(
+        config, class2d, selection, scorer, version, job, argv
+    )
+    log.info("Done in %.1f s", time.monotonic() - start)
+    return JobSummary(
+        n_classes=len(class2d.classes),
+        n_selected=int(np.sum(selection.selected)),
+        n_particles=kept.n_read,
+        n_particles_kept=kept.n_written,
+        relion_version=version,
+        outputs=tuple(sorted(config.out_dir / p for p in written)),
+    )

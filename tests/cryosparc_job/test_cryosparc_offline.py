@@ -1,0 +1,181 @@
+"""Offline mode on generated cryoSPARC 2D job folders: every written .cs is read back with
+Dataset.load and the partition checked (each particle in exactly one output, uid kept,
+passthrough fields intact)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryodiscovery.core.cryosparc_class2d import (
+    read_cryosparc_selection,
+    write_cryosparc_class2d,
+)
+from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.synthetic.generator import SimulationConfig, simulate_run
+from cryodiscovery.cryosparc_job.cli import main
+from cryodiscovery.cryosparc_job.offline import run_offline
+from cryosparc.dataset import Dataset
+from cryosparc_testdata import keep
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    """A generated 2D classification job folder, CS-demo/J12 (8 classes, box 64)."""
+    run = simulate_run(
+        SimulationConfig(n_classes=8, box_sizes=(64,), particle_range=(20, 120)), 3
+    )
+    job_dir = tmp_path_factory.mktemp("project") / "CS-demo" / "J12"
+    write_cryosparc_class2d(run.classes, job_dir, seed=5)
+    return job_dir
+
+
+@pytest.fixture
+def job_dir(generated, tmp_path) -> Path:
+    """A private copy of the generated folder (tests may damage it)."""
+    copy = tmp_path / "CS-demo" / "J12"
+    shutil.copytree(generated, copy)
+    return copy
+
+
+def _source(job_dir: Path) -> tuple[Dataset, Dataset, Dataset]:
+    particles = Dataset.load(job_dir / "J12_020_particles.cs")
+    passthrough = Dataset.load(job_dir / "J12_passthrough_particles.cs")
+    templates = Dataset.load(job_dir / "J12_020_class_averages.cs")
+    return particles, passthrough, templates
+
+
+def _by_uid(dset: Dataset) -> dict[int, int]:
+    return {int(u): i for i, u in enumerate(dset["uid"])}
+
+
+def test_outputs_partition_the_particles_and_keep_every_field(job_dir, tmp_path):
+    out = tmp_path / "out"
+    result = run_offline(job_dir, out, keep([1, 4, 5]))
+    particles, passthrough, templates = _source(job_dir)
+    read = {p.stem: Dataset.load(p) for p in out.glob("*.cs")}
+    assert set(read) == {
+        f"{pre}{name}"
+        for name in ("particles_selected", "particles_excluded")
+        for pre in ("", "passthrough_")
+    } | {"templates_selected", "templates_excluded"}
+    sel, exc = read["particles_selected"], read["particles_excluded"]
+    assert len(sel) + len(exc) == len(particles)
+    assert set(sel["uid"]).isdisjoint(exc["uid"])
+    assert set(sel["uid"]) | set(exc["uid"]) == set(particles["uid"])
+    assert set(np.unique(sel["alignments2D/class"])) <= {0, 3, 4}
+    assert not np.isin(exc["alignments2D/class"], [0, 3, 4]).any()
+    # fields as Select 2D writes them; values unchanged, matched by uid
+    assert sel.fields() == particles.fields()
+    src, pt_src = _by_uid(particles), _by_uid(passthrough)
+    for name in ("particles_selected", "particles_excluded"):
+        main_rows, pt_rows = read[name], read[f"passthrough_{name}"]
+        assert np.array_equal(main_rows["uid"], pt_rows["uid"])
+        assert pt_rows.fields() == passthrough.fields()
+        idx = [src[int(u)] for u in main_rows["uid"]]
+        pt_idx = [pt_src[int(u)] for u in pt_rows["uid"]]
+        for field in (
+            "blob/path",
+            "blob/idx",
+            "alignments2D/pose",
+            "alignments2D/shift",
+        ):
+            assert np.array_equal(
+                np.asarray(main_rows[field]), np.asarray(particles[field])[idx]
+            )
+        for field in passthrough.fields(exclude_uid=True):
+            assert np.array_equal(
+                np.asarray(pt_rows[field]), np.asarray(passthrough[field])[pt_idx]
+            )
+    assert sorted(read["templates_selected"]["blob/idx"]) == [0, 3, 4]
+    assert read["templates_selected"].fields() == templates.fields()
+    assert result.saved["templates_excluded"] == 5
+    # the formats reader sees the same selection as a Select 2D job's
+    labels = read_cryosparc_selection(out, n_classes=8)
+    assert np.flatnonzero(labels == 1).tolist() == [0, 3, 4]
+    assert {"scores.csv", "gallery.png", "run_record.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    record = json.loads((out / "run_record.json").read_text())
+    assert record["command"] == "cryodiscovery-cryosparc"
+
+
+def test_empty_outputs_are_not_written_and_stale_ones_go(job_dir, tmp_path):
+    out = tmp_path / "out"
+    run_offline(job_dir, out, keep([2]))
+    assert (out / "particles_selected.cs").is_file()
+    result = run_offline(job_dir, out, keep([]))
+    assert set(result.saved) == {"particles_excluded", "templates_excluded"}
+    assert not (out / "particles_selected.cs").exists()
+    assert not (out / "passthrough_particles_selected.cs").exists()
+    assert not (out / "templates_selected.cs").exists()
+    assert len(Dataset.load(out / "particles_excluded.cs")) == len(_source(job_dir)[0])
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("J12_020_particles.cs", "not a readable cryoSPARC .cs file"),
+        ("J12_passthrough_particles.cs", "not a readable cryoSPARC .cs file"),
+        ("J12_020_class_averages.cs", "not a readable cryoSPARC .cs file"),
+    ],
+)
+def test_corrupt_cs_is_a_one_line_input_error_and_writes_nothing(
+    job_dir, tmp_path, damage, message
+):
+    (job_dir / damage).write_bytes(b"\x93NUMPY garbage")
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=message) as info:
+        run_offline(job_dir, out, keep([1]))
+    assert "\n" not in str(info.value)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_passthrough_rows_must_match(job_dir, tmp_path):
+    passthrough = Dataset.load(job_dir / "J12_passthrough_particles.cs")
+    passthrough.slice(0, len(passthrough) - 3).save(
+        job_dir / "J12_passthrough_particles.cs"
+    )
+    with pytest.raises(InputError, match=r"particles of J12_020_particles\.cs"):
+        run_offline(job_dir, tmp_path / "out", keep([1]))
+
+
+def test_not_a_2d_job_folder(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        run_offline(tmp_path / "nowhere", tmp_path / "out", keep([1]))
+    (tmp_path / "J3").mkdir()
+    with pytest.raises(InputError, match="not a 2D classification job"):
+        run_offline(tmp_path / "J3", tmp_path / "out", keep([1]))
+
+
+def test_cli_with_the_shipped_model(job_dir, tmp_path, capsys):
+    """End to end: the real default model scores the generated job."""
+    out = tmp_path / "sel"
+    assert (
+        main(["--job-dir", str(job_dir), "--out", str(out), "--threshold", "0.5"]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert printed.startswith("Kept ") and "threshold 0.500 (user)" in printed
+    rows = (out / "scores.csv").read_text().splitlines()
+    assert len(rows) == 9
+    kept = {int(r.split(",")[0]) for r in rows[1:] if r.split(",")[2] == "1"}
+    if kept:
+        assert {
+            int(i) + 1 for i in Dataset.load(out / "templates_selected.cs")["blob/idx"]
+        } == kept
+
+
+def test_cli_corrupt_input_exits_2_with_one_line(job_dir, tmp_path, capsys):
+    (job_dir / "J12_020_particles.cs").write_bytes(b"junk")
+    code = main(
+        ["--job-dir", str(job_dir), "--out", str(tmp_path / "o")], select=keep([1])
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert (
+        err.startswith("cryodiscovery-cryosparc: error: ")
+        and "J12_020_particles.cs" in err
+    )
