@@ -18,7 +18,7 @@ from cryodiscovery.core.errors import InputError
 log = logging.getLogger(__name__)
 
 #: Core subcommands, in the order ``--help`` lists them.
-CORE_COMMANDS: tuple[str, ...] = ("demo", "simulate", "score", "evaluate")
+CORE_COMMANDS: tuple[str, ...] = ("demo", "simulate", "score", "train", "evaluate")
 
 
 def _command_modules() -> dict[str, ModuleType]:
@@ -67,6 +67,8 @@ def configure_logging(verbose: bool = False) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run ``cryodiscovery`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = build_parser().parse_args(argv)
+    # The exact command line, for the record every output folder gets.
+    args._argv = ["cryodiscovery", *(sys.argv[1:] if argv is None else argv)]
     configure_logging(args.verbose)
     try:
         return int(args._main(args) or 0)

@@ -20,14 +20,15 @@ leave it, which the writers reproduce:
     are read too.
 
 Per class, the particle count, ECA (mean ``class_ess``) and mean ``class_posterior`` are
-computed from the particles, as cryoSPARC's Select 2D does.
+computed from the particles, as cryoSPARC's Select 2D does, by
+:func:`class_averages_from_datasets` (also used on datasets downloaded from a server).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,7 @@ def _load(path: Path, prefixes: list[str] | None = None) -> Dataset:
         ) from exc
 
 
-def _require(data: Dataset, fields: list[str], path: Path) -> None:
+def _require(data: Dataset, fields: list[str], path: str | Path) -> None:
     have = set(data.fields())
     for name in fields:
         if name not in have:
@@ -167,75 +168,128 @@ def read_cryosparc_class2d(path: Path) -> CryosparcClass2DJob:
     job_dir = classes_cs.parent
     stack = _stack_path(job_dir, templates, classes_cs)
     images, voxel = read_mrc_images(stack)
-    idx = np.asarray(templates["blob/idx"], dtype=np.int64)
-    n = len(templates)
-    if n == 0:
-        raise InputError(classes_cs, "no classes")
-    if len(images) != n or idx.max() >= len(images) or len(np.unique(idx)) != n:
+    if len(images) != len(templates):
         raise InputError(
-            classes_cs, f"{n} classes but the stack {stack} has {len(images)} images"
+            classes_cs,
+            f"{len(templates)} classes but the stack {stack} has {len(images)} images",
         )
-    pixel = (
-        float(templates["blob/psize_A"][0])
-        if "blob/psize_A" in templates.fields()
-        else voxel
-    )
-    metadata: dict[str, npt.ArrayLike] = {}
-    if "blob/res_A" in templates.fields():
-        metadata["resolution_A"] = _finite(
-            np.asarray(templates["blob/res_A"], dtype=np.float64)
-        )
-    particles = Dataset.allocate(0, ALIGNMENTS2D)
+    particles = None
     if particles_cs is not None:
         particles = _load(particles_cs, ["alignments2D"])
-        _require(particles, ["alignments2D/class"], particles_cs)
-        metadata.update(_particle_stats(particles, idx, particles_cs))
     else:
         log.warning(
             "%s: no particles .cs beside it; counts, ECA and posteriors unknown",
             classes_cs,
         )
     sources = tuple(str(p) for p in (classes_cs, particles_cs, stack) if p is not None)
-    classes = ClassAverages.create(
-        images[idx],
-        pixel_size=pixel if pixel and pixel > 0 else None,
-        class_numbers=idx + 1,
-        metadata=metadata,
+    classes = class_averages_from_datasets(
+        templates,
+        particles,
+        images,
         provenance=Provenance("cryosparc", sources, _job_label(job_dir)),
+        what=classes_cs,
+        particles_what=particles_cs,
     )
+    if classes.pixel_size is None and voxel and voxel > 0:
+        classes = replace(classes, pixel_size=voxel)  # older jobs: header only
+    if particles is None:
+        particles = Dataset.allocate(0, ALIGNMENTS2D)
     return CryosparcClass2DJob(classes, job_dir, templates, particles)
 
 
-def _finite(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    return np.where(np.isfinite(values), values, np.nan)
+def class_averages_from_datasets(
+    class_averages: Dataset,
+    particles: Dataset | None,
+    images: npt.ArrayLike,
+    *,
+    provenance: Provenance | None = None,
+    what: str | Path = "class averages",
+    particles_what: str | Path | None = None,
+) -> ClassAverages:
+    """Class averages of a 2D classification from its datasets, in template-row order.
 
+    The one place where the per-class statistics are computed (for job folders and for
+    datasets from a server alike): particle count and share, ECA (mean ``class_ess``)
+    and mean ``class_posterior``, as Select 2D shows them.
 
-def _stack_path(job_dir: Path, templates: Dataset, cs_path: Path) -> Path:
-    paths = {str(p) for p in templates["blob/path"]}
-    if len(paths) != 1:
+    Parameters
+    ----------
+    class_averages:
+        The templates, one row per class: unique ``blob/idx`` (0-based class index and
+        section in ``images``), optionally ``blob/psize_A`` (Å; used when > 0) and
+        ``blob/res_A`` (Å; non-finite becomes missing).
+    particles:
+        ``alignments2D/class`` and optionally ``alignments2D/class_ess`` and
+        ``alignments2D/class_posterior``; ``None`` leaves the particle metadata missing.
+    images:
+        ``(m, h, w)`` class-average stack (or one ``(h, w)`` image), ``m`` > every
+        ``blob/idx``.
+    provenance:
+        Recorded with the result (default: format ``"cryosparc"`` only).
+    what, particles_what:
+        Name the templates and the particles in errors (a path or e.g. ``"P3/J42
+        particles"``); ``particles_what`` defaults to ``what``.
+
+    Raises
+    ------
+    InputError
+        A missing field, a class index twice, a stack too short, or particles in classes
+        that have no class average.
+    """
+    _require(class_averages, ["blob/idx"], what)
+    idx = np.asarray(class_averages["blob/idx"], dtype=np.int64)
+    values, counts = np.unique(idx, return_counts=True)
+    if np.any(counts > 1):
         raise InputError(
-            cs_path, f"class averages are in {len(paths)} stacks; expected one"
+            what, f"class index {int(values[counts > 1][0])} appears twice"
         )
-    rel = paths.pop().lstrip(">")  # cryoSPARC marks paths outside the project with '>'
-    for cand in (job_dir.parent / rel, job_dir / Path(rel).name):
-        if cand.is_file():
-            return cand
-    raise InputError(
-        job_dir.parent / rel,
-        "class-average stack not found (blob/path of the class averages)",
+    stack = np.asarray(images, dtype=np.float32)
+    stack = stack[None] if stack.ndim == 2 else stack
+    if stack.ndim != 3 or idx.size == 0:
+        raise InputError(
+            what,
+            f"expected a stack of class averages, got shape {stack.shape} "
+            f"for {idx.size} classes",
+        )
+    if idx.max() >= len(stack):
+        raise InputError(
+            what,
+            f"class index {int(idx.max())} is past the {len(stack)} images of the stack",
+        )
+    fields = set(class_averages.fields())
+    psize = (
+        float(class_averages["blob/psize_A"][0]) if "blob/psize_A" in fields else 0.0
+    )
+    metadata: dict[str, npt.ArrayLike] = {}
+    if "blob/res_A" in fields:
+        res = np.asarray(class_averages["blob/res_A"], dtype=np.float64)
+        metadata["resolution_A"] = np.where(np.isfinite(res), res, np.nan)
+    if particles is not None:
+        where = what if particles_what is None else particles_what
+        metadata.update(_particle_stats(particles, idx, where))
+    return ClassAverages.create(
+        stack[idx],
+        pixel_size=psize if psize > 0 else None,
+        class_numbers=idx + 1,
+        metadata=metadata,
+        provenance=provenance or Provenance("cryosparc", (), ""),
     )
 
 
 def _particle_stats(
-    particles: Dataset, idx: npt.NDArray[np.int64], path: Path
+    particles: Dataset, idx: npt.NDArray[np.int64], what: str | Path
 ) -> dict[str, npt.NDArray[np.float64]]:
     """Per class (in ``idx`` order): count, share, ECA and mean posterior."""
+    _require(particles, ["alignments2D/class"], what)
     cls = np.asarray(particles["alignments2D/class"], dtype=np.int64)
-    size = int(max(idx.max() + 1, cls.max() + 1 if len(cls) else 0))
-    if len(cls) and (cls.min() < 0 or not np.isin(np.unique(cls), idx).all()):
+    stray = np.setdiff1d(cls, idx)
+    if stray.size:
         raise InputError(
-            path, "alignments2D/class has class indices with no class average"
+            what,
+            f"alignments2D/class has class indices with no class average: "
+            f"{int(np.isin(cls, stray).sum())} particles in class index {int(stray[0])}",
         )
+    size = int(idx.max()) + 1
     counts = np.bincount(cls, minlength=size).astype(np.float64)
     stats = {
         "particle_count": counts[idx],
@@ -252,8 +306,24 @@ def _particle_stats(
                 minlength=size,
             )
             with np.errstate(invalid="ignore", divide="ignore"):
-                stats[name] = (sums / counts)[idx]
+                stats[name] = (sums / counts)[idx]  # 0/0: an empty class, NaN
     return stats
+
+
+def _stack_path(job_dir: Path, templates: Dataset, cs_path: Path) -> Path:
+    paths = {str(p) for p in templates["blob/path"]}
+    if len(paths) != 1:
+        raise InputError(
+            cs_path, f"class averages are in {len(paths)} stacks; expected one"
+        )
+    rel = paths.pop().lstrip(">")  # cryoSPARC marks paths outside the project with '>'
+    for cand in (job_dir.parent / rel, job_dir / Path(rel).name):
+        if cand.is_file():
+            return cand
+    raise InputError(
+        job_dir.parent / rel,
+        "class-average stack not found (blob/path of the class averages)",
+    )
 
 
 def _job_label(job_dir: Path) -> str:

@@ -4,6 +4,7 @@ labelled Class2D results (a job plus the Select job that selected from it) under
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -36,6 +37,15 @@ _CLASS2D_STACK = re.compile(
 )
 _INPUT_RE = re.compile(r"--i\s+(\S+)")
 _SKIP_DIRS = {".venv", "node_modules", "__pycache__", ".git"}
+#: Run-record commands whose selections are labels: generated ground truth.
+_GROUND_TRUTH_COMMANDS = frozenset({"simulate"})
+_OWN_EXE_RE = re.compile(r"(?:^|[\s`/])cryodiscovery-relion\b")
+_FN_EXE_RE = re.compile(r"^\s*fn_exe\s+(\S+)", re.MULTILINE)
+_EXTERNAL_STAR_RE = re.compile(
+    r"^\s*_rlnJobType(?:Label)?\s+(?:relion\.external|99)\s*$", re.MULTILINE
+)
+_SNOWFLAKE_RE = re.compile(r'"type":\s*"snowflake"')
+_AUTO_JOB_RE = re.compile(r'"type":\s*"[^"]*auto')
 
 
 def read_class_averages(path: Path, angpix: float | None = None) -> ClassAverages:
@@ -100,18 +110,24 @@ def find_labelled_sets(root: Path) -> list[ClassAverages]:
     ``backup_selection.star`` beside the run files, and cryoSPARC Select 2D folders
     (``templates_selected.cs``/``templates_excluded.cs``) with the 2D job they point at.
     A Class2D job selected more than once is returned once, with the labels of the
-    latest Select job. Automatic selections (RELION class_ranker, cryoSPARC auto jobs)
-    are not a person's labels and are skipped, as are sets that cannot be read (e.g. a
-    missing stack, with a warning).
+    latest Select job. Automatic selections are not a person's labels and are skipped
+    (see :func:`automatic_selection`; above all this project's own outputs, which would
+    otherwise train the model on its own predictions), as are sets that cannot be read
+    (e.g. a missing stack, with a warning).
     """
     found: dict[tuple[str, int], tuple[tuple[int, str], ClassAverages]] = {}
     for folder, files in _walk(Path(root)):
         if "backup_selection.star" in files:
-            item = _relion_set(folder)
+            read_set = _relion_set
         elif any(_SELECT_CS.match(f) for f in files):
-            item = _cryosparc_set(folder)
+            read_set = _cryosparc_set
         else:
             continue
+        maker = automatic_selection(folder)
+        if maker is not None:
+            log.info("%s: selected by %s, not by a person: skipped", folder, maker)
+            continue
+        item = read_set(folder)
         if item is None:
             continue
         key, classes = item
@@ -146,12 +162,6 @@ def _relion_set(folder: Path) -> tuple[tuple[str, int], ClassAverages] | None:
             job = read_relion_class2d(
                 folder
             )  # generated: ground truth beside the run files
-        elif _is_automatic_relion(folder):
-            log.info(
-                "%s: an automatic (class_ranker) selection, not a person's: skipped",
-                folder,
-            )
-            return None
         else:
             project = folder.parent.parent
             source = _relion_select_source(folder, project)
@@ -167,13 +177,63 @@ def _relion_set(folder: Path) -> tuple[tuple[str, int], ClassAverages] | None:
     return key, job.classes.with_labels(labels)
 
 
-def _is_automatic_relion(select_dir: Path) -> bool:
-    """True for a Select job run by relion_class_ranker (its labels are predictions)."""
-    note = select_dir / "note.txt"
-    if note.is_file() and "relion_class_ranker" in note.read_text(errors="replace"):
-        return True
-    job_star = select_dir / "job.star"
-    return job_star.is_file() and "class2dauto" in job_star.read_text(errors="replace")
+def automatic_selection(folder: Path) -> str | None:
+    """What made the selection in ``folder`` when a program did, else ``None``.
+
+    A program's selection is a prediction, never a person's label. Recognised:
+
+    - this project's outputs: a ``run_record.json`` (written by every scoring command:
+      ``cryodiscovery-relion``, ``cryodiscovery-cryosparc --out``, ``score``...; only
+      ``simulate``, whose Select jobs hold the generated ground truth, is not one);
+    - RELION External jobs (a folder under ``External/``, or a ``job.star`` of type
+      ``relion.external``/99 or whose ``fn_exe`` is ``cryodiscovery-*``, or a
+      ``note.txt`` running ``cryodiscovery-relion``) and relion_class_ranker's
+      auto-selecting Select jobs (``note.txt``, ``class2dauto`` in ``job.star``);
+    - cryoSPARC External jobs (``job.json`` type ``snowflake``, as cryosparc-tools
+      creates them) and automatic selection jobs (a type containing ``auto``).
+    """
+    record = folder / "run_record.json"
+    if record.is_file():
+        command = _record_command(record)
+        if command not in _GROUND_TRUTH_COMMANDS:
+            return f"cryodiscovery ({command or 'run_record.json'})"
+    if folder.parent.name == "External":
+        return "a RELION External job"
+    note = _text(folder / "note.txt")
+    if "relion_class_ranker" in note:
+        return "relion_class_ranker"
+    if _OWN_EXE_RE.search(note):
+        return "cryodiscovery-relion (note.txt)"
+    job_star = _text(folder / "job.star")
+    if "class2dauto" in job_star:
+        return "relion_class_ranker (job.star)"
+    if _EXTERNAL_STAR_RE.search(job_star):
+        return "a RELION External job (job.star)"
+    exe = _FN_EXE_RE.search(job_star)
+    if exe and Path(exe[1]).name.startswith("cryodiscovery"):
+        return f"{Path(exe[1]).name} (job.star)"
+    job_json = _text(folder / "job.json")
+    if _SNOWFLAKE_RE.search(job_json):
+        return "a cryoSPARC External job (job.json)"
+    if _AUTO_JOB_RE.search(job_json):
+        return "an automatic cryoSPARC job (job.json)"
+    return None
+
+
+def _record_command(path: Path) -> str:
+    """The ``command`` of a run record; ``""`` if unreadable (still this project's)."""
+    try:
+        record = json.loads(path.read_text(errors="replace"))
+    except (OSError, ValueError):
+        return ""
+    return str(record.get("command", "")) if isinstance(record, dict) else ""
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace") if path.is_file() else ""
+    except OSError:
+        return ""
 
 
 def _relion_select_source(select_dir: Path, project: Path) -> str | None:
@@ -249,12 +309,6 @@ def _pipeline_sources(project: Path, select_dir: Path) -> list[str]:
 
 
 def _cryosparc_set(folder: Path) -> tuple[tuple[str, int], ClassAverages] | None:
-    job_json = folder / "job.json"
-    if job_json.is_file() and re.search(
-        r'"type":\s*"[^"]*auto', job_json.read_text(errors="replace")
-    ):
-        log.info("%s: an automatic selection job, not a person's: skipped", folder)
-        return None
     try:
         source = selection_source(folder)
         job = read_cryosparc_class2d(source)

@@ -155,6 +155,18 @@ def _particle_tables(
         else np.zeros(0)
     )
     offsets = np.arange(-3, 4) * 2.0 * apix
+    # Plain object columns: pandas' own string dtype costs a conversion each way.
+    image_names = list(
+        map(
+            "{:06d}@Extract/job005/Movies/mic_{:04d}.mrcs".format,
+            index_in_mic.tolist(),
+            mic.tolist(),
+        )
+    )
+    mic_names = np.array(
+        [f"MotionCorr/job002/Movies/mic_{m:04d}.mrc" for m in range(n_mics + 1)],
+        dtype=object,
+    )
     particles = pd.DataFrame(
         {
             "rlnCoordinateX": rng.uniform(box, 4096 - box, n).round(6),
@@ -162,13 +174,8 @@ def _particle_tables(
             "rlnClassNumber": cls,
             "rlnAutopickFigureOfMerit": rng.gamma(2.0, 0.5, n),
             "rlnAnglePsi": rng.uniform(-180.0, 180.0, n),
-            "rlnImageName": [
-                f"{i:06d}@Extract/job005/Movies/mic_{m:04d}.mrcs"
-                for i, m in zip(index_in_mic, mic, strict=True)
-            ],
-            "rlnMicrographName": [
-                f"MotionCorr/job002/Movies/mic_{m:04d}.mrc" for m in mic
-            ],
+            "rlnImageName": pd.Series(image_names, dtype=object),
+            "rlnMicrographName": pd.Series(mic_names[mic], dtype=object),
             "rlnOpticsGroup": np.ones(n, dtype=np.int64),
             "rlnCtfMaxResolution": rng.uniform(2.8, 6.0, n_mics + 1)[mic],
             "rlnCtfFigureOfMerit": rng.uniform(0.08, 0.3, n_mics + 1)[mic],

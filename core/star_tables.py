@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 Block: TypeAlias = pd.DataFrame | dict[str, Any]
 
 _VERSION_RE = re.compile(rb"^#\s*version\s+(\d+)", re.MULTILINE)
+#: Characters that make :func:`_format_scalar` quote a text field.
+_NEEDS_QUOTES = re.compile(r"[ \t\n]").search
+#: Rows whose values decide whether a float column is formatted value by value.
+_SAMPLE_ROWS = 1024
 
 
 def read_star(path: Path, n_blocks: int | None = None) -> dict[str, Block]:
@@ -221,29 +225,46 @@ def _write_loop(out: io.StringIO, table: pd.DataFrame) -> None:
         out.write(f"_{col} #{i} \n")
     if len(table) == 0:
         return
-    columns = [_format_column(table[col]) for col in table.columns]
-    out.writelines(" ".join(row) + " \n" for row in zip(*columns, strict=True))
+    # One %-format per row over columns prepared with numpy, as numpy.savetxt does but
+    # with the loop in C (map): no Python code runs per row or per field, which makes a
+    # 100k-particle data.star several times faster than formatting value by value.
+    prepared = [_column_values(table[col]) for col in table.columns]
+    row = " ".join(spec for spec, _ in prepared) + " \n"
+    rows = zip(*(values for _, values in prepared), strict=True)
+    out.write("".join(map(row.__mod__, rows)))
 
 
-def _format_column(values: pd.Series) -> list[str]:
-    """A column as text; floats as RELION prints them: %.6f, or %.6e for tiny values."""
+def _column_values(values: pd.Series) -> tuple[str, list[Any]]:
+    """A column's %-format and its values for it: integers ``%d``; floats as RELION
+    prints them, ``%.6f``, or ``%.6e`` for a column with tiny values (both write
+    ``nan``/``inf``/``-inf`` as :func:`_format_scalar` does); text ``%s``, formatted."""
     if pd.api.types.is_bool_dtype(values.dtype) or pd.api.types.is_integer_dtype(
         values.dtype
     ):
-        return [str(v) for v in values.to_numpy(dtype=np.int64).tolist()]
+        return "%d", values.to_numpy(dtype=np.int64).tolist()
     if pd.api.types.is_float_dtype(values.dtype):
         arr = values.to_numpy(dtype=np.float64)
-        # Format each distinct value once: per-micrograph and constant columns repeat a lot.
-        uniq, inverse = np.unique(arr, return_inverse=True)
-        finite = np.isfinite(uniq)
-        small = finite & (uniq != 0) & (np.abs(uniq) < 1e-3)
-        fmt = "{:.6e}" if small.any() else "{:.6f}"
-        text = [
-            fmt.format(v) if math.isfinite(v) else _format_scalar(v)
-            for v in uniq.tolist()
-        ]
-        return [text[k] for k in inverse.ravel().tolist()]
-    return [_format_scalar(v) for v in values.tolist()]
+        small = np.isfinite(arr) & (arr != 0) & (np.abs(arr) < 1e-3)
+        fmt = "%.6e" if small.any() else "%.6f"
+        bits = arr.view(np.int64)  # exact identity: keeps -0.0 apart from 0.0
+        head = bits[:_SAMPLE_ROWS]
+        if 2 * len(np.unique(head)) > len(head):  # mostly distinct values
+            return fmt, arr.tolist()
+        # Per-micrograph and constant columns repeat a lot: format each value once.
+        uniq, inverse = np.unique(bits, return_inverse=True)
+        text = np.array(list(map(fmt.__mod__, uniq.view(np.float64).tolist())))
+        return "%s", text.astype(object)[inverse.ravel()].tolist()
+    items = values.to_numpy(dtype=object).tolist()
+    if not _plain_words(items):
+        items = [_format_scalar(v) for v in items]
+    return "%s", items
+
+
+def _plain_words(items: list[Any]) -> bool:
+    """True if every item is a non-empty str that needs no quotes in a STAR file."""
+    if not items or set(map(type, items)) != {str} or min(map(len, items)) == 0:
+        return False
+    return _NEEDS_QUOTES("\0".join(items)) is None
 
 
 def _format_scalar(value: Any) -> str:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from cryodiscovery.core.classes import ClassAverages
+from cryodiscovery.core.classes import ClassAverages, Provenance
+from cryodiscovery.core.cryosparc_class2d import class_averages_from_datasets
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.report import render_gallery, write_selection_outputs
 from cryodiscovery.cryosparc_job.partition import (
@@ -32,7 +33,6 @@ from cryodiscovery.cryosparc_job.partition import (
 )
 from cryodiscovery.cryosparc_job.session import ServerError, api_detail
 from cryodiscovery.cryosparc_job.summary import score_table, summary_line
-from cryodiscovery.cryosparc_job.templates import class_averages_from_datasets
 from cryosparc.dataset import Dataset
 
 if TYPE_CHECKING:
@@ -169,7 +169,12 @@ def load_class2d(
         raise InputError(what, f"class averages in {len(paths)} stacks; expected one")
     _, stack = _download(paths[0], lambda: cs.download_mrc(project, paths[0]))
     classes = class_averages_from_datasets(
-        templates, particles, stack, job=what, sources=paths
+        templates,
+        particles,
+        stack,
+        provenance=Provenance("cryosparc", tuple(paths), what),
+        what=f"{what} class_averages",
+        particles_what=f"{what} particles",
     )
     log.info(
         "loaded %d classes and %d particles from %s", len(classes), len(particles), what

@@ -64,8 +64,8 @@ def _residues(
 def helix(length: float, rng: np.random.Generator) -> tuple[F64, F64]:
     """An α-helix of ``length`` Å along z, centred: 1.5 Å rise and 100° per residue."""
     n = max(4, int(length / 1.5))
-    z = (np.arange(n) - (n - 1) / 2) * 1.5
-    ang = np.deg2rad(100.0) * np.arange(n) + rng.uniform(0, 2 * np.pi)
+    z = np.asarray((np.arange(n) - (n - 1) / 2) * 1.5, dtype=np.float64)
+    ang: F64 = np.deg2rad(100.0) * np.arange(n) + rng.uniform(0, 2 * np.pi)
     side = np.stack([np.cos(ang), np.sin(ang)], axis=1)
     return _residues(z, ang, 2.3, side, rng)
 
@@ -75,9 +75,9 @@ def strand(
 ) -> tuple[F64, F64]:
     """A β-strand of ``length`` Å along z (3.3 Å per residue), pleated in x, side chains ±y."""
     n = max(3, int(length / 3.3))
-    z = (np.arange(n) - (n - 1) / 2) * 3.3
+    z = np.asarray((np.arange(n) - (n - 1) / 2) * 3.3, dtype=np.float64)
     alt = np.where(np.arange(n) % 2 == 0, 1.0, -1.0) * flip
-    ang = np.where(alt > 0, 0.0, np.pi)
+    ang: F64 = np.where(alt > 0, 0.0, np.pi)
     side = np.stack([np.zeros(n), alt], axis=1)
     return _residues(z, ang, 0.9, side, rng)
 

@@ -74,7 +74,8 @@ class Scene:
         if len(self.preferred) and rng.random() < self.preferred_weight:
             base = self.preferred[rng.integers(len(self.preferred))]
             wobble = axis_rotation(rng.normal(size=3), np.deg2rad(rng.normal(0, 12.0)))
-            return spin @ wobble @ base
+            rot: F64 = np.asarray(spin @ wobble @ base, dtype=np.float64)
+            return rot
         return random_rotation(rng)
 
     def project(

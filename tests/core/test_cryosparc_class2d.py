@@ -12,6 +12,7 @@ import pytest
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.cryosparc_class2d import (
     ALIGNMENTS2D,
+    class_averages_from_datasets,
     read_cryosparc_class2d,
     read_cryosparc_selection,
     selection_source,
@@ -53,6 +54,40 @@ def test_round_trip(tmp_path: Path, class_factory: Factory) -> None:
         and (job.classes.labels == classes.labels).all()
     )
     assert len(back.particles) == counts.sum()
+
+
+def test_datasets_builder_is_what_the_reader_uses(
+    tmp_path: Path, class_factory: Factory
+) -> None:
+    """Datasets as a server hands them out give the classes read from the folder."""
+    classes = class_factory(n=7, seed=3)
+    write_cryosparc_class2d(classes, tmp_path / "P3" / "J42", seed=1)
+    read = read_cryosparc_class2d(tmp_path / "P3" / "J42")
+    order = np.argsort(read.classes.class_numbers)[::-1]  # rows in any order
+    built = class_averages_from_datasets(
+        read.class_averages.take(order),
+        read.particles,
+        classes.images,
+        provenance=read.classes.provenance,
+    )
+    np.testing.assert_array_equal(
+        built.class_numbers, read.classes.class_numbers[order]
+    )
+    np.testing.assert_array_equal(built.images, read.classes.images[order])
+    np.testing.assert_array_equal(built.metadata, read.classes.metadata[order])
+    assert built.pixel_size == read.classes.pixel_size
+    no_particles = class_averages_from_datasets(
+        read.class_averages, None, classes.images
+    )
+    assert np.isnan(no_particles.field("particle_count")).all()
+    np.testing.assert_allclose(
+        no_particles.field("resolution_A"), read.classes.field("resolution_A")
+    )
+    empty = class_averages_from_datasets(
+        read.class_averages, Dataset.allocate(0, ALIGNMENTS2D), classes.images
+    )
+    assert (empty.field("particle_count") == 0).all()
+    assert np.isnan(empty.field("eca")).all()
 
 
 def test_folder_layout_fields_and_dtypes(

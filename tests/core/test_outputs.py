@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from cryodiscovery.core.outputs import (
     atomic_path,
     sha256_file,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,11 @@ from cryodiscovery.core.cryosparc_class2d import (
     write_cryosparc_selection,
 )
 from cryodiscovery.core.errors import InputError
-from cryodiscovery.core.readers import find_labelled_sets, read_class_averages
+from cryodiscovery.core.readers import (
+    automatic_selection,
+    find_labelled_sets,
+    read_class_averages,
+)
 from cryodiscovery.core.relion_class2d import (
     write_default_pipeline,
     write_relion_class2d,
@@ -188,3 +193,111 @@ def test_selection_of_job_1000_is_later_than_job_999(
     write_relion_selection(job, classes.labels, "Select/job1000")
     (only,) = find_labelled_sets(tmp_path)
     np.testing.assert_array_equal(only.labels, classes.labels)
+
+
+def test_cryodiscovery_relion_job_outputs_are_not_labels(
+    tmp_path: Path, class_factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The External job's own selection (run in-process, as RELION runs it) must never
+    come back as training labels: only the person's Select job is harvested."""
+    from cryodiscovery.relion_external.cli import main as relion_main
+    from cryodiscovery.relion_external.job_star import write_job_star
+
+    classes = _relion_project(tmp_path, class_factory)
+    monkeypatch.chdir(tmp_path)
+    argv = [
+        "--o",
+        "External/job005/",
+        "--in_parts",
+        "Class2D/job003/run_it025_data.star",
+    ]
+    # Threshold 0 keeps every class: labels unlike the person's alternating ones.
+    assert relion_main([*argv, "--threshold", "0", "--j", "1"]) == 0
+    out = tmp_path / "External/job005"
+    written = {p.name for p in out.iterdir()}
+    assert {"backup_selection.star", "class_averages.star", "particles.star"} <= written
+    assert "cryodiscovery" in (out / "run_record.json").read_text()
+
+    (only,) = find_labelled_sets(tmp_path)
+    assert only.provenance.job == "Class2D/job003"
+    np.testing.assert_array_equal(only.labels, classes.labels)
+
+    shutil.rmtree(tmp_path / "Select")
+    assert find_labelled_sets(tmp_path) == []
+    # Without its run record the folder is still known: RELION's job.star names the
+    # executable, and a folder under External/ is a program's output anyway.
+    (out / "run_record.json").unlink()
+    write_job_star(out, "/opt/env/bin/cryodiscovery-relion")
+    assert find_labelled_sets(tmp_path) == []
+    moved = tmp_path / "Select/job006"
+    moved.parent.mkdir()
+    out.rename(moved)
+    assert find_labelled_sets(tmp_path) == []
+    (moved / "job.star").unlink()
+    (moved / "note.txt").write_text(
+        " ++++ with the following command(s): \n`which cryodiscovery-relion` "
+        "--o External/job005/ --in_parts Class2D/job003/run_it025_data.star\n"
+    )
+    assert find_labelled_sets(tmp_path) == []
+    (moved / "note.txt").write_text("`which relion_display` --gui\n")
+    assert len(find_labelled_sets(tmp_path)) == 1  # the guard is not a blanket refusal
+
+
+def test_cryodiscovery_cryosparc_outputs_are_not_labels(
+    tmp_path: Path, class_factory: Factory
+) -> None:
+    """Offline outputs of cryodiscovery-cryosparc (templates_selected.cs + run record)
+    and an External (snowflake) job's outputs are not labels; Select 2D's are."""
+    from cryodiscovery.cryosparc_job.cli import main as cryosparc_main
+
+    classes = class_factory(n=9, seed=2)
+    project = tmp_path / "CS-x"
+    job = write_cryosparc_class2d(classes, project / "J10")
+    write_cryosparc_selection(job, classes.labels, project / "J11")
+    out = project / "J12"
+    argv = ["--job-dir", str(project / "J10"), "--out", str(out), "--threshold", "0"]
+    assert cryosparc_main(argv) == 0
+    assert (out / "templates_selected.cs").is_file()
+    assert "cryodiscovery-cryosparc" in (out / "run_record.json").read_text()
+
+    (only,) = find_labelled_sets(tmp_path)
+    assert only.provenance.job == "CS-x/J10"
+    np.testing.assert_array_equal(only.labels, classes.labels)
+
+    shutil.rmtree(project / "J11")
+    assert find_labelled_sets(tmp_path) == []
+    # The online mode's outputs live in a cryoSPARC External job (type "snowflake").
+    (out / "run_record.json").unlink()
+    (out / "job.json").write_text('{"uid": "J12", "type": "snowflake"}\n')
+    assert find_labelled_sets(tmp_path) == []
+    (out / "job.json").write_text('{"uid": "J12", "type": "select_2D"}\n')
+    assert len(find_labelled_sets(tmp_path)) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "maker"),
+    [
+        ("run_record.json", '{"command": "score"}', "cryodiscovery (score)"),
+        ("run_record.json", "{not json", "cryodiscovery (run_record.json)"),
+        ("run_record.json", '{"command": "simulate"}', None),
+        ("note.txt", "`which relion_class_ranker` --opt x", "relion_class_ranker"),
+        ("note.txt", "`which relion_display` --gui --i run_it025_model.star", None),
+        ("job.star", "data_job\n_rlnJobType 99\n", "a RELION External job (job.star)"),
+        ("job.star", "data_job\n_rlnJobType 30\n", None),
+        ("job.star", "loop_\n fn_exe /x/bin/cryodiscovery-relion\n", "cryodiscovery"),
+        ("job.star", "loop_\n fn_exe /x/cryodiscovery_data/my_tool\n", None),
+        ("job.json", '{"type": "select_2D_auto"}', "automatic cryoSPARC"),
+        ("job.json", '{"type": "select_2D"}', None),
+    ],
+)
+def test_automatic_selection_markers(
+    tmp_path: Path, name: str, text: str, maker: str | None
+) -> None:
+    folder = tmp_path / "Select/job004"
+    folder.mkdir(parents=True)
+    (folder / name).write_text(text)
+    found = automatic_selection(folder)
+    if maker is None:
+        assert found is None
+    else:
+        assert found is not None and maker in found

@@ -306,6 +306,58 @@ def test_star_write_read_round_trip(tmp_path: Path) -> None:
     assert back["rows"]["rlnC"].tolist()[:2] == ["x@y.mrcs", "a b"]
 
 
+def _reference_field(value: object, tiny_column: bool) -> str:
+    """One field as RELION prints it, formatted on its own (the writer's contract)."""
+    if isinstance(value, float):
+        if not np.isfinite(value):
+            return "nan" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+        return f"{value:.6e}" if tiny_column else f"{value:.6f}"
+    if isinstance(value, str):
+        quote = not value or any(c in value for c in " \t\n")
+        return '"' + value.replace('"', "'") + '"' if quote else value
+    return str(int(value))  # type: ignore[call-overload]
+
+
+def test_large_loop_text_is_exact_and_reads_back(tmp_path: Path) -> None:
+    """Columns formatted per value and per distinct value (repeats) give the text of
+    formatting every field on its own; starfile reads back the same values."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    spread = rng.normal(0.0, 2000.0, n)
+    spread[[5, 6, 7, 8]] = [np.nan, np.inf, -np.inf, -0.0]
+    spread[9] = 0.0078125  # a tie at the 7th decimal (%.6f rounds it to even)
+    repeated = rng.choice([0.0, -0.0, 1.5, 31000.25, np.nan], n)
+    tiny = rng.choice([2.5e-5, -1e-9, 0.0, 3.0], n)
+    table = pd.DataFrame(
+        {
+            "rlnSpread": spread,
+            "rlnRepeated": repeated,
+            "rlnTiny": tiny,
+            "rlnFlag": rng.random(n) < 0.5,
+            "rlnNumber": rng.integers(-(10**12), 10**12, n),
+            "rlnName": [f"{i:06d}@Extract/a.mrcs" for i in range(n)],
+            "rlnMixed": rng.choice(["mic 1.mrc", "", "x", 'say "hi"'], n),
+        }
+    )
+    path = tmp_path / "loop.star"
+    write_star(path, {"rows": table})
+    lines = path.read_text().splitlines()
+    rows = lines[lines.index("_rlnMixed #7 ") + 1 :][:n]
+    records = table.astype(object).to_numpy()
+    expected = [
+        " ".join(_reference_field(v, c == 2) for c, v in enumerate(rec)) + " "
+        for rec in records
+    ]
+    assert rows == expected
+    assert rows[9].startswith("0.007812 ") and rows[8].startswith("-0.000000 ")
+    back = starfile.read(path)
+    np.testing.assert_allclose(
+        back["rlnSpread"], spread, rtol=0, atol=5e-7, equal_nan=True
+    )
+    assert back["rlnNumber"].tolist() == table["rlnNumber"].tolist()
+    assert back["rlnName"].tolist() == table["rlnName"].tolist()
+
+
 def _written(tmp_path: Path, class_factory: Factory) -> Path:
     write_relion_class2d(class_factory(), tmp_path, "Class2D/job003", version="5.0")
     return tmp_path / "Class2D/job003"

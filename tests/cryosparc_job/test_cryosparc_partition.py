@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cryodiscovery.core.classes import Provenance
+from cryodiscovery.core.cryosparc_class2d import class_averages_from_datasets
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.cryosparc_job.partition import (
     OUTPUT_NAMES,
@@ -12,7 +14,6 @@ from cryodiscovery.cryosparc_job.partition import (
     passthrough_fields,
     written_fields,
 )
-from cryodiscovery.cryosparc_job.templates import class_averages_from_datasets
 from cryosparc.dataset import Dataset
 from cryosparc_testdata import make_class2d
 
@@ -122,7 +123,10 @@ def test_fill_allocated_copies_and_refuses_to_invent_fields():
 def test_class_averages_from_datasets_metadata():
     data = make_class2d(n_classes=5, n_particles=80)
     classes = class_averages_from_datasets(
-        data.templates, data.particles, data.stack, job="P1/J1"
+        data.templates,
+        data.particles,
+        data.stack,
+        provenance=Provenance("cryosparc", (data.stack_path,), "P1/J1"),
     )
     assert classes.class_numbers.tolist() == [1, 2, 3, 4, 5]
     assigned = np.asarray(data.particles["alignments2D/class"])
@@ -136,3 +140,15 @@ def test_class_averages_from_datasets_metadata():
     assert classes.pixel_size == 2.0 and classes.provenance.job == "P1/J1"
     with pytest.raises(InputError, match="past the 2 images"):
         class_averages_from_datasets(data.templates, data.particles, data.stack[:2])
+    stray = data.particles.copy()
+    stray["alignments2D/class"][:3] = 7
+    with pytest.raises(
+        InputError, match=r"P1/J1 particles: .*3 particles in class index 7"
+    ):
+        class_averages_from_datasets(
+            data.templates, stray, data.stack, particles_what="P1/J1 particles"
+        )
+    with pytest.raises(InputError, match="appears twice"):
+        class_averages_from_datasets(
+            data.templates.take(np.array([0, 1, 1])), None, data.stack
+        )

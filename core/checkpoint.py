@@ -1,0 +1,338 @@
+"""Self-describing, checksummed model files and the :class:`ClassScorer` they load into.
+
+A model file is a short text header followed by a ``torch.save`` payload::
+
+    CRYODISCOVERY-MODEL\\n
+    {"format": 1, "payload_bytes": N, "payload_sha256": "..."}\\n
+    <N bytes: torch.save of a dict of plain values and tensors>
+
+The payload holds the architecture, the preprocessing, every member's state dict, the
+ensemble rule and the decision that chose it, the stored threshold and the target
+false-negative rate it was calibrated for, the validation labels and scores (so any other
+target can be recalibrated), test metrics and a description of the training data. Loading
+checks the header, the length and the SHA-256 of the payload, then reads it with
+``torch.load(weights_only=True)`` (no code is executed from a model file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from cryodiscovery.core.calibration import threshold_for_fnr
+from cryodiscovery.core.classes import ClassAverages
+from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.nets import RULES, ClassNet, NetConfig, combine_logits
+from cryodiscovery.core.outputs import atomic_path
+from cryodiscovery.core.preprocess import PreprocessConfig, prepare_inputs
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"CRYODISCOVERY-MODEL\n"
+FORMAT_VERSION = 1
+#: The shipped default model.
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "weights" / "default.pt"
+
+IMAGE_ONLY = "image-only"
+IMAGE_AND_METADATA = "image+metadata"
+
+
+class ClassScorer:
+    """Scores class averages with one network or the boosted ensemble.
+
+    Attributes
+    ----------
+    members:
+        The networks; each ``forward(images, meta) -> (n,)`` logits, with ``cam_layer``.
+    rule:
+        ``"boosted3"`` or ``"single"`` (see :func:`~cryodiscovery.core.ensemble.combine_logits`).
+    threshold:
+        Stored decision threshold (probability), calibrated for ``target_fnr``.
+    sha256, name:
+        Checksum of the model file (empty before saving/loading) and the model's name.
+    info:
+        Metrics, ensemble decision, training data description (JSON-ready).
+    """
+
+    def __init__(
+        self,
+        members: list[ClassNet],
+        net_config: NetConfig,
+        preprocess: PreprocessConfig,
+        rule: str,
+        threshold: float,
+        *,
+        target_fnr: float = 0.03,
+        validation_labels: npt.ArrayLike | None = None,
+        validation_scores: npt.ArrayLike | None = None,
+        name: str = "cryodiscovery-model",
+        info: dict[str, Any] | None = None,
+        sha256: str = "",
+    ) -> None:
+        if rule not in RULES:
+            raise ValueError(f"unknown ensemble rule {rule!r}")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        self.members = members
+        self.net_config = net_config
+        self.preprocess = preprocess
+        self.rule = rule
+        self.threshold = float(threshold)
+        self.target_fnr = float(target_fnr)
+        self.validation_labels = (
+            None
+            if validation_labels is None
+            else np.asarray(validation_labels, np.int8)
+        )
+        self.validation_scores = (
+            None
+            if validation_scores is None
+            else np.asarray(validation_scores, np.float64)
+        )
+        self.name = name
+        self.info: dict[str, Any] = dict(info or {})
+        self.sha256 = sha256
+        combine_logits([torch.zeros(1)] * len(members), rule)  # rule/member count check
+        for m in self.members:
+            m.eval()
+
+    @property
+    def uses_metadata(self) -> bool:
+        """True when the networks take metadata features."""
+        return self.net_config.meta_features > 0
+
+    def mode_for(self, classes: ClassAverages) -> str:
+        """``"image+metadata"`` when metadata are used for these classes, else ``"image-only"``."""
+        return (
+            IMAGE_AND_METADATA
+            if self.uses_metadata and classes.has_metadata
+            else IMAGE_ONLY
+        )
+
+    def prepare(self, classes: ClassAverages) -> tuple[torch.Tensor, torch.Tensor]:
+        """Network inputs: ``(n, 1, s, s)`` images and ``(n, F)`` metadata features."""
+        images, meta = prepare_inputs(classes, self.preprocess)
+        if not self.uses_metadata:
+            meta = torch.zeros((len(classes), 0))
+        return images, meta
+
+    def member_logits(
+        self, images: torch.Tensor, meta: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Each member's ``(n,)`` logits for prepared inputs (no gradient)."""
+        with torch.inference_mode():
+            return [m(images, meta) for m in self.members]
+
+    def combine(self, member_logits: list[torch.Tensor]) -> torch.Tensor:
+        """The ensemble rule: member logits -> ``(n,)`` probabilities."""
+        return combine_logits(member_logits, self.rule)
+
+    def predict(
+        self,
+        classes: ClassAverages,
+        batch_size: int = 256,
+        on_batch: Callable[[], None] | None = None,
+    ) -> npt.NDArray[np.float64]:
+        """``(n,)`` float64 probabilities of "good"; ``on_batch`` is called between batches
+        (it may raise to abort)."""
+        scores = []
+        for start in range(0, len(classes), batch_size):
+            if on_batch is not None:
+                on_batch()
+            part = classes.subset(
+                np.arange(start, min(start + batch_size, len(classes)))
+            )
+            images, meta = self.prepare(part)
+            scores.append(
+                self.combine(self.member_logits(images, meta)).double().numpy()
+            )
+        return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float64)
+
+    def threshold_for_fnr(self, target_fnr: float) -> float:
+        """Recalibrate the threshold for another false-negative rate on the stored
+        validation scores; ``InputError`` when the model has none."""
+        if self.validation_scores is None or self.validation_labels is None:
+            raise InputError(
+                None,
+                f"model {self.name} stores no validation scores: "
+                "use --threshold instead of --target-fnr",
+            )
+        if not 0.0 <= target_fnr < 1.0:
+            raise InputError(None, f"--target-fnr must be in [0, 1), got {target_fnr}")
+        return threshold_for_fnr(
+            self.validation_labels, self.validation_scores, target_fnr
+        )
+
+    def payload(self) -> dict[str, Any]:
+        """Everything saved in a model file (plain values and tensors)."""
+        return {
+            "name": self.name,
+            "net_config": json.dumps(self.net_config.to_dict()),
+            "preprocess": json.dumps(self.preprocess.to_dict()),
+            "rule": self.rule,
+            "threshold": self.threshold,
+            "target_fnr": self.target_fnr,
+            "members": [
+                {k: v.detach().clone() for k, v in m.state_dict().items()}
+                for m in self.members
+            ],
+            "validation_labels": _tensor_or_none(self.validation_labels),
+            "validation_scores": _tensor_or_none(self.validation_scores),
+            "info": json.dumps(self.info, default=_json_default),
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], sha256: str = "") -> ClassScorer:
+        """Build a scorer from :meth:`payload` output; ``ValueError``/``KeyError`` if bad."""
+        net_config = NetConfig.from_dict(json.loads(payload["net_config"]))
+        pre = PreprocessConfig.from_dict(json.loads(payload["preprocess"]))
+        members = []
+        for state in payload["members"]:
+            net = ClassNet(net_config)
+            net.load_state_dict(state, strict=True)
+            members.append(net)
+        vl, vs = payload.get("validation_labels"), payload.get("validation_scores")
+        return cls(
+            members,
+            net_config,
+            pre,
+            str(payload["rule"]),
+            float(payload["threshold"]),
+            target_fnr=float(payload["target_fnr"]),
+            validation_labels=None if vl is None else vl.numpy(),
+            validation_scores=None if vs is None else vs.numpy(),
+            name=str(payload["name"]),
+            info=json.loads(payload["info"]),
+            sha256=sha256,
+        )
+
+
+def _tensor_or_none(a: npt.NDArray[Any] | None) -> torch.Tensor | None:
+    return None if a is None else torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _json_default(o: object) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray | torch.Tensor):
+        return o.tolist()
+    return str(o)
+
+
+def save_scorer(scorer: ClassScorer, path: str | Path) -> str:
+    """Write ``scorer`` to ``path`` atomically; returns (and sets) the file's SHA-256."""
+    buf = io.BytesIO()
+    torch.save(scorer.payload(), buf)
+    body = buf.getvalue()
+    header = {
+        "format": FORMAT_VERSION,
+        "payload_bytes": len(body),
+        "payload_sha256": hashlib.sha256(body).hexdigest(),
+    }
+    data = MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + body
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    scorer.sha256 = hashlib.sha256(data).hexdigest()
+    return scorer.sha256
+
+
+def read_payload(path: str | Path) -> tuple[dict[str, Any], str]:
+    """Check and read a model file: ``(payload, file SHA-256)``; ``InputError`` if bad."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, "model file not found")
+    data = p.read_bytes()
+    if not data.startswith(MAGIC):
+        raise InputError(
+            p, "not a cryodiscovery model file (no CRYODISCOVERY-MODEL header)"
+        )
+    end = data.find(b"\n", len(MAGIC))
+    try:
+        header = json.loads(data[len(MAGIC) : end])
+        version, size, digest = (
+            int(header["format"]),
+            int(header["payload_bytes"]),
+            str(header["payload_sha256"]),
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(p, f"unreadable model file header ({err})") from None
+    if version != FORMAT_VERSION:
+        raise InputError(
+            p, f"model format {version} is not supported (expected {FORMAT_VERSION})"
+        )
+    body = data[end + 1 :]
+    if len(body) != size:
+        raise InputError(
+            p,
+            f"truncated or padded model file: payload is {len(body)} bytes, header says {size}",
+        )
+    if hashlib.sha256(body).hexdigest() != digest:
+        raise InputError(p, "checksum mismatch: the model file is corrupt")
+    try:
+        payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad archive
+        raise InputError(
+            p, f"cannot read the model payload ({type(err).__name__})"
+        ) from None
+    if not isinstance(payload, dict):
+        raise InputError(p, "model payload is not a dictionary")
+    return payload, hashlib.sha256(data).hexdigest()
+
+
+def load_scorer(path: str | Path | None = None) -> ClassScorer:
+    """Load a model file (``None``: the shipped default model), verifying its checksum.
+
+    Raises
+    ------
+    InputError
+        Missing, truncated, corrupt, foreign or inconsistent model files.
+    """
+    p = DEFAULT_MODEL_PATH if path is None else Path(path)
+    if path is None and not p.is_file():
+        raise InputError(p, "the default model is missing; build it with `make model`")
+    payload, digest = read_payload(p)
+    try:
+        scorer = ClassScorer.from_payload(payload, digest)
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as err:
+        what = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(p, f"model file is inconsistent: {what}") from None
+    log.debug("loaded model %s (%s, sha256 %s)", scorer.name, scorer.rule, digest[:12])
+    return scorer
+
+
+def model_card(scorer: ClassScorer) -> dict[str, Any]:
+    """A JSON-ready description of a saved scorer: what it is, how it was trained and
+    how well it did (the model card shipped beside the default weights)."""
+    n_params = sum(p.numel() for p in scorer.members[0].parameters())
+    return {
+        "name": scorer.name,
+        "sha256": scorer.sha256,
+        "architecture": {
+            "network": "residual CNN + metadata MLP (cryodiscovery.core.nets.ClassNet)",
+            "config": scorer.net_config.to_dict(),
+            "parameters_per_member": n_params,
+            "members": len(scorer.members),
+            "rule": scorer.rule,
+        },
+        "preprocessing": scorer.preprocess.to_dict(),
+        "threshold": scorer.threshold,
+        "target_fnr": scorer.target_fnr,
+        **scorer.info,
+    }
+
+
+def write_model_card(scorer: ClassScorer, path: str | Path) -> Path:
+    """Write :func:`model_card` as JSON to ``path`` (atomically)."""
+    target = Path(path)
+    text = json.dumps(model_card(scorer), indent=2, default=_json_default) + "\n"
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+    return target

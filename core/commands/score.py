@@ -1,0 +1,118 @@
+"""Score 2D class averages: keep the good classes, reject the junk.
+
+INPUT is a RELION Class2D run_itNNN_data.star or run_itNNN_model.star (or the job
+folder), a cryoSPARC 2D classification job folder or one of its .cs files, or a bare
+.mrcs stack of class averages (class numbers are then stack positions, 1-based).
+
+Writes into DIR: scores.csv (class_number, score, selected, particle_count,
+resolution_A, reason), gallery.png (kept and rejected classes, best first),
+score_histogram.png and run_record.json; with --explain also explain/class_NNN.png
+(what drove each decision) and explain/overview.png.
+
+Examples:
+  cryodiscovery score Class2D/job013/run_it025_data.star --out cd_job013
+  cryodiscovery score J42 --out cd_J42 --target-fnr 0.01 --explain
+  cryodiscovery score classes.mrcs --angpix 1.06 --out cd_stack --threshold 0.3
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from cryodiscovery.core.checkpoint import load_scorer
+from cryodiscovery.core.explain import METHODS
+from cryodiscovery.core.readers import read_class_averages
+from cryodiscovery.core.report import format_summary, write_selection_outputs
+from cryodiscovery.core.selection import SelectionOptions, select_classes
+
+log = logging.getLogger(__name__)
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    """Options of ``cryodiscovery score``."""
+    parser.add_argument(
+        "input", type=Path, metavar="INPUT", help="class averages to score"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="output folder"
+    )
+    parser.add_argument(
+        "--angpix",
+        type=float,
+        metavar="A",
+        help="pixel size in Å (needed for a bare stack)",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        metavar="PATH",
+        help="model file (default: the shipped model)",
+    )
+    limit = parser.add_mutually_exclusive_group()
+    limit.add_argument(
+        "--threshold", type=float, metavar="T", help="keep classes scoring >= T (0-1)"
+    )
+    limit.add_argument(
+        "--target-fnr",
+        type=float,
+        metavar="F",
+        help="threshold for this false-negative rate on the model's validation data",
+    )
+    parser.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="adapt the threshold to this job's score distribution",
+    )
+    parser.add_argument(
+        "--min-particles",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also reject classes with fewer than N particles",
+    )
+    parser.add_argument(
+        "--explain", action="store_true", help="write per-class saliency overlays"
+    )
+    parser.add_argument(
+        "--explain-method",
+        choices=METHODS,
+        default=METHODS[0],
+        help=f"saliency method (default {METHODS[0]})",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``cryodiscovery score``; returns the exit code."""
+    options = SelectionOptions(
+        model_path=args.model,
+        threshold=args.threshold,
+        target_fnr=args.target_fnr,
+        adaptive=args.adaptive,
+        min_particles=args.min_particles,
+    )
+    classes = read_class_averages(args.input, args.angpix)
+    scorer = load_scorer(args.model)
+    selection = select_classes(classes, options, scorer)
+    outputs = write_selection_outputs(
+        args.out,
+        classes,
+        selection,
+        argv=getattr(args, "_argv", None),
+        command="score",
+        explain=args.explain,
+        scorer=scorer,
+        config={
+            "input_path": str(args.input),
+            "angpix": args.angpix,
+            "model_path": None if args.model is None else str(args.model),
+            "requested_threshold": args.threshold,
+            "target_fnr": args.target_fnr,
+            "adaptive": args.adaptive,
+            "min_particles": args.min_particles,
+        },
+        explain_method=args.explain_method,
+    )
+    print(format_summary(classes, selection, outputs))
+    return 0

@@ -1,0 +1,275 @@
+"""The boosted three-network ensemble of the CryoDiscovery abstracts.
+
+Three networks are trained one after the other: the first on the class-balanced data; the
+second with extra weight on the classes the first gets wrong; the third with extra weight
+on the classes where the first two disagree, and it decides there. The combination is a
+soft version of "the third breaks ties", so scores stay continuous and sortable::
+
+    g = |p1 - p2|;   p = (1 - g) * (p1 + p2) / 2 + g * p3
+
+(``g`` = 0 where the first two agree exactly, 1 where they disagree completely.)
+
+The ensemble is compared with each single network on the same test set and kept only when
+it is better (higher ROC AUC and no lower balanced accuracy at the calibrated threshold);
+otherwise the best single network is kept. The decision is recorded in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from cryodiscovery.core.augment import augment_batch
+from cryodiscovery.core.calibration import threshold_for_fnr
+from cryodiscovery.core.checkpoint import ClassScorer
+from cryodiscovery.core.metrics import classification_report
+from cryodiscovery.core.nets import BOOSTED, SINGLE, ClassNet, NetConfig, combine_logits
+from cryodiscovery.core.preprocess import PreprocessConfig, normalise_images
+from cryodiscovery.core.training import (
+    TrainConfig,
+    TrainingSet,
+    TrainResult,
+    predict_logits,
+    train_net,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BoostConfig:
+    """How strongly the later members focus on the earlier ones' errors/disagreement."""
+
+    emphasis: float = 4.0
+    target_fnr: float = 0.03
+
+
+@dataclass
+class EnsembleResult:
+    """Trained members, the rule kept and why, and validation scores for calibration."""
+
+    members: list[ClassNet]
+    rule: str
+    decision: dict[str, Any]
+    val_scores: torch.Tensor
+    test_scores: torch.Tensor
+    training: list[dict[str, Any]] = field(default_factory=list)
+
+
+def predict_augmented(
+    net: ClassNet, data: TrainingSet, pre: PreprocessConfig, cfg: TrainConfig, seed: int
+) -> torch.Tensor:
+    """``(n,)`` probabilities on one augmented pass (eval mode): errors that survive a
+    random view are the ones worth emphasising, unlike the memorised training images."""
+    gen = torch.Generator().manual_seed(seed)
+    net.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(data), 512):
+            sl = slice(start, start + 512)
+            imgs, rad = augment_batch(
+                data.images[sl], data.radius[sl], cfg.augment, gen
+            )
+            out.append(
+                torch.sigmoid(net(normalise_images(imgs, rad, pre), data.meta[sl]))
+            )
+    return torch.cat(out)
+
+
+def _member_summary(index: int, res: TrainResult) -> dict[str, Any]:
+    return {
+        "member": index + 1,
+        "best_epoch": res.best_epoch,
+        "epochs_run": res.epochs_run,
+        "seconds": round(res.seconds, 1),
+        "seconds_per_epoch": round(res.seconds / max(res.epochs_run, 1), 2),
+        "history": res.history,
+    }
+
+
+def train_boosted(
+    train: TrainingSet,
+    val: TrainingSet,
+    test: TrainingSet,
+    net_config: NetConfig,
+    pre: PreprocessConfig,
+    cfg: TrainConfig,
+    boost: BoostConfig | None = None,
+    init: list[dict[str, torch.Tensor]] | None = None,
+) -> EnsembleResult:
+    """Train the three members, compare with each single member on ``test``, decide.
+
+    Parameters
+    ----------
+    train, val, test:
+        Disjoint labelled sets: fitting, early stopping + threshold calibration, decision.
+    init:
+        Optional state dicts to start the members from (fine-tuning): one per member, or
+        one for all.
+    """
+    bc = boost or BoostConfig()
+    inits = (
+        [None] * 3 if init is None else [init[min(i, len(init) - 1)] for i in range(3)]
+    )
+    y = train.labels
+    results: list[TrainResult] = []
+    weights: torch.Tensor | None = None
+    probs: list[torch.Tensor] = []
+    for i in range(3):
+        member_cfg = TrainConfig(**{**cfg.__dict__, "seed": cfg.seed + 1000 * i})
+        res = train_net(
+            train,
+            val,
+            net_config,
+            pre,
+            member_cfg,
+            weights,
+            inits[i],
+            desc=f"member {i + 1}/3",
+        )
+        results.append(res)
+        probs.append(predict_augmented(res.net, train, pre, cfg, cfg.seed + 7 + i))
+        if i == 0:
+            weights = 1.0 + bc.emphasis * (y - probs[0]).abs()
+        elif i == 1:
+            weights = 1.0 + bc.emphasis * (probs[0] - probs[1]).abs()
+    nets = [r.net for r in results]
+    val_logits = [predict_logits(n, val, pre) for n in nets]
+    test_logits = [predict_logits(n, test, pre) for n in nets]
+    decision = decide(val, test, val_logits, test_logits, bc.target_fnr)
+    if decision["kept"] == BOOSTED:
+        members, rule, vl, tl = nets, BOOSTED, val_logits, test_logits
+    else:
+        k = int(decision["best_single"]) - 1
+        members, rule, vl, tl = [nets[k]], SINGLE, [val_logits[k]], [test_logits[k]]
+    return EnsembleResult(
+        members,
+        rule,
+        decision,
+        combine_logits(vl, rule),
+        combine_logits(tl, rule),
+        [_member_summary(i, r) for i, r in enumerate(results)],
+    )
+
+
+def decide(
+    val: TrainingSet,
+    test: TrainingSet,
+    val_logits: list[torch.Tensor],
+    test_logits: list[torch.Tensor],
+    target_fnr: float,
+) -> dict[str, Any]:
+    """Metrics of each member and of the ensemble on ``test`` (thresholds calibrated on
+    ``val``) and which one is kept."""
+    candidates: dict[str, tuple[torch.Tensor, torch.Tensor]] = {
+        f"member{i + 1}": (torch.sigmoid(v), torch.sigmoid(t))
+        for i, (v, t) in enumerate(zip(val_logits, test_logits, strict=True))
+    }
+    candidates["ensemble"] = (
+        combine_logits(val_logits, BOOSTED),
+        combine_logits(test_logits, BOOSTED),
+    )
+    yv, yt = val.labels.numpy().astype(int), test.labels.numpy().astype(int)
+    metrics: dict[str, dict[str, Any]] = {}
+    for name, (pv, pt) in candidates.items():
+        thr = threshold_for_fnr(yv, pv.numpy(), target_fnr)
+        rep = classification_report(yt, pt.numpy(), thr, test.kinds)
+        metrics[name] = rep.to_dict()
+    singles = [f"member{i + 1}" for i in range(len(val_logits))]
+    best = max(
+        singles, key=lambda k: (metrics[k]["auc"], metrics[k]["balanced_accuracy"])
+    )
+    ens = metrics["ensemble"]
+    better = (
+        ens["auc"] > metrics[best]["auc"]
+        and ens["balanced_accuracy"] >= metrics[best]["balanced_accuracy"]
+    )
+    log.info(
+        "test AUC: %s; ensemble %s",
+        ", ".join(f"{k} {metrics[k]['auc']:.4f}" for k in [*singles, "ensemble"]),
+        "kept" if better else f"not kept ({best} is as good or better)",
+    )
+    return {
+        "kept": BOOSTED if better else SINGLE,
+        "best_single": int(best.removeprefix("member")),
+        "criterion": "test ROC AUC higher than every single member and balanced "
+        "accuracy at the validation-calibrated threshold not lower",
+        "test_metrics": metrics,
+    }
+
+
+def scorer_from_ensemble(
+    result: EnsembleResult,
+    net_config: NetConfig,
+    preprocess: PreprocessConfig,
+    val_labels: npt.ArrayLike,
+    *,
+    target_fnr: float = 0.03,
+    name: str = "cryodiscovery-model",
+    info: dict[str, Any] | None = None,
+) -> ClassScorer:
+    """A scorer from a trained ensemble, its threshold calibrated on the validation
+    scores for ``target_fnr`` (those scores are stored for later recalibration)."""
+    val_scores = result.val_scores.double().numpy()
+    threshold = threshold_for_fnr(val_labels, val_scores, target_fnr)
+    details = dict(info or {})
+    details["ensemble"] = result.decision
+    details["members_training"] = result.training
+    return ClassScorer(
+        result.members,
+        net_config,
+        preprocess,
+        result.rule,
+        threshold,
+        target_fnr=target_fnr,
+        validation_labels=val_labels,
+        validation_scores=val_scores,
+        name=name,
+        info=details,
+    )
+
+
+def fit_scorer(
+    train: TrainingSet,
+    val: TrainingSet,
+    test: TrainingSet,
+    net_config: NetConfig,
+    preprocess: PreprocessConfig,
+    cfg: TrainConfig,
+    *,
+    boost: BoostConfig | None = None,
+    init: list[dict[str, torch.Tensor]] | None = None,
+    name: str = "cryodiscovery-model",
+    info: dict[str, Any] | None = None,
+) -> ClassScorer:
+    """Train the boosted ensemble, decide ensemble vs single network on ``test``, and
+    calibrate the threshold on ``val``: the whole path from data to a scorer."""
+    bc = boost or BoostConfig()
+    result = train_boosted(train, val, test, net_config, preprocess, cfg, bc, init)
+    details = dict(info or {})
+    details["data_sizes"] = {
+        part: {"classes": len(d), "good": int(d.labels.sum())}
+        for part, d in (("train", train), ("validation", val), ("test", test))
+    }
+    details["train_config"] = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    scorer = scorer_from_ensemble(
+        result,
+        net_config,
+        preprocess,
+        val.labels.numpy().astype(np.int8),
+        target_fnr=bc.target_fnr,
+        name=name,
+        info=details,
+    )
+    y = test.labels.numpy().astype(int)
+    report = classification_report(
+        y, result.test_scores.double().numpy(), scorer.threshold, test.kinds
+    )
+    scorer.info["test_metrics"] = report.to_dict()
+    return scorer

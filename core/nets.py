@@ -1,0 +1,186 @@
+"""The class scorer network: a compact residual CNN on the normalised class average, fused
+with a small MLP on the metadata features, giving one logit of "good" per class; and the
+rule that combines the members of the boosted ensemble (:func:`combine_logits`).
+
+Metadata enter as values plus "present" flags; with no metadata at all (a bare stack) the
+whole vector is zero, which the network is trained to handle (metadata are dropped at
+random in training), so one network scores both modes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from cryodiscovery.core.preprocess import N_META
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Architecture of :class:`ClassNet` (stored in every checkpoint).
+
+    Parameters
+    ----------
+    in_size:
+        Input box in pixels (the preprocessing ``size``).
+    stem:
+        Channels of the stride-2 5x5 stem convolution.
+    widths:
+        Channels of the residual stages; each stage halves the resolution.
+    meta_features:
+        Length of the metadata vector (0: image only).
+    meta_hidden:
+        Width of the metadata MLP.
+    dropout:
+        Dropout before the last layer.
+    """
+
+    in_size: int = 64
+    stem: int = 24
+    widths: tuple[int, ...] = (32, 64, 128)
+    meta_features: int = N_META
+    meta_hidden: int = 32
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not self.widths or min(self.widths) < 1 or self.stem < 1:
+            raise ValueError(f"bad widths {self.widths} / stem {self.stem}")
+        if self.in_size % (2 ** (len(self.widths) + 1)):
+            raise ValueError(
+                f"in_size {self.in_size} not divisible by 2**{len(self.widths) + 1}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for a checkpoint."""
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> NetConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are a ``ValueError``."""
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown network keys {sorted(unknown)}")
+        vals = dict(values)
+        vals["widths"] = tuple(int(w) for w in vals.get("widths", (32, 64, 128)))
+        return cls(**vals)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv-BN layers with a (strided 1x1 when needed) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        out: torch.Tensor = self.act(y + self.shortcut(x))
+        return out
+
+
+class ClassNet(nn.Module):
+    """Residual CNN + metadata MLP -> one logit per class.
+
+    ``forward(images, meta)`` takes ``(n, 1, s, s)`` normalised images and
+    ``(n, meta_features)`` metadata features and returns ``(n,)`` logits.
+    ``cam_layer`` is the last convolutional stage (a hook point for Grad-CAM).
+    """
+
+    def __init__(self, config: NetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or NetConfig()
+        cfg = self.config
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, cfg.stem, 5, 2, 2, bias=False),
+            nn.BatchNorm2d(cfg.stem),
+            nn.ReLU(inplace=True),
+        )
+        stages: list[nn.Module] = []
+        c_in = cfg.stem
+        for width in cfg.widths:
+            stages.append(ResidualBlock(c_in, width, stride=2))
+            c_in = width
+        self.stages = nn.Sequential(*stages[:-1])
+        self.cam_layer: nn.Module = stages[-1]
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        fused = c_in
+        self.meta: nn.Module | None = None
+        if cfg.meta_features > 0:
+            self.meta = nn.Sequential(
+                nn.Linear(cfg.meta_features, cfg.meta_hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(cfg.meta_hidden, cfg.meta_hidden),
+                nn.ReLU(inplace=True),
+            )
+            fused += cfg.meta_hidden
+        self.head = nn.Sequential(
+            nn.Linear(fused, 64),
+            nn.ReLU(inplace=True),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(64, 1),
+        )
+
+    def forward(self, images: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        """``(n, 1, s, s)`` images and ``(n, F)`` metadata -> ``(n,)`` logits."""
+        x = self.cam_layer(self.stages(self.stem(images)))
+        feats = [self.pool(x).flatten(1)]
+        if self.meta is not None:
+            feats.append(self.meta(meta))
+        logits: torch.Tensor = self.head(torch.cat(feats, dim=1)).squeeze(1)
+        return logits
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+BOOSTED = "boosted3"
+SINGLE = "single"
+RULES = (BOOSTED, SINGLE)
+
+
+def combine_logits(member_logits: list[torch.Tensor], rule: str) -> torch.Tensor:
+    """Ensemble probabilities from member logits.
+
+    ``"boosted3"``: with ``p_i = sigmoid(z_i)`` and ``g = |p1 - p2|``, the result is
+    ``(1 - g) * (p1 + p2) / 2 + g * p3``: the mean of the first two where they agree, the
+    third member where they disagree, continuously in between (scores stay sortable).
+
+    Parameters
+    ----------
+    member_logits:
+        One ``(n,)`` logit tensor per member (1 for ``"single"``, 3 for ``"boosted3"``).
+    rule:
+        ``"single"`` or ``"boosted3"``.
+
+    Returns
+    -------
+    ``(n,)`` probabilities of "good".
+    """
+    if rule == SINGLE and len(member_logits) == 1:
+        return torch.sigmoid(member_logits[0])
+    if rule == BOOSTED and len(member_logits) == 3:
+        p1, p2, p3 = (torch.sigmoid(z) for z in member_logits)
+        g = (p1 - p2).abs()
+        return (1 - g) * 0.5 * (p1 + p2) + g * p3
+    raise ValueError(f"rule {rule!r} does not take {len(member_logits)} members")

@@ -1,0 +1,434 @@
+"""What a scoring run leaves for the user: the scores table, the class gallery, the score
+histogram, optional saliency overlays and the record of how it was made, all written
+through a staging folder so that a failed run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from cryodiscovery.core import explain as saliency
+from cryodiscovery.core.classes import ClassAverages
+from cryodiscovery.core.gallery import (
+    KEPT_COLOUR,
+    REJECTED_COLOUR,
+    LabelLine,
+    Section,
+    TileGrid,
+    render_grid,
+    resample_tiles,
+    rgb01,
+    stretch_to_tiles,
+    tile_size_for,
+    to_rgb8,
+)
+from cryodiscovery.core.outputs import staged_outputs, write_run_record
+from cryodiscovery.core.selection import Selection
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+log = logging.getLogger(__name__)
+
+#: Columns of ``scores.csv`` (``kind`` only when the truth is known).
+SCORE_COLUMNS: tuple[str, ...] = (
+    "class_number",
+    "score",
+    "selected",
+    "particle_count",
+    "resolution_A",
+    "reason",
+)
+#: Tiles per gallery page (tiles shrink to 96 px past 100 classes; 300 still read well).
+GALLERY_PAGE_TILES = 300
+#: Files of earlier runs that a new run replaces as a set (pages and overlays vary in number).
+_STALE_PATTERNS = ("gallery_*.png", "explain/class_*.png", "explain/overview*.png")
+
+
+def _check_matches(classes: ClassAverages, selection: Selection) -> None:
+    n = len(classes)
+    for name in ("class_numbers", "scores", "selected"):
+        got = np.shape(getattr(selection, name))
+        if got != (n,):
+            raise ValueError(f"selection.{name} has shape {got}, expected ({n},)")
+    if len(selection.reasons) != n:
+        raise ValueError(
+            f"selection has {len(selection.reasons)} reasons for {n} classes"
+        )
+    if not np.array_equal(selection.class_numbers, classes.class_numbers):
+        raise ValueError("selection and class averages list different class numbers")
+
+
+def write_scores_csv(path: Path, classes: ClassAverages, selection: Selection) -> Path:
+    """Write the per-class table, one row per class in class-number order.
+
+    Columns: :data:`SCORE_COLUMNS`, plus ``kind`` when any class's kind is known.
+    ``score`` is the probability of "good" (6 decimals), ``selected`` is 1 or 0,
+    ``particle_count`` and ``resolution_A`` (Å) are empty where unknown, ``reason`` is
+    empty for kept classes and says why a class was rejected otherwise.
+    """
+    _check_matches(classes, selection)
+    with_kind = any(classes.kinds)
+    counts = classes.field("particle_count")
+    resolution = classes.field("resolution_A")
+    order = np.argsort(classes.class_numbers, kind="stable")
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*SCORE_COLUMNS, *(["kind"] if with_kind else [])])
+        for i in order:
+            row = [
+                str(int(classes.class_numbers[i])),
+                f"{float(selection.scores[i]):.6f}",
+                "1" if selection.selected[i] else "0",
+                "" if math.isnan(counts[i]) else str(round(counts[i])),
+                "" if math.isnan(resolution[i]) else f"{resolution[i]:.2f}",
+                selection.reasons[i],
+            ]
+            writer.writerow(row + ([classes.kinds[i]] if with_kind else []))
+    return path
+
+
+def _tile_labels(classes: ClassAverages, selection: Selection) -> list[list[LabelLine]]:
+    """Per class: "#class  score", then "n=count  reason", then the kind when known."""
+    counts = classes.field("particle_count")
+    show_counts = bool(np.isfinite(counts).any()) or any(
+        "min_particles" in r for r in selection.reasons
+    )
+    labels = []
+    for i in range(len(classes)):
+        lines: list[LabelLine] = [
+            (f"#{int(classes.class_numbers[i])}", f"{float(selection.scores[i]):.3f}")
+        ]
+        if show_counts:
+            count = "" if math.isnan(counts[i]) else f"n={round(counts[i]):,}"
+            few = "min_particles" in selection.reasons[i]
+            lines.append((count, "few particles" if few else ""))
+        if any(classes.kinds):
+            lines.append((classes.kinds[i].replace("_", " "), ""))
+        labels.append(lines)
+    return labels
+
+
+def _sections(selection: Selection) -> list[Section]:
+    """Kept then rejected, each by score (highest first; ties by class number)."""
+    scores = np.asarray(selection.scores, dtype=np.float64)
+    kept = np.asarray(selection.selected, dtype=bool)
+    order = np.lexsort((selection.class_numbers, -scores))
+    keep_idx, reject_idx = order[kept[order]], order[~kept[order]]
+    n = scores.size
+    threshold = (
+        f"score ≥ {selection.threshold:.3f} ({selection.threshold_source} threshold)"
+    )
+    return [
+        Section(
+            f"Kept: {keep_idx.size} of {n} classes   {threshold}, best first",
+            KEPT_COLOUR,
+            keep_idx.astype(np.int64),
+        ),
+        Section(
+            f"Rejected: {reject_idx.size} of {n} classes   highest score first",
+            REJECTED_COLOUR,
+            reject_idx.astype(np.int64),
+        ),
+    ]
+
+
+def _source_name(classes: ClassAverages) -> str:
+    prov = classes.provenance
+    return prov.job or (
+        Path(prov.sources[0]).name if prov.sources else "class averages"
+    )
+
+
+def _title(classes: ClassAverages, selection: Selection) -> str:
+    return (
+        f"{_source_name(classes)}: {len(classes)} classes, box {classes.box_size} px, "
+        f"{selection.mode}, model {selection.model_name}"
+    )
+
+
+def render_gallery(
+    classes: ClassAverages, selection: Selection, path: Path, *, max_tiles: int = 300
+) -> Path:
+    """Draw the kept and the rejected classes as labelled tiles.
+
+    Each tile is one class average, stretched to its own 0.5-99.5 percentile range and
+    framed blue (kept) or vermillion (rejected), labelled with class number, score,
+    particle count and, when known, the rejection reason and the class kind. Past
+    ``max_tiles`` classes further pages go to ``<stem>_2.png``, ``<stem>_3.png``...
+
+    Returns
+    -------
+    The path of the first page (``path``).
+    """
+    return render_gallery_pages(classes, selection, path, max_tiles=max_tiles)[0]
+
+
+def render_gallery_pages(
+    classes: ClassAverages,
+    selection: Selection,
+    path: Path,
+    *,
+    max_tiles: int = 300,
+    maps: npt.NDArray[np.float32] | None = None,
+    title_suffix: str = "",
+) -> list[Path]:
+    """:func:`render_gallery`, returning every page; with ``(n, B, B)`` saliency
+    ``maps`` (0-1) the tiles show the saliency overlay instead of the plain class."""
+    _check_matches(classes, selection)
+    size = tile_size_for(min(len(classes), max_tiles))
+    greys = stretch_to_tiles(classes.images, size)
+    if maps is None:
+        tiles = to_rgb8(greys)
+    else:
+        tiles = to_rgb8(saliency.overlay(greys, resample_tiles(maps, size)))
+    grid = TileGrid(
+        tiles,
+        _tile_labels(classes, selection),
+        _sections(selection),
+        _title(classes, selection) + title_suffix,
+    )
+    return render_grid(grid, path, max_tiles=max_tiles)
+
+
+def render_score_histogram(selection: Selection, path: Path) -> Path:
+    """Histogram of scores (0-1), kept and rejected stacked, with the threshold marked."""
+    scores = np.asarray(selection.scores, dtype=np.float64)
+    kept = np.asarray(selection.selected, dtype=bool)
+    # A fixed layout: the constrained layout engine doubles the drawing time.
+    fig = Figure(figsize=(9.0, 3.8), dpi=110)
+    fig.subplots_adjust(left=0.07, right=0.72, bottom=0.14, top=0.9)
+    ax = fig.add_subplot()
+    bins = np.linspace(0.0, 1.0, 41)
+    few = sum("min_particles" in r for r in selection.reasons)
+    rejected = f"rejected ({int((~kept).sum())}"
+    rejected += f"; {few} for too few\nparticles)" if few else ")"
+    ax.hist(
+        [scores[kept], scores[~kept]],
+        bins=bins.tolist(),
+        stacked=True,
+        color=[rgb01(KEPT_COLOUR), rgb01(REJECTED_COLOUR)],
+        label=[f"kept ({int(kept.sum())})", rejected],
+        edgecolor="white",
+        linewidth=0.5,
+    )
+    ax.axvline(
+        selection.threshold,
+        color="black",
+        linestyle="--",
+        linewidth=1.2,
+        label=f"threshold {selection.threshold:.3f} ({selection.threshold_source})",
+    )
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("score (probability that the class is good)")
+    ax.set_ylabel("classes")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(
+        f"{scores.size} classes, {selection.mode}, model {selection.model_name}"
+    )
+    fig.legend(loc="upper left", bbox_to_anchor=(0.73, 0.9), frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.savefig(path)
+    return path
+
+
+def _explanations(
+    stage: Path,
+    classes: ClassAverages,
+    selection: Selection,
+    scorer: saliency.ExplainableScorer,
+    method: str,
+) -> list[Path]:
+    """Write explain/class_NNN.png and explain/overview.png into the staging folder."""
+    toward_good = np.asarray(selection.scores) >= selection.threshold
+    maps = saliency.saliency_maps(scorer, classes, toward_good, method=method)
+    counts = classes.field("particle_count")
+    name = "Grad-CAM" if method == "gradcam" else "gradient x input"
+    captions = []
+    for i, number in enumerate(classes.class_numbers):
+        state = (
+            "kept" if selection.selected[i] else f"rejected ({selection.reasons[i]})"
+        )
+        count = "" if math.isnan(counts[i]) else f"{round(counts[i]):,} particles.  "
+        evidence = "good" if toward_good[i] else "junk"
+        captions.append(
+            (
+                f"Class {int(number)}   score {float(selection.scores[i]):.3f}   {state}",
+                f"{count}Right: evidence for '{evidence}' ({name})",
+            )
+        )
+    paths = saliency.write_class_overlays(
+        stage / "explain", classes, maps, captions, selection.selected
+    )
+    suffix = f"; {name} (bright = evidence for the decision)"
+    overview = stage / "explain" / "overview.png"
+    return paths + render_gallery_pages(
+        classes,
+        selection,
+        overview,
+        max_tiles=GALLERY_PAGE_TILES,
+        maps=maps,
+        title_suffix=suffix,
+    )
+
+
+def write_selection_outputs(
+    out_dir: Path,
+    classes: ClassAverages,
+    selection: Selection,
+    *,
+    argv: list[str] | None,
+    command: str,
+    explain: bool = False,
+    scorer: saliency.ExplainableScorer | None = None,
+    config: Mapping[str, Any] | None = None,
+    explain_method: str = "gradient-x-input",
+) -> dict[str, Path]:
+    """Write every output of a scoring run into ``out_dir``, all or nothing.
+
+    Parameters
+    ----------
+    out_dir:
+        Output folder (created). Files of an earlier run there are replaced.
+    classes, selection:
+        The scored class averages and the decision (same classes, same order).
+    argv, command:
+        Recorded in ``run_record.json`` (``argv=None`` records ``sys.argv``).
+    explain:
+        Also write saliency overlays ``explain/class_NNN.png`` and
+        ``explain/overview.png``; needs ``scorer``.
+    scorer:
+        The scorer that made ``selection`` (for ``explain``).
+    config:
+        Extra settings to record (options of the command).
+    explain_method:
+        A method of :data:`cryodiscovery.core.explain.METHODS`.
+
+    Returns
+    -------
+    Output name -> path: ``scores``, ``gallery`` (plus ``gallery_2``... for more pages),
+    ``score_histogram``, ``run_record``, and with ``explain`` ``explain_overview`` and
+    ``explain`` (the folder).
+    """
+    _check_matches(classes, selection)
+    if explain and scorer is None:
+        raise ValueError("explain=True needs the scorer that made the selection")
+    out = Path(out_dir)
+    with staged_outputs(out) as stage:
+        written = [write_scores_csv(stage / "scores.csv", classes, selection)]
+        written += render_gallery_pages(
+            classes, selection, stage / "gallery.png", max_tiles=GALLERY_PAGE_TILES
+        )
+        written.append(render_score_histogram(selection, stage / "score_histogram.png"))
+        if explain and scorer is not None:
+            written += _explanations(stage, classes, selection, scorer, explain_method)
+        record = _record_config(classes, selection, explain, explain_method, config)
+        names = sorted(str(p.relative_to(stage)) for p in written)
+        record["outputs"] = [n for n in names if not n.startswith("explain/class_")]
+        record["explain_overlays"] = len(names) - len(record["outputs"])
+        written.append(
+            write_run_record(
+                stage,
+                command=command,
+                argv=argv,
+                config=record,
+                model_checksum=selection.model_sha256,
+            )
+        )
+        relative = [p.relative_to(stage) for p in written]
+    _remove_stale(out, set(relative))
+    log.info("wrote %d files to %s", len(relative), out)
+    result = {p.stem: out / p for p in relative if p.parent == Path(".")}
+    if explain:
+        result["explain"] = out / "explain"
+        result["explain_overview"] = out / "explain" / "overview.png"
+    return result
+
+
+def _record_config(
+    classes: ClassAverages,
+    selection: Selection,
+    explain: bool,
+    method: str,
+    extra: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    prov = classes.provenance
+    kept = np.asarray(selection.selected, dtype=bool)
+    return {
+        **dict(extra or {}),
+        "input": {
+            "format": prov.format,
+            "sources": list(prov.sources),
+            "job": prov.job,
+        },
+        "n_classes": len(classes),
+        "box_px": classes.box_size,
+        "pixel_size_A": classes.pixel_size,
+        "mode": selection.mode,
+        "model_name": selection.model_name,
+        "threshold": float(selection.threshold),
+        "threshold_source": selection.threshold_source,
+        "n_selected": int(kept.sum()),
+        "n_rejected": int((~kept).sum()),
+        "explain": method if explain else None,
+    }
+
+
+def _remove_stale(out: Path, current: set[Path]) -> None:
+    """Delete pages and overlays of an earlier run that this run did not rewrite."""
+    for pattern in _STALE_PATTERNS:
+        for path in out.glob(pattern):
+            if path.relative_to(out) not in current:
+                path.unlink()
+                log.debug("removed stale %s", path)
+    explain_dir = out / "explain"
+    if explain_dir.is_dir() and not any(explain_dir.iterdir()):
+        explain_dir.rmdir()
+
+
+_THRESHOLD_SOURCES = {
+    "model": "stored with the model",
+    "user": "set with --threshold",
+    "target-fnr": "recalibrated for --target-fnr on the model's validation scores",
+    "adaptive": "adapted to this job's score distribution",
+}
+
+
+def format_summary(
+    classes: ClassAverages, selection: Selection, outputs: Mapping[str, Path]
+) -> str:
+    """A short plain-text summary of a scoring run for the terminal or a job log."""
+    kept = int(np.count_nonzero(selection.selected))
+    n = len(classes)
+    few = sum("min_particles" in r for r in selection.reasons)
+    source = _THRESHOLD_SOURCES.get(
+        selection.threshold_source, selection.threshold_source
+    )
+    mode = selection.mode
+    if mode == "image-only" and not classes.has_metadata:
+        mode += " (the input has no per-class metadata)"
+    apix = "" if classes.pixel_size is None else f", {classes.pixel_size:.3g} Å/px"
+    lines = [
+        f"{kept} of {n} classes kept, {n - kept} rejected"
+        + (f" ({few} for too few particles)" if few else ""),
+        f"  input      {_source_name(classes)} "
+        f"({classes.provenance.format}, box {classes.box_size} px{apix})",
+        f"  mode       {mode}",
+        f"  threshold  {selection.threshold:.3f} ({source})",
+        f"  model      {selection.model_name} (sha256 {selection.model_sha256[:12]})",
+    ]
+    main = [
+        outputs[k] for k in ("scores", "gallery", "score_histogram") if k in outputs
+    ]
+    lines.append("  outputs    " + ", ".join(str(p) for p in main))
+    if "explain" in outputs:
+        lines.append(
+            f"  saliency   {outputs['explain']}/class_NNN.png and overview.png"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""Threshold calibration for a target FNR and the per-job adaptive threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cryodiscovery.core.calibration import (
+    adaptive_threshold,
+    fit_two_gaussians,
+    sigmoid,
+    threshold_for_fnr,
+)
+
+
+@pytest.mark.parametrize("target", [0.0, 0.01, 0.03, 0.1, 0.25])
+def test_threshold_hits_the_requested_fnr_on_its_data(target: float) -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 1000)
+    s = sigmoid(rng.normal(0, 1, 1000) + 2.5 * (2 * y - 1))
+    t = threshold_for_fnr(y, s, target)
+    good = np.sort(s[y == 1])
+    fnr = np.mean(good < t)
+    assert fnr <= target
+    # The highest such threshold: the next good score up would lose too many.
+    above = good[good > t]
+    if above.size:
+        assert np.mean(good < above[0]) > target
+
+
+def test_threshold_checks_inputs() -> None:
+    with pytest.raises(ValueError, match="no good"):
+        threshold_for_fnr([0, 0], [0.1, 0.2])
+    with pytest.raises(ValueError):
+        threshold_for_fnr([0, 1], [0.1, 0.2], 1.0)
+
+
+def _job(
+    n_good: int, n_junk: int, good_logit: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    z = np.concatenate(
+        [rng.normal(good_logit, 0.8, n_good), rng.normal(-6, 1.0, n_junk)]
+    )
+    return np.concatenate([np.ones(n_good), np.zeros(n_junk)]), sigmoid(z)
+
+
+def test_adaptive_threshold_rescues_good_classes_under_a_score_shift() -> None:
+    # Good classes of a "real" job score far below the generated ones (logit -1.5,
+    # p ~ 0.18) while a threshold of 0.6 was calibrated on generated data.
+    y, s = _job(40, 60, good_logit=-1.5)
+    stored = 0.6
+    assert np.mean(s[y == 1] >= stored) < 0.1
+    res = adaptive_threshold(s, stored, target_fnr=0.03)
+    assert res.adapted
+    assert np.mean(s[y == 1] >= res.threshold) >= 0.9
+    assert np.mean(s[y == 0] >= res.threshold) <= 0.05
+
+
+def test_adaptive_threshold_never_rejects_more_than_the_stored_one() -> None:
+    _y, s = _job(40, 60, good_logit=6.0)
+    res = adaptive_threshold(s, 0.2)
+    assert res.threshold <= 0.2
+
+
+@pytest.mark.parametrize(
+    ("scores", "why"),
+    [
+        (sigmoid(np.random.default_rng(0).normal(0, 1, 100)), "bimodal"),
+        (sigmoid(np.r_[np.full(98, -5.0), 3.0, 3.1]), "only"),
+        (np.array([0.1, 0.9]), "classes"),
+    ],
+)
+def test_adaptive_threshold_falls_back_without_two_clear_modes(
+    scores: np.ndarray, why: str
+) -> None:
+    res = adaptive_threshold(scores, 0.42)
+    assert not res.adapted and res.threshold == 0.42 and why in res.reason
+
+
+def test_mixture_recovers_two_modes() -> None:
+    rng = np.random.default_rng(3)
+    z = np.r_[rng.normal(-4, 1, 300), rng.normal(2, 0.5, 200)]
+    w, mu, sd = fit_two_gaussians(z)
+    np.testing.assert_allclose(mu, [-4, 2], atol=0.15)
+    np.testing.assert_allclose(sd, [1, 0.5], atol=0.1)
+    np.testing.assert_allclose(w, [0.6, 0.4], atol=0.03)

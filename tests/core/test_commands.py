@@ -1,0 +1,278 @@
+"""`cryodiscovery score`, `evaluate` and `demo`, run in-process through the umbrella
+command on tiny generated jobs with a tiny (untrained, deterministic) model."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cryodiscovery.core import cli
+from cryodiscovery.core.checkpoint import ClassScorer, save_scorer
+from cryodiscovery.core.classes import ClassAverages
+from cryodiscovery.core.cryosparc_class2d import write_cryosparc_class2d
+from cryodiscovery.core.nets import ClassNet, NetConfig
+from cryodiscovery.core.preprocess import PreprocessConfig
+from cryodiscovery.core.relion_class2d import write_relion_class2d
+from cryodiscovery.core.stack import write_stack
+from cryodiscovery.core.synthetic.generator import (
+    SimulationConfig,
+    simulate_class_averages,
+)
+
+
+def test_umbrella_lists_every_command():
+    assert {"score", "evaluate", "demo", "simulate", "train"} <= set(cli.CORE_COMMANDS)
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    """``run([...]) -> (exit code, stdout, stderr)`` through ``cli.main``."""
+
+    def _run(argv: list[str]) -> tuple[int, str, str]:
+        code = cli.main(argv)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return _run
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    cfg = NetConfig(in_size=32, stem=8, widths=(8, 16, 16))
+    scorer = ClassScorer(
+        [ClassNet(cfg) for _ in range(3)],
+        cfg,
+        PreprocessConfig(size=32),
+        "boosted3",
+        0.5,
+        name="tiny-test-model",
+    )
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_scorer(scorer, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def simulated() -> ClassAverages:
+    return simulate_class_averages(SimulationConfig(n_classes=12, box_sizes=(64,)), 3)
+
+
+@pytest.fixture(scope="module")
+def relion_job(
+    simulated: ClassAverages, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    job = write_relion_class2d(simulated, tmp_path_factory.mktemp("project"))
+    return job.data_star
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_score_relion_job(run, relion_job: Path, model: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "out"
+    code, stdout, _ = run(
+        ["score", str(relion_job), "--out", str(out), "--model", str(model)]
+    )
+    assert code == 0
+    rows = _rows(out / "scores.csv")
+    assert [int(r["class_number"]) for r in rows] == list(range(1, 13))
+    assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows)
+    assert all(r["particle_count"] for r in rows)
+    kept = sum(r["selected"] == "1" for r in rows)
+    assert f"{kept} of 12 classes kept" in stdout
+    assert "image+metadata" in stdout and "0.500 (stored with the model)" in stdout
+    assert str(out / "gallery.png") in stdout
+    for name in ("gallery.png", "score_histogram.png", "run_record.json"):
+        assert (out / name).stat().st_size > 0
+    record = json.loads((out / "run_record.json").read_text())
+    assert record["command"] == "score" and len(record["model_sha256"]) == 64
+
+
+def test_threshold_options_decide(
+    run, relion_job: Path, model: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    base = ["score", str(relion_job), "--model", str(model)]
+    assert run([*base, "--out", str(tmp_path / "a"), "--threshold", "0"])[0] == 0
+    assert all(r["selected"] == "1" for r in _rows(tmp_path / "a" / "scores.csv"))
+    code, stdout, _ = run(
+        [*base, "--out", str(tmp_path / "b"), "--min-particles", "100000"]
+    )
+    assert code == 0
+    rows = _rows(tmp_path / "b" / "scores.csv")
+    assert all(r["selected"] == "0" and "min_particles" in r["reason"] for r in rows)
+    assert "12 for too few particles" in stdout
+    with pytest.raises(SystemExit) as err:
+        run(
+            [
+                *base,
+                "--out",
+                str(tmp_path / "c"),
+                "--threshold",
+                "0.3",
+                "--target-fnr",
+                "0.1",
+            ]
+        )
+    assert err.value.code == 2
+
+
+def test_score_bare_stack_is_image_only_in_stack_order(
+    run,
+    simulated: ClassAverages,
+    model: Path,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    stack = tmp_path / "classes.mrcs"
+    write_stack(stack, simulated.images[:5], 2.0)
+    out = tmp_path / "out"
+    code, stdout, _ = run(
+        ["score", str(stack), "--out", str(out), "--model", str(model), "--explain"]
+    )
+    assert code == 0
+    assert "image-only" in stdout
+    rows = _rows(out / "scores.csv")
+    assert [int(r["class_number"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert all(r["particle_count"] == "" for r in rows)
+    assert sorted(p.name for p in (out / "explain").iterdir()) == [
+        *(f"class_{i:03d}.png" for i in range(1, 6)),
+        "overview.png",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("make_input", "extra", "names"),
+    [
+        (lambda d: d / "missing_data.star", [], "missing_data.star"),
+        (lambda d: _garbage(d / "junk.mrcs"), [], "junk.mrcs"),
+        (lambda d: _garbage(d / "notes.txt"), [], "notes.txt"),
+        (lambda d: None, ["--model", "MODEL"], "bad_model.pt"),
+        (lambda d: None, ["--threshold", "1.5"], "--threshold"),
+    ],
+)
+def test_bad_input_gives_exit_2_and_one_line(  # type: ignore[no-untyped-def]
+    run, relion_job: Path, tmp_path: Path, make_input, extra: list[str], names: str
+) -> None:
+    source = make_input(tmp_path) or relion_job
+    if "MODEL" in extra:
+        extra = ["--model", str(_garbage(tmp_path / "bad_model.pt"))]
+    out = tmp_path / "out"
+    code, _, stderr = run(["score", str(source), "--out", str(out), *extra])
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cryodiscovery score: error:")
+    assert names in lines[0]
+    assert not (out / "scores.csv").exists()
+
+
+def _garbage(path: Path) -> Path:
+    path.write_bytes(b"not what it claims to be\n" * 10)
+    return path
+
+
+def test_demo_then_evaluate_its_project(run, model: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    demo = tmp_path / "demo"
+    code, stdout, _ = run(
+        [
+            "demo",
+            "--out",
+            str(demo),
+            "--classes",
+            "10",
+            "--seed",
+            "2",
+            "--model",
+            str(model),
+        ]
+    )
+    assert code == 0
+    assert "vs truth" in stdout and "false-negative rate" in stdout
+    assert str(demo / "score" / "gallery.png") in stdout
+    rows = _rows(demo / "score" / "scores.csv")
+    assert len(rows) == 10 and all(r["kind"] for r in rows)
+
+    out = tmp_path / "eval"
+    code, stdout, _ = run(
+        [
+            "evaluate",
+            "--data",
+            str(demo / "relion_project"),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    assert "10 labelled classes" in stdout and "ROC AUC" in stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    overall = metrics["overall"]
+    (tn, fp), (fn, tp) = overall["confusion"]
+    assert tn + fp + fn + tp == 10
+    truth = [int(r["selected"]) for r in _rows(out / "scores.csv")]  # decisions
+    assert sum(truth) == tp + fp
+    for name in ("roc.png", "score_distribution.png", "run_record.json"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_evaluate_without_labels_names_the_folder(
+    run, model: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    empty = tmp_path / "nothing_here"
+    empty.mkdir()
+    code, _, stderr = run(["evaluate", "--data", str(empty), "--model", str(model)])
+    assert code == 2
+    assert "nothing_here" in stderr and "no labelled" in stderr
+
+
+def test_evaluate_metrics_match_the_decisions(
+    run,
+    simulated: ClassAverages,
+    model: Path,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    from cryodiscovery.core.relion_class2d import write_relion_selection
+
+    job = write_relion_class2d(simulated, tmp_path / "project")
+    write_relion_selection(job, simulated.labels, "Select/job002")
+    out = tmp_path / "eval"
+    code, _, _ = run(
+        [
+            "evaluate",
+            "--data",
+            str(tmp_path / "project"),
+            "--model",
+            str(model),
+            "--threshold",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    overall = json.loads((out / "metrics.json").read_text())["overall"]
+    good = int(np.sum(simulated.labels == 1))
+    # Threshold 0 keeps everything: recall 1, FNR 0, precision = share of good classes.
+    assert overall["recall"] == 1.0 and overall["fnr"] == 0.0
+    assert overall["precision"] == pytest.approx(good / 12)
+
+
+def test_score_cryosparc_job_folder(  # type: ignore[no-untyped-def]
+    run, simulated: ClassAverages, model: Path, tmp_path: Path
+) -> None:
+    job = write_cryosparc_class2d(simulated, tmp_path / "P1" / "J7")
+    out = tmp_path / "out"
+    code, stdout, _ = run(
+        ["score", str(job.job_dir), "--out", str(out), "--model", str(model)]
+    )
+    assert code == 0 and "cryosparc" in stdout
+    rows = _rows(out / "scores.csv")
+    assert [int(r["class_number"]) for r in rows] == list(range(1, 13))
+    counts = simulated.field("particle_count")
+    assert [int(r["particle_count"]) for r in rows] == [int(c) for c in counts]

@@ -1,0 +1,56 @@
+"""The class network: size, shapes in both modes, config round trip, Grad-CAM hook point."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from cryodiscovery.core.nets import ClassNet, NetConfig, count_parameters
+from cryodiscovery.core.preprocess import N_META
+
+
+def test_default_network_is_compact() -> None:
+    n = count_parameters(ClassNet(NetConfig()))
+    assert 300_000 <= n <= 600_000
+
+
+@pytest.mark.parametrize("meta_features", [N_META, 0])
+def test_forward_gives_one_logit_per_class(meta_features: int) -> None:
+    torch.manual_seed(0)
+    net = ClassNet(
+        NetConfig(stem=8, widths=(8, 16), meta_features=meta_features)
+    ).eval()
+    x = torch.randn(5, 1, 64, 64)
+    meta = torch.randn(5, meta_features)
+    out = net(x, meta)
+    assert out.shape == (5,) and torch.isfinite(out).all()
+    # Batch composition does not change a class's logit in eval mode.
+    torch.testing.assert_close(net(x[:2], meta[:2]), out[:2])
+
+
+def test_metadata_changes_the_score_only_with_a_metadata_branch() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 64, 64)
+    with_meta = ClassNet(NetConfig(stem=8, widths=(8, 16))).eval()
+    zeros, ones = torch.zeros(4, N_META), torch.ones(4, N_META)
+    assert not torch.allclose(with_meta(x, zeros), with_meta(x, ones))
+    image_only = ClassNet(NetConfig(stem=8, widths=(8, 16), meta_features=0)).eval()
+    torch.testing.assert_close(image_only(x, zeros), image_only(x, ones))
+
+
+def test_cam_layer_is_the_last_conv_stage() -> None:
+    net = ClassNet(NetConfig()).eval()
+    seen: list[torch.Size] = []
+    net.cam_layer.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    net(torch.randn(2, 1, 64, 64), torch.zeros(2, N_META))
+    assert seen == [torch.Size([2, 128, 4, 4])]
+
+
+def test_config_round_trip_and_checks() -> None:
+    cfg = NetConfig(stem=16, widths=(16, 32, 64), meta_hidden=16)
+    assert NetConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        NetConfig.from_dict({"depth": 3})
+    with pytest.raises(ValueError):
+        NetConfig(in_size=60)
+    with pytest.raises(ValueError):
+        NetConfig(dropout=1.0)

@@ -1,0 +1,114 @@
+"""Preprocessing: Fourier resampling, mask detection, normalisation invariances, metadata."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from cryodiscovery.core.classes import ClassAverages
+from cryodiscovery.core.preprocess import (
+    FEATURE_NAMES,
+    N_META,
+    PreprocessConfig,
+    fourier_resample,
+    mask_radius_fraction,
+    metadata_features,
+    normalise_images,
+    prepare_inputs,
+)
+from model_fixtures import make_toy_classes
+
+
+def _smooth_images(n: int, box: int, seed: int = 0) -> np.ndarray:
+    """Band-limited images (nothing above a quarter of Nyquist at 64 px)."""
+    rng = np.random.default_rng(seed)
+    spec = np.fft.fft2(rng.normal(size=(n, box, box)))
+    f = np.hypot(*np.meshgrid(np.fft.fftfreq(box), np.fft.fftfreq(box)))
+    return np.fft.ifft2(spec * (f * box < 8)).real.astype(np.float32)
+
+
+@pytest.mark.parametrize("box", [48, 64, 65, 128, 200])
+def test_fourier_resample_keeps_band_limited_content(box: int) -> None:
+    imgs = _smooth_images(2, box)
+    down = fourier_resample(imgs, 64)
+    assert down.shape == (2, 64, 64) and down.dtype == np.float32
+    np.testing.assert_allclose(
+        down.mean(axis=(1, 2)), imgs.mean(axis=(1, 2)), atol=1e-5
+    )
+    if box % 2 == 0:
+        back = fourier_resample(down, box)
+        np.testing.assert_allclose(back, imgs, atol=1e-4 * np.abs(imgs).max())
+
+
+def test_mask_radius_detects_zero_mask_and_noise_outside() -> None:
+    box = 100
+    yy, xx = np.mgrid[:box, :box]
+    r = np.hypot(yy - 49.5, xx - 49.5)
+    rng = np.random.default_rng(0)
+    masked = rng.normal(size=(box, box)) * (r < 30) + 0.25  # flat 0.25 outside
+    noisy = rng.normal(size=(box, box))
+    est = mask_radius_fraction(np.stack([masked, noisy]))
+    assert est[0] == pytest.approx(30 / 50, abs=0.03)
+    assert est[1] == 1.0
+
+
+def test_normalisation_removes_offset_scale_and_sign() -> None:
+    classes = make_toy_classes(6, seed=1)
+    cfg = PreprocessConfig()
+    base, _ = prepare_inputs(classes, cfg)
+    for a, b in [(3.0, 10.0), (-0.5, -2.0)]:
+        changed = ClassAverages.create(classes.images * a + b, pixel_size=2.0)
+        x, _ = prepare_inputs(changed, cfg)
+        np.testing.assert_allclose(x.numpy(), base.numpy(), atol=1e-2)
+    assert torch.all(base.abs() <= cfg.clip + 1e-6)
+
+
+def test_outside_of_mask_is_zero() -> None:
+    imgs = torch.randn(3, 64, 64) + 5.0
+    radius = torch.tensor([0.5, 0.8, 1.0])
+    x = normalise_images(imgs, radius, PreprocessConfig())
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    rr = torch.sqrt((yy - 31.5) ** 2 + (xx - 31.5) ** 2) / 32
+    for i, r in enumerate(radius.tolist()):
+        assert torch.all(x[i, 0][rr > r + 0.01] == 0)
+        inside = x[i, 0][rr < r - 0.1]
+        assert abs(float(inside.median())) < 0.1 and 0.7 < float(inside.std()) < 1.3
+
+
+def test_metadata_features_handle_999_missing_and_pixel_size() -> None:
+    classes = ClassAverages.create(
+        np.zeros((3, 16, 16)),
+        pixel_size=2.0,
+        metadata={
+            "particle_count": [100.0, 10.0, np.nan],
+            "resolution_A": [8.0, np.inf, np.nan],
+            "accuracy_rotation_deg": [3.0, 999.0, np.nan],
+        },
+    )
+    f = metadata_features(classes)
+    k = len(FEATURE_NAMES)
+    assert f.shape == (3, N_META) and np.isfinite(f).all()
+    idx = {name: i for i, name in enumerate(FEATURE_NAMES)}
+    rot, not_est = idx["accuracy_rotation"], idx["rotation_not_estimated"]
+    assert f[0, k + rot] == 1 and f[0, not_est] == 0  # estimated: value present
+    assert f[1, k + rot] == 0 and f[1, not_est] == 1 and f[1, k + not_est] == 1
+    assert f[2, k + rot] == 0 and f[2, k + not_est] == 0  # missing: nothing present
+    assert f[0, idx["resolution_over_nyquist"]] == pytest.approx(np.log10(2.0))
+    assert f[2, k:].sum() == 0  # the third class has no metadata at all
+    no_apix = ClassAverages.create(
+        np.zeros((1, 16, 16)), metadata={"resolution_A": [8.0]}
+    )
+    assert metadata_features(no_apix)[0, k + idx["resolution_over_nyquist"]] == 0
+
+
+def test_prepare_inputs_shapes_for_any_box_and_bad_values() -> None:
+    for box in (32, 96, 256):
+        x, m = prepare_inputs(make_toy_classes(2, 0, box=box), PreprocessConfig())
+        assert x.shape == (2, 1, 64, 64) and m.shape == (2, N_META)
+    bad = ClassAverages.create(np.full((1, 32, 32), np.nan))
+    with pytest.raises(ValueError, match="NaN"):
+        prepare_inputs(bad, PreprocessConfig())
+    with pytest.raises(ValueError):
+        PreprocessConfig(size=63)
+    with pytest.raises(ValueError, match="unknown"):
+        PreprocessConfig.from_dict({"size": 64, "colour": 1})
