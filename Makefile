@@ -40,7 +40,7 @@ test: lint
 
 test-slow: install
 	$(PY) -m pytest -q -m slow; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "no slow tests collected"; rc=0; fi; exit $$rc
+	if [ $$rc -eq 5 ]; then echo "pytest collected no slow tests: failing"; rc=1; fi; exit $$rc
 
 model: install
 	$(PY) scripts/train_default_model.py

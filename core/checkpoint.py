@@ -240,6 +240,7 @@ def save_scorer(scorer: ClassScorer, path: str | Path) -> str:
     data = MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + body
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+        tmp.chmod(0o644)  # a package data file must be readable by every user
     scorer.sha256 = hashlib.sha256(data).hexdigest()
     return scorer.sha256
 
@@ -335,4 +336,5 @@ def write_model_card(scorer: ClassScorer, path: str | Path) -> Path:
     text = json.dumps(model_card(scorer), indent=2, default=_json_default) + "\n"
     with atomic_path(target) as tmp:
         tmp.write_text(text)
+        tmp.chmod(0o644)
     return target

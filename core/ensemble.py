@@ -122,7 +122,7 @@ def train_boosted(
     weights: torch.Tensor | None = None
     probs: list[torch.Tensor] = []
     for i in range(3):
-        member_cfg = TrainConfig(**{**cfg.__dict__, "seed": cfg.seed + 1000 * i})
+        member_cfg = dataclasses.replace(cfg, seed=cfg.seed + 1000 * i)
         res = train_net(
             train,
             val,
@@ -134,6 +134,8 @@ def train_boosted(
             desc=f"member {i + 1}/3",
         )
         results.append(res)
+        if i == 2:
+            break
         probs.append(predict_augmented(res.net, train, pre, cfg, cfg.seed + 7 + i))
         if i == 0:
             weights = 1.0 + bc.emphasis * (y - probs[0]).abs()

@@ -1,0 +1,327 @@
+"""Federated vs local-only vs centralised training on generated non-IID facilities.
+
+Each site is a generated facility (different particle shapes, SNR ranges, junk mixes and
+boxes: ``cryodiscovery.federation.sites.NON_IID_SITES``) written as RELION projects; the
+federated runs use the real ServerApp code (``run_federation``: guarded strategy, central
+evaluation, registry) and the real ClientApp at every site, through the in-process Grid
+(messages serialised to Flower's wire objects both ways). Local-only and centralised
+models are trained with the same local-training function as the sites
+(``task.train_locally`` on ``core.training``), with the same number of epochs.
+
+Test data: per site, held-out jobs from that site's own distribution (never harvested);
+"overall" is all of them together. Thresholds: federated and centralised models are
+calibrated for 3% FNR on the server's generated validation set; a local-only model on
+its site's validation split (what a site alone could do).
+
+Printed: AUC and FNR per site and overall for every mode; rounds to converge (first round
+whose overall AUC is within 1% of the run's best); seconds per round, split into site
+compute and everything else (serialisation, screening, aggregation, central evaluation);
+bytes per round per site.
+
+    nice -n 10 .venv/bin/python benchmarks/bench_federation.py --sites 5 --rounds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from cryodiscovery.core.checkpoint import ClassScorer, load_scorer
+from cryodiscovery.core.classes import ClassAverages
+from cryodiscovery.core.nets import ClassNet, NetConfig
+from cryodiscovery.core.preprocess import PreprocessConfig
+from cryodiscovery.federation import client_app, task
+from cryodiscovery.federation.client_app import NODE_CONFIG_KEY
+from cryodiscovery.federation.config import load_facility_config
+from cryodiscovery.federation.harvest import Harvest, harvest
+from cryodiscovery.federation.loopback import LoopbackGrid, server_identity
+from cryodiscovery.federation.server_app import (
+    FederationResult,
+    generated_validation,
+    run_federation,
+    settings_from_run_config,
+)
+from cryodiscovery.federation.sites import (
+    NON_IID_SITES,
+    SiteSpec,
+    site_classes,
+    write_site,
+)
+from flwr.app import Context, Message
+
+MODES = ("local", "central", "fedavg", "fedprox", "fedavg-dp")
+
+
+def _specs(args: argparse.Namespace) -> list[SiteSpec]:
+    return [
+        replace(s, n_jobs=args.jobs, n_classes=args.classes, particle_range=(20, 2000))
+        for s in NON_IID_SITES[: args.sites]
+    ]
+
+
+def _initial(args: argparse.Namespace) -> ClassScorer:
+    torch.manual_seed(args.seed)
+    net = (
+        NetConfig() if args.net == "default" else NetConfig(stem=8, widths=(16, 32, 64))
+    )
+    return ClassScorer(
+        [ClassNet(net)],
+        net,
+        PreprocessConfig(),
+        "single",
+        0.5,
+        name=f"bench-{args.net}",
+    )
+
+
+def _evaluate(
+    scorer: ClassScorer, tests: dict[str, list[ClassAverages]]
+) -> dict[str, task.Evaluation]:
+    out = {name: task.evaluate_scorer(scorer, sets) for name, sets in tests.items()}
+    out["overall"] = task.evaluate_scorer(
+        scorer, [s for sets in tests.values() for s in sets]
+    )
+    return out
+
+
+class _Timed:
+    """A ClientApp wrapper that records the seconds each site spends per message."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[int, float] = defaultdict(float)
+
+    def __call__(self, msg: Message, context: Context) -> Message:
+        start = time.perf_counter()
+        try:
+            return client_app.app(msg, context)
+        finally:
+            self.seconds[context.node_id] += time.perf_counter() - start
+
+
+def _federated(
+    mode: str,
+    args: argparse.Namespace,
+    sites: dict[int, Path],
+    initial: ClassScorer,
+    validation: Sequence[ClassAverages],
+    work: Path,
+) -> tuple[FederationResult, LoopbackGrid, _Timed]:
+    config: dict[str, object] = {
+        "num-rounds": args.rounds,
+        "min-sites": len(sites),
+        "local-epochs": args.local_epochs,
+        "learning-rate": args.lr,
+        "seed": args.seed,
+        "registry": str(work / f"registry-{mode}"),
+        "strategy": "fedprox" if mode == "fedprox" else "fedavg",
+        "proximal-mu": args.mu,
+        "target-fnr": 0.03,
+        "max-relative-update": 10.0,
+    }
+    if mode == "fedavg-dp":
+        config.update(
+            {"dp-clipping-norm": args.dp_clip, "dp-noise-multiplier": args.dp_noise}
+        )
+    timed = _Timed()
+    grid = LoopbackGrid(
+        {n: timed for n in sites},
+        {n: {NODE_CONFIG_KEY: str(p)} for n, p in sites.items()},
+    )
+    with server_identity(grid.run.run_id):
+        result = run_federation(
+            grid,
+            settings_from_run_config(config),
+            validation=validation,
+            initial=initial,
+        )
+    grid.close()
+    return result, grid, timed
+
+
+def _converged(aucs: list[float]) -> int:
+    best = max(aucs)
+    return next(i + 1 for i, a in enumerate(aucs) if a >= best - 0.01)
+
+
+def _row(name: str, evals: dict[str, task.Evaluation], columns: list[str]) -> str:
+    cells = [f"{evals[c].auc:.4f}/{evals[c].fnr:.3f}" for c in columns]
+    return f"{name:<22}" + "".join(f"{c:>18}" for c in cells)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sites", type=int, default=5, choices=range(2, 6))
+    parser.add_argument("--jobs", type=int, default=3, help="Class2D jobs per site")
+    parser.add_argument("--classes", type=int, default=40, help="classes per job")
+    parser.add_argument(
+        "--test-jobs", type=int, default=2, help="held-out jobs per site"
+    )
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--batch", type=int, default=16, help="batch size everywhere")
+    parser.add_argument(
+        "--mu", type=float, default=0.01, help="FedProx proximal weight"
+    )
+    parser.add_argument(
+        "--dp-clip", type=float, default=0.0, help="0: median round-1 FedAvg delta norm"
+    )
+    parser.add_argument("--dp-noise", type=float, default=0.01)
+    parser.add_argument("--net", choices=("small", "default"), default="small")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    torch.set_num_threads(args.threads)
+    modes = [m for m in args.modes.split(",") if m]
+    with tempfile.TemporaryDirectory(prefix="bench-federation-") as tmp:
+        return _benchmark(args, modes, Path(tmp))
+
+
+def _benchmark(args: argparse.Namespace, modes: list[str], work: Path) -> int:
+    t0 = time.perf_counter()
+    specs = _specs(args)
+    (work / "ca.crt").write_text("placeholder\n")
+    (work / "node_key").write_text("placeholder\n")
+    sites: dict[int, Path] = {}
+    tests: dict[str, list[ClassAverages]] = {}
+    for i, spec in enumerate(specs):
+        sites[i + 1] = write_site(
+            work / spec.name,
+            spec,
+            seed=1000 + i,
+            ca_certificate=work / "ca.crt",
+            node_private_key=work / "node_key",
+            extra={
+                "caps": {"local_epochs": args.local_epochs, "batch_size": args.batch},
+                "model_path": None,
+            },
+        )
+        tests[spec.name] = site_classes(
+            replace(spec, n_jobs=args.test_jobs), seed=5000 + i
+        )
+    data: dict[str, Harvest] = {
+        s.name: harvest(load_facility_config(sites[i + 1])) for i, s in enumerate(specs)
+    }
+    validation = generated_validation((424242, 424243), 60)
+    initial = _initial(args)
+    print(
+        f"# {len(specs)} sites x {args.jobs} jobs x {args.classes} classes; test: "
+        f"{args.test_jobs} held-out jobs per site; net {args.net} "
+        f"({sum(p.numel() for p in initial.members[0].parameters())} parameters); "
+        f"{args.rounds} rounds x {args.local_epochs} local epochs; data {time.perf_counter() - t0:.0f} s"
+    )
+    for name, h in data.items():
+        print(
+            f"#   {name:<18} train {h.n_train:>4}  validation {h.n_validation:>3}  "
+            f"test {sum(len(t) for t in tests[name]):>4}"
+        )
+    columns = [*tests, "overall"]
+    results: dict[str, dict[str, task.Evaluation]] = {}
+    local_models: dict[str, dict[str, task.Evaluation]] = {}
+    epochs = args.rounds * args.local_epochs
+    options = task.LocalTrainOptions(
+        epochs=epochs, batch_size=args.batch, lr=args.lr, seed=args.seed
+    )
+    if "local" in modes:
+        for name, h in data.items():
+            model = task.train_locally(initial, h.train, h.validation, options).scorer
+            model, _ = task.recalibrate(model, h.validation, 0.03)
+            local_models[name] = _evaluate(model, tests)
+    if "central" in modes:
+        t = time.perf_counter()
+        pooled = task.train_locally(
+            initial,
+            [s for h in data.values() for s in h.train],
+            [s for h in data.values() for s in h.validation],
+            options,
+        )
+        results["central"] = _evaluate(
+            task.recalibrate(pooled.scorer, validation, 0.03)[0], tests
+        )
+        print(f"# central training {time.perf_counter() - t:.0f} s")
+    timing: dict[str, str] = {}
+    for mode in [m for m in modes if m.startswith("fed")]:
+        if mode == "fedavg-dp" and args.dp_clip <= 0:
+            norms = _round1_norms(args, sites, initial, validation, work)
+            args.dp_clip = float(statistics.median(norms))
+            print(
+                f"# DP clipping norm = median round-1 FedAvg delta norm = {args.dp_clip:.4g}"
+            )
+        result, grid, timed = _federated(mode, args, sites, initial, validation, work)
+        results[mode] = _evaluate(result.scorer, tests)
+        per_round = [
+            _evaluate(load_scorer(v.checkpoint), tests)["overall"].auc
+            for v in result.versions
+        ]
+        secs = [r.seconds for r in result.rounds]
+        compute = sum(timed.seconds.values()) / len(result.rounds)
+        nbytes = sum(t.nbytes for t in grid.traffic) / len(result.rounds) / len(sites)
+        timing[mode] = (
+            f"converged at round {_converged(per_round)}/{len(per_round)}; "
+            f"{statistics.mean(secs):.2f} s/round ({compute:.2f} site compute, "
+            f"{statistics.mean(secs) - compute:.2f} other); "
+            f"{nbytes / 2**20:.2f} MiB/round/site (down+up)"
+        )
+    _report(columns, results, local_models, timing, time.perf_counter() - t0)
+    return 0
+
+
+def _round1_norms(
+    args: argparse.Namespace,
+    sites: dict[int, Path],
+    initial: ClassScorer,
+    validation: Sequence[ClassAverages],
+    work: Path,
+) -> list[float]:
+    """Weights-delta norms of the sites' first-round FedAvg updates (to set DP clipping)."""
+    probe = argparse.Namespace(**{**vars(args), "rounds": 1})
+    result, _, _ = _federated(
+        "fedavg", probe, sites, initial, validation, work / "probe"
+    )
+    return list(result.rounds[0].update_norms)
+
+
+def _report(
+    columns: list[str],
+    results: dict[str, dict[str, task.Evaluation]],
+    local: dict[str, dict[str, task.Evaluation]],
+    timing: dict[str, str],
+    seconds: float,
+) -> None:
+    print("\nAUC/FNR per site (own held-out jobs) and overall")
+    print(f"{'mode':<22}" + "".join(f"{c[:17]:>18}" for c in columns))
+    for name, evals in local.items():
+        print(_row(f"local-only {name[:11]}", evals, columns))
+    for mode, evals in results.items():
+        print(_row(mode, evals, columns))
+    if "central" in results:
+        central = results["central"]["overall"].auc
+        for mode in (m for m in results if m.startswith("fed")):
+            auc = results[mode]["overall"].auc
+            print(f"{mode}: overall AUC {auc / central:.2%} of centralised")
+    for mode in (m for m in results if m.startswith("fed")):
+        if local:
+            better = [n for n in local if results[mode][n].auc > local[n][n].auc]
+            print(
+                f"{mode}: better than local-only on its own test at {len(better)}/{len(local)} "
+                f"sites ({', '.join(better)})"
+            )
+        print(f"{mode}: {timing[mode]}")
+    print(f"\n# total {seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

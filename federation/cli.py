@@ -1,0 +1,83 @@
+"""Federated learning at a facility: check what would be used and sent, pull the newest model.
+
+  cryodiscovery federation check --config /etc/cryodiscovery/federation.yaml
+      prints the data that would be used (per source and label) and what would be sent
+      (parameter names, shapes, bytes); contacts nothing.
+
+  cryodiscovery federation pull --registry /mnt/federation/registry \\
+      --config /etc/cryodiscovery/federation.yaml
+  cryodiscovery federation pull --from https://fed.example.org/registry/ --out model.pt
+
+pull installs the newest global model at --out (default: model_path in the config), the
+file scoring then uses (cryodiscovery score ... --model PATH). With --config the model must
+pass the acceptance gate on the site's validation split first (exit status 1 when the
+current model is kept); --force skips the gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from cryodiscovery.core.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    """Register ``check`` and ``pull`` under ``cryodiscovery federation``."""
+    sub = parser.add_subparsers(
+        dest="federation_command", required=True, metavar="ACTION"
+    )
+    check = sub.add_parser(
+        "check", help="show what would be used and what would be sent"
+    )
+    check.add_argument("--config", type=Path, required=True, help="federation.yaml")
+    pull = sub.add_parser(
+        "pull", help="install the newest global model from the registry"
+    )
+    source = pull.add_mutually_exclusive_group(required=True)
+    source.add_argument("--registry", type=Path, help="a registry folder")
+    source.add_argument(
+        "--from", dest="url", metavar="URL", help="a registry served over http(s)"
+    )
+    pull.add_argument("--out", type=Path, help="where to install (default: model_path)")
+    pull.add_argument(
+        "--config",
+        type=Path,
+        help="federation.yaml: enables the acceptance gate on local data",
+    )
+    pull.add_argument(
+        "--version", type=int, help="a specific version (default: newest)"
+    )
+    pull.add_argument("--ca", type=Path, help="CA certificate for an https registry")
+    pull.add_argument("--force", action="store_true", help="install without the gate")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``check`` or ``pull``; returns the exit status."""
+    from cryodiscovery.federation.config import load_facility_config
+    from cryodiscovery.federation.operations import check_report, pull_latest
+
+    if args.federation_command == "check":
+        print(check_report(load_facility_config(args.config)))
+        return 0
+    config = load_facility_config(args.config) if args.config else None
+    out = args.out or (config.model_path if config else None)
+    if out is None:
+        raise InputError(args.config, "give --out, or model_path in the configuration")
+    source = args.url or str(args.registry)
+    result = pull_latest(
+        source,
+        Path(out),
+        config=config,
+        version=args.version,
+        force=args.force,
+        ca_file=args.ca,
+    )
+    state = "installed" if result.installed else "not installed"
+    print(f"version {result.version} {state} at {result.path}: {result.reason}")
+    if not result.installed and result.reason != "already installed":
+        return 1
+    return 0

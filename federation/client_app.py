@@ -1,0 +1,263 @@
+"""The facility "sidecar": a Flower ClientApp that trains the shared model on the
+facility's own labelled classes and sends back only weights and scalar metrics.
+
+Deployment: ``flower-supernode ... --node-config 'facility-config="/etc/cryodiscovery/
+federation.yaml"'``; the ClientApp reads that file (see :mod:`config`) for every message
+and refuses to work while ``enabled`` is false.
+
+- **train**: rebuild the global model from the received arrays and the server's model
+  spec, fine-tune it locally (:func:`task.train_locally`, at most ``caps.local_epochs``),
+  reply with one ArrayRecord of weights and one MetricRecord ``num-examples``, ``loss``.
+- **evaluate**: metrics of the global model on the local validation split
+  (``num-examples``, ``loss``, ``auc``, ``balanced-accuracy``, ``fnr``). On the last round
+  the *acceptance gate* runs: the global model replaces the site's model at
+  ``model_path`` only if it is not worse than the current one (or the shipped default)
+  by more than ``acceptance.tolerance``; otherwise the site keeps its model and logs why.
+- **privacy**: with ``privacy.dp`` the update delta is clipped and noised on the site by
+  Flower's ``LocalDpMod``; when the server asks for central DP (its config carries a
+  clipping norm) Flower's ``fixedclipping_mod`` clips last. When the server runs SecAgg+,
+  Flower's ``secaggplus_mod`` masks the update (the weights delta, see :mod:`secagg`); a
+  site with ``privacy.secagg: true`` refuses to send an update any other way.
+- **errors** reach the server as one generic line (no paths, no data); the details stay in
+  the site's log.
+
+Public API: ``app`` (the ClientApp), ``NODE_CONFIG_KEY``, ``facility_config(context)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from cryodiscovery.core.checkpoint import ClassScorer, load_scorer
+from cryodiscovery.core.errors import InputError
+from cryodiscovery.federation import gate, task
+from cryodiscovery.federation.config import FacilityConfig, load_facility_config
+from cryodiscovery.federation.harvest import Harvest, harvest
+from cryodiscovery.federation.secagg import is_secagg_message, legacy_train
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app.message_type import MessageType
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import LocalDpMod, fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+log = logging.getLogger(__name__)
+
+#: Node-config key holding the path of the facility's ``federation.yaml``.
+NODE_CONFIG_KEY = "facility-config"
+#: DP failure probability used to express the noise multiplier through LocalDpMod.
+DP_DELTA = 1e-5
+
+_HARVESTS: dict[tuple[str, int], Harvest] = {}
+
+
+class SiteRefusal(RuntimeError):
+    """The site declines a message; the text is safe to send to the server."""
+
+
+def facility_config(context: Context) -> FacilityConfig:
+    """The facility configuration named by the node config (enabled, else refused)."""
+    path = context.node_config.get(NODE_CONFIG_KEY)
+    if not isinstance(path, str) or not path:
+        raise SiteRefusal(f"node config has no '{NODE_CONFIG_KEY}'")
+    cfg = load_facility_config(Path(path))
+    if not cfg.enabled:
+        raise SiteRefusal("federation is disabled at this site")
+    return cfg
+
+
+def _harvest(cfg: FacilityConfig) -> Harvest:
+    """Harvest once per configuration file version in this process."""
+    key = (str(cfg.source), cfg.source.stat().st_mtime_ns)
+    if key not in _HARVESTS:
+        if len(_HARVESTS) >= 8:
+            _HARVESTS.clear()
+        _HARVESTS[key] = harvest(cfg)
+    return _HARVESTS[key]
+
+
+def _guard_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Turn any failure into an error reply that names no file and holds no data."""
+    try:
+        return call_next(msg, context)
+    except SiteRefusal as err:
+        log.warning("refused %s message: %s", msg.metadata.message_type, err)
+        reason = str(err)
+    except InputError as err:
+        log.error("site data or configuration error: %s", err)
+        reason = "site data or configuration error (see the site's log)"
+    except Exception:
+        log.exception("%s failed", msg.metadata.message_type)
+        reason = "site failed (see the site's log)"
+    return Message(
+        Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg
+    )
+
+
+def _privacy_mod(
+    msg: Message, context: Context, call_next: ClientAppCallable
+) -> Message:
+    """Apply the site's local DP and the server's client-side clipping to train replies."""
+    if msg.metadata.message_type != MessageType.TRAIN:
+        return call_next(msg, context)
+    cfg = facility_config(context)
+    if is_secagg_message(msg):  # SecAgg+ stages; the site's DP is applied in training
+        return secaggplus_mod(msg, context, call_next)
+    config = _config(msg)
+    if cfg.privacy.secagg:
+        raise SiteRefusal("this site sends updates only under secure aggregation")
+    chain = call_next
+    dp = cfg.privacy.dp
+    if dp is not None:
+        # LocalDpMod's noise std is sensitivity * sqrt(2 ln(1.25/delta)) / epsilon; this
+        # epsilon makes it noise_multiplier * clipping_norm.
+        epsilon = (
+            math.sqrt(2 * math.log(1.25 / DP_DELTA)) / dp.noise_multiplier
+            if dp.noise_multiplier > 0
+            else math.inf
+        )
+        local_dp = LocalDpMod(dp.clipping_norm, dp.clipping_norm, epsilon, DP_DELTA)
+        chain = _bind(local_dp, call_next)
+    if KEY_CLIPPING_NORM in config:
+        return fixedclipping_mod(msg, context, chain)
+    return chain(msg, context)
+
+
+def _bind(mod: LocalDpMod, inner: ClientAppCallable) -> ClientAppCallable:
+    def call(m: Message, c: Context) -> Message:
+        return mod(m, c, inner)
+
+    return call
+
+
+app = ClientApp(mods=[_guard_mod, _privacy_mod])
+
+
+def _config(msg: Message) -> ConfigRecord:
+    records = msg.content.config_records
+    if len(records) != 1:
+        raise SiteRefusal(f"expected one ConfigRecord, got {len(records)}")
+    return next(iter(records.values()))
+
+
+def _global_model(msg: Message) -> ClassScorer:
+    arrays = msg.content.array_records
+    if len(arrays) != 1:
+        raise SiteRefusal(f"expected one ArrayRecord, got {len(arrays)}")
+    spec = _config(msg).get("model-spec")
+    if not isinstance(spec, str):
+        raise SiteRefusal("the server sent no model spec")
+    try:
+        return task.scorer_from_spec(spec, next(iter(arrays.values())))
+    except ValueError as err:
+        log.error("global model does not load: %s", err)
+        raise SiteRefusal("the global model does not fit its spec") from err
+
+
+def _int(config: ConfigRecord, key: str, default: int) -> int:
+    value = config.get(key, default)
+    return int(value) if isinstance(value, int | float) else default
+
+
+def _float(config: ConfigRecord, key: str, default: float) -> float:
+    value = config.get(key, default)
+    return float(value) if isinstance(value, int | float) else default
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Fine-tune the received global model on local data; reply weights + metrics."""
+    cfg = facility_config(context)
+    data = _harvest(cfg)
+    if "fitins.parameters" in msg.content.array_records:  # SecAgg+ (legacy layout)
+        reply: Message = legacy_train(msg, cfg, data)
+        return reply
+    config = _config(msg)
+    scorer = _global_model(msg)
+    options = task.LocalTrainOptions(
+        epochs=max(1, min(_int(config, "local-epochs", 1), cfg.caps.local_epochs)),
+        batch_size=cfg.caps.batch_size,
+        lr=_float(config, "learning-rate", 1e-3),
+        proximal_mu=_float(config, "proximal-mu", 0.0),
+        seed=_int(config, "seed", 0) + 7919 * _int(config, "server-round", 0),
+    )
+    try:
+        result = task.train_locally(scorer, data.train, data.validation, options)
+    except ValueError as err:
+        log.error("local training impossible: %s", err)
+        raise SiteRefusal("not enough labelled classes at this site") from err
+    log.info(
+        "round %d: trained on %d classes in %.1f s, loss %.4f",
+        _int(config, "server-round", 0),
+        result.num_examples,
+        result.seconds,
+        result.loss,
+    )
+    metrics = MetricRecord({"num-examples": result.num_examples, "loss": result.loss})
+    content = RecordDict(
+        {"arrays": task.scorer_to_arrays(result.scorer), "metrics": metrics}
+    )
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Metrics of the global model on local validation data; the gate on the last round."""
+    cfg = facility_config(context)
+    data = _harvest(cfg)
+    config = _config(msg)
+    candidate = _global_model(msg)
+    ev = task.evaluate_scorer(candidate, data.validation)
+    server_round = _int(config, "server-round", 0)
+    if server_round >= _int(config, "num-rounds", 1 << 30):
+        _gate(cfg, candidate, data, server_round)
+    metrics = MetricRecord(
+        {
+            "num-examples": ev.n,
+            "loss": ev.loss,
+            "auc": ev.auc,
+            "balanced-accuracy": ev.balanced_accuracy,
+            "fnr": ev.fnr,
+        }
+    )
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def current_model(cfg: FacilityConfig) -> ClassScorer | None:
+    """The model this site scores with: ``model_path``, else the shipped default."""
+    if cfg.model_path is not None and cfg.model_path.is_file():
+        return load_scorer(cfg.model_path)
+    try:
+        return load_scorer(None)
+    except InputError:
+        return None
+
+
+def _gate(cfg: FacilityConfig, candidate: ClassScorer, data: Harvest, rnd: int) -> None:
+    if cfg.model_path is None:
+        log.info("no model_path configured: the global model is not installed")
+        return
+    decision = gate.acceptance_gate(
+        candidate,
+        current_model(cfg),
+        data.validation,
+        cfg.acceptance.metric,
+        cfg.acceptance.tolerance,
+    )
+    if not decision.accepted:
+        log.warning("acceptance gate: kept the current model: %s", decision.reason)
+        return
+    record: dict[str, Any] = {
+        "source": "federation",
+        "server_round": rnd,
+        "gate": decision.reason,
+        "installed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    gate.install_model(candidate, cfg.model_path, record)
+    log.info("acceptance gate: installed the global model: %s", decision.reason)

@@ -1,0 +1,246 @@
+"""The server operator's actions on a running SuperLink, through its Control API: register
+facility keys, start a run, and check how a run ended.
+
+Changes go through the ``flwr`` CLI exactly as the README shows (``flwr supernode
+register``, ``flwr run``, both with ``--format json``); status is read with Flower's own
+Control API client in-process (what ``flwr ls`` and ``flwr supernode list`` print),
+cheap enough to poll. A run's outcome is its Control API status, never an exit code:
+``flwr run`` returns 0 once the run is submitted, and even when the ServerApp then
+crashes; with ``--format json`` the CLI also exits 0 on errors (``success: false``).
+
+The Control API must be reachable only from the server host (see :mod:`gateway`).
+
+Public API (tests, benchmarks, operators)::
+
+    CliConnection(flwr_home, address, ca_cert, name="cryodiscovery")
+    write_cli_config(conn) -> Path                   # $FLWR_HOME/config.toml
+    flwr_json(conn, args, timeout_s=120, check=True) -> dict
+    register_node(conn, public_key) -> int           # node id
+    node_statuses(conn) -> dict[int, str]; wait_for_nodes(conn, node_ids, timeout_s)
+    start_run(conn, run_config, app_dir=APP_DIR) -> int   # run id
+    RunStatus(run_id, status, details); run_status(conn, run_id) -> RunStatus
+    wait_for_run(conn, run_id, timeout_s) -> RunStatus
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryodiscovery.federation.deploy import APP_DIR, flower_env, flower_script
+
+log = logging.getLogger(__name__)
+
+RunConfigValue = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class CliConnection:
+    """A named SuperLink connection of the ``flwr`` CLI.
+
+    ``flwr_home`` holds the CLI's ``config.toml``; ``address`` is the SuperLink's
+    ``host:port`` (on the server host: ``127.0.0.1:8000``); ``ca_cert`` verifies it.
+    """
+
+    flwr_home: Path
+    address: str
+    ca_cert: Path
+    name: str = "cryodiscovery"
+
+
+def write_cli_config(conn: CliConnection) -> Path:
+    """Write ``$FLWR_HOME/config.toml`` with this connection as the default.
+
+    flwr 1.41 keeps SuperLink connections there, not in the app's pyproject.toml.
+    """
+    conn.flwr_home.mkdir(parents=True, exist_ok=True)
+    path = conn.flwr_home / "config.toml"
+    path.write_text(
+        f'[superlink]\ndefault = "{conn.name}"\n\n[superlink.{conn.name}]\n'
+        f"address = {json.dumps(conn.address)}\n"
+        f"root-certificates = {json.dumps(str(conn.ca_cert))}\n"
+    )
+    return path
+
+
+def flwr_json(
+    conn: CliConnection,
+    args: Sequence[str],
+    timeout_s: float = 120.0,
+    check: bool = True,
+) -> dict[str, Any]:
+    """Run ``flwr ARGS --format json`` with ``conn``'s Flower home; its JSON answer.
+
+    Raises
+    ------
+    RuntimeError
+        With ``check``, when the answer is not ``success: true`` (the message names
+        the command and Flower's error).
+    """
+    argv = [flower_script("flwr"), *args, "--format", "json"]
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=flower_env(conn.flwr_home),
+        check=False,
+    )
+    start = done.stdout.find("{")
+    try:
+        answer: dict[str, Any] = json.loads(done.stdout[start:]) if start >= 0 else {}
+    except json.JSONDecodeError:
+        answer = {}
+    if check and answer.get("success") is not True:
+        error = answer.get("error-message") or done.stderr.strip()[-2000:]
+        raise RuntimeError(f"flwr {' '.join(args)} failed: {error}")
+    return answer
+
+
+def register_node(conn: CliConnection, public_key: Path) -> int:
+    """``flwr supernode register KEY.pub CONN``: admit a facility's key; its node id."""
+    answer = flwr_json(conn, ["supernode", "register", str(public_key), conn.name])
+    return int(answer["node-id"])
+
+
+def _client(conn: CliConnection) -> Any:
+    """Flower's Control API client, set up as the ``flwr`` CLI sets it up."""
+    from flwr.cli.cli_client_interceptor import CliClientHttpInterceptor
+    from flwr.supercore.control import ControlHttpClient
+    from flwr.supercore.interceptors.http.runtime_version import (
+        RuntimeVersionHttpInterceptor,
+    )
+    from flwr.supercore.protobuf.client import ProtobufClientInterceptor
+
+    interceptors: list[ProtobufClientInterceptor] = [
+        CliClientHttpInterceptor(),
+        RuntimeVersionHttpInterceptor(component_name="flwr CLI"),
+    ]
+    return ControlHttpClient.from_server_address(
+        conn.address, False, conn.ca_cert.read_bytes(), interceptors
+    )
+
+
+def node_statuses(conn: CliConnection) -> dict[int, str]:
+    """``node id -> status`` (``registered``, ``online``, ``offline``, ...)."""
+    from flwr.proto.control_pb2 import ListNodesRequest
+
+    with _client(conn) as client:
+        nodes = client.ListNodes(ListNodesRequest()).nodes_info
+    return {int(n.node_id): str(n.status) for n in nodes}
+
+
+def wait_for_nodes(
+    conn: CliConnection, node_ids: Sequence[int], timeout_s: float = 120.0
+) -> None:
+    """Wait until every node in ``node_ids`` is online; ``TimeoutError`` otherwise."""
+    deadline = time.monotonic() + timeout_s
+    statuses: dict[int, str] = {}
+    while time.monotonic() < deadline:
+        try:
+            statuses = node_statuses(conn)
+        except httpx.HTTPError as err:  # e.g. the SuperLink is restarting
+            log.warning("node list not available (%s); retrying", err)
+        if all(statuses.get(n) == "online" for n in node_ids):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"nodes not online after {timeout_s:.0f} s: {statuses}")
+
+
+def start_run(
+    conn: CliConnection,
+    run_config: Mapping[str, RunConfigValue],
+    app_dir: Path = APP_DIR,
+) -> int:
+    """``flwr run APP CONN --run-config FILE``; the run id.
+
+    ``run_config`` overrides keys of the app's ``[tool.flwr.app.config]``; it is
+    written to a TOML file next to the CLI config (values with quotes or spaces are
+    safe there, unlike on a command line).
+    """
+    conn.flwr_home.mkdir(parents=True, exist_ok=True)
+    override = conn.flwr_home / f"run-config-{time.time_ns()}.toml"
+    override.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in run_config.items()))
+    args = ["run", str(app_dir), conn.name, "--run-config", str(override)]
+    return int(flwr_json(conn, args)["run-id"])
+
+
+def _toml(value: RunConfigValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)  # a JSON string or number is also valid TOML
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """A run as the Control API reports it.
+
+    ``status`` is ``pending``, ``starting``, ``running`` or ``finished:<sub>`` with
+    ``<sub>`` one of ``completed``, ``failed``, ``stopped``; ``details`` says why a run
+    failed (e.g. the ServerApp's exception).
+    """
+
+    run_id: int
+    status: str
+    details: str
+
+    @property
+    def finished(self) -> bool:
+        return self.status.startswith("finished")
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "finished:completed"
+
+
+def run_status(conn: CliConnection, run_id: int) -> RunStatus:
+    """The run's status (what ``flwr ls CONN --run-id N`` prints)."""
+    from flwr.common.serde import run_from_proto
+    from flwr.proto.control_pb2 import ListRunsRequest
+
+    with _client(conn) as client:
+        res = client.ListRuns(ListRunsRequest(run_id=run_id))
+    status = run_from_proto(res.run_dict[run_id]).status
+    text = status.status + (f":{status.sub_status}" if status.sub_status else "")
+    return RunStatus(run_id, text, status.details)
+
+
+def wait_for_run(
+    conn: CliConnection, run_id: int, timeout_s: float, poll_s: float = 2.0
+) -> RunStatus:
+    """Poll :func:`run_status` until the run has finished.
+
+    A failed poll (e.g. an HTTP 500 while the SuperLink's database is busy) is logged
+    and retried until the deadline.
+
+    Raises
+    ------
+    TimeoutError
+        After ``timeout_s``; the run is first stopped (``flwr stop``), so no
+        facility keeps working for it. The run is also stopped when waiting is
+        interrupted by any other exception.
+    """
+    deadline = time.monotonic() + timeout_s
+    finished = False
+    try:
+        while time.monotonic() < deadline:
+            try:
+                status = run_status(conn, run_id)
+            except (httpx.HTTPError, OSError, KeyError) as err:
+                log.warning("run %d: status not available (%s); retrying", run_id, err)
+            else:
+                if status.finished:
+                    finished = True
+                    return status
+            time.sleep(poll_s)
+        raise TimeoutError(f"run {run_id} not finished after {timeout_s:.0f} s")
+    finally:
+        if not finished:
+            flwr_json(conn, ["stop", str(run_id), conn.name], check=False)

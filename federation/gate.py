@@ -1,0 +1,93 @@
+"""The acceptance gate (does a site's scoring switch to a new global model?) and the
+installation of a model where scoring picks it up (``cryodiscovery score --model PATH``).
+
+Public API (client_app, operations, tests; keep it stable)::
+
+    GateDecision(accepted, reason, candidate, current)
+    acceptance_gate(candidate, current, sets, metric="auc", tolerance=0.01) -> GateDecision
+    install_model(scorer, path, record) -> str      # atomic; writes <path>.json beside
+    install_record_path(path) -> Path
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryodiscovery.core.checkpoint import ClassScorer, save_scorer
+from cryodiscovery.core.classes import ClassAverages
+from cryodiscovery.core.outputs import atomic_path
+from cryodiscovery.federation.task import evaluate_scorer
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether a site switches to a candidate model, and why (one line)."""
+
+    accepted: bool
+    reason: str
+    candidate: float
+    current: float
+
+
+def acceptance_gate(
+    candidate: ClassScorer,
+    current: ClassScorer | None,
+    sets: Sequence[ClassAverages],
+    metric: str = "auc",
+    tolerance: float = 0.01,
+) -> GateDecision:
+    """Accept ``candidate`` unless it is worse than ``current`` by more than
+    ``tolerance`` in ``metric`` on the site's validation classes ``sets``.
+
+    Without a current model the candidate is accepted; without a usable validation
+    metric (no classes, or only one label) the current model is kept.
+    """
+    cand = evaluate_scorer(candidate, sets).metric(metric)
+    if current is None:
+        return GateDecision(
+            True, f"no current model; candidate {metric} {cand:.4f}", cand, math.nan
+        )
+    cur = evaluate_scorer(current, sets).metric(metric)
+    if not (math.isfinite(cand) and math.isfinite(cur)):
+        return GateDecision(
+            False,
+            f"cannot compare {metric} on the local validation "
+            "split (needs selected and rejected classes)",
+            cand,
+            cur,
+        )
+    if cand < cur - tolerance:
+        return GateDecision(
+            False,
+            f"candidate {metric} {cand:.4f} is worse than current "
+            f"{cur:.4f} by more than {tolerance:g}",
+            cand,
+            cur,
+        )
+    return GateDecision(
+        True,
+        f"candidate {metric} {cand:.4f} vs current {cur:.4f} (tolerance {tolerance:g})",
+        cand,
+        cur,
+    )
+
+
+def install_record_path(path: Path) -> Path:
+    """The JSON record written beside an installed model (``model.pt.json``)."""
+    return path.with_name(path.name + ".json")
+
+
+def install_model(scorer: ClassScorer, path: Path, record: dict[str, Any]) -> str:
+    """Write ``scorer`` to ``path`` (atomically) and a record of where it came from
+    beside it; returns the model file's SHA-256. Scoring picks it up with
+    ``--model path``."""
+    sha = str(save_scorer(scorer, path))
+    info = {**record, "sha256": sha, "model_name": scorer.name}
+    with atomic_path(install_record_path(path)) as tmp:
+        tmp.write_text(json.dumps(info, indent=2, default=str) + "\n")
+    return sha

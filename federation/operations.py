@@ -1,0 +1,206 @@
+"""What a facility manager runs by hand: ``check`` (what would be used and what would be
+sent, without contacting anything) and ``pull`` (install the newest global model from the
+registry, through the acceptance gate when local validation data are configured).
+
+Public API (``cli`` and tests; keep it stable)::
+
+    check_report(config: FacilityConfig) -> str
+    PullResult(version: int, installed: bool, reason: str, path: Path)
+    pull_latest(source: str, out: Path, *, config: FacilityConfig | None = None,
+                version: int | None = None, force: bool = False,
+                ca_file: Path | None = None) -> PullResult
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from cryodiscovery.core.checkpoint import ClassScorer, load_scorer
+from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.outputs import atomic_path, sha256_file
+from cryodiscovery.federation import gate, task
+from cryodiscovery.federation.client_app import current_model
+from cryodiscovery.federation.config import FacilityConfig
+from cryodiscovery.federation.harvest import harvest
+from cryodiscovery.federation.registry import download_version, list_versions
+
+log = logging.getLogger(__name__)
+
+TRAIN_METRICS = ("num-examples", "loss")
+EVALUATE_METRICS = ("num-examples", "loss", "auc", "balanced-accuracy", "fnr")
+
+
+def _used_lines(config: FacilityConfig) -> list[str]:
+    data = harvest(config)
+    lines = [
+        "Would be used (stays at this site):",
+        f"  {'kind':<10} {'job':<22} {'selected':>8} {'rejected':>8} "
+        f"{'unlabelled':>10} {'duplicates':>10}  root",
+    ]
+    for s in data.sources:
+        lines.append(
+            f"  {s.kind:<10} {s.job:<22} {s.n_selected:>8} {s.n_rejected:>8} "
+            f"{s.n_unlabelled:>10} {s.n_duplicates:>10}  {s.root}"
+        )
+    if not data.sources:
+        lines.append("  (no labelled Class2D jobs found under the data roots)")
+    c = data.label_counts()
+    lines.append(
+        f"  total: {data.n_train} for training ({c['train_selected']} selected, "
+        f"{c['train_rejected']} rejected), {data.n_validation} for local validation "
+        f"({c['validation_selected']} selected, {c['validation_rejected']} rejected); "
+        f"{data.n_duplicates} duplicate(s), {data.n_conflicts} with conflicting labels "
+        f"and {data.n_capped} over the cap of {config.caps.max_classes} left out"
+    )
+    return lines
+
+
+def _sent_lines(
+    config: FacilityConfig, model: ClassScorer | None, origin: str
+) -> list[str]:
+    dp = config.privacy.dp
+    privacy = (
+        f"local DP: update delta clipped to L2 {dp.clipping_norm:g}, Gaussian noise "
+        f"std {dp.noise_multiplier * dp.clipping_norm:g} per value"
+        if dp is not None
+        else "local DP: off"
+    )
+    privacy += (
+        "; SecAgg+: required" if config.privacy.secagg else "; SecAgg+: not required"
+    )
+    lines = [
+        f"Would be sent (to {config.superlink or 'the SuperLink'}, nothing else):",
+        f"  train reply:    the parameter arrays below + metrics {', '.join(TRAIN_METRICS)}",
+        f"  evaluate reply: metrics {', '.join(EVALUATE_METRICS)}",
+        f"  {privacy}",
+    ]
+    if model is None:
+        lines.append(
+            "  parameters: those of the server's global model (no local model to show)"
+        )
+        return lines
+    rows = task.parameter_table(task.scorer_to_arrays(model))
+    lines.append(
+        f"  parameters of {origin} (the server's model has its own, same kind):"
+    )
+    lines.append(f"    {'name':<44} {'shape':<18} {'dtype':<8} {'bytes':>10}")
+    for name, shape, dtype, nbytes in rows:
+        lines.append(f"    {name:<44} {shape!s:<18} {dtype:<8} {nbytes:>10}")
+    total = sum(r[3] for r in rows)
+    lines.append(
+        f"    total: {len(rows)} arrays, {total} bytes ({total / 2**20:.2f} MiB) per update"
+    )
+    return lines
+
+
+def check_report(config: FacilityConfig) -> str:
+    """The text of ``cryodiscovery federation check``: the facility's settings, the data
+    that would be used per source and label, and what would be sent."""
+    head = [
+        f"Facility configuration: {config.source} "
+        f"(enabled: {'yes' if config.enabled else 'no'})",
+        f"  SuperLink {config.superlink or '-'}; CA certificate "
+        f"{config.ca_certificate or '-'}; node key {config.node_private_key or '-'}",
+        f"  caps: {config.caps.max_classes} classes, {config.caps.local_epochs} local "
+        f"epoch(s), batch {config.caps.batch_size}; validation split "
+        f"{config.validation_fraction:g} (seed {config.validation_seed}); acceptance "
+        f"gate: {config.acceptance.metric} within {config.acceptance.tolerance:g}",
+        f"  scoring model: {config.model_path or '(none configured)'}",
+        "",
+    ]
+    model = current_model(config)
+    if model is None:
+        origin = ""
+    elif config.model_path is not None and config.model_path.is_file():
+        origin = f"this site's model {config.model_path.name} ({model.name})"
+    else:
+        origin = f"the shipped default model ({model.name})"
+    return "\n".join(
+        [*head, *_used_lines(config), "", *_sent_lines(config, model, origin)]
+    )
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """Outcome of a pull: the registry version, whether it was installed, and why."""
+
+    version: int
+    installed: bool
+    reason: str
+    path: Path
+
+
+def pull_latest(
+    source: str,
+    out: Path,
+    *,
+    config: FacilityConfig | None = None,
+    version: int | None = None,
+    force: bool = False,
+    ca_file: Path | None = None,
+) -> PullResult:
+    """Install the newest (or the given) registry version at ``out``.
+
+    With ``config`` the acceptance gate runs on the site's validation split against the
+    model now at ``out`` (or the shipped default); ``force`` skips it. The file installed
+    is the registry's own (same SHA-256), with ``<out>.json`` recording its origin.
+    """
+    versions = list_versions(source, ca_file=ca_file)
+    if not versions:
+        raise InputError(source, "the registry holds no model yet")
+    chosen = (
+        versions[-1]
+        if version is None
+        else next((v for v in versions if v.version == version), None)
+    )
+    if chosen is None:
+        raise InputError(source, f"no version {version} in the registry")
+    if out.is_file() and sha256_file(out) == chosen.sha256:
+        return PullResult(chosen.version, False, "already installed", out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".pull-", dir=out.parent) as tmp:
+        fetched = download_version(
+            source, chosen, Path(tmp) / "model.pt", ca_file=ca_file
+        )
+        candidate = load_scorer(fetched)
+        reason = "installed without a gate (no --config)"
+        if force:
+            reason = "installed with --force (gate skipped)"
+        elif config is not None:
+            site = config if config.model_path == out else _with_model(config, out)
+            decision = gate.acceptance_gate(
+                candidate,
+                current_model(site),
+                harvest(config).validation,
+                config.acceptance.metric,
+                config.acceptance.tolerance,
+            )
+            if not decision.accepted:
+                log.warning(
+                    "acceptance gate: kept the current model: %s", decision.reason
+                )
+                return PullResult(chosen.version, False, decision.reason, out)
+            reason = decision.reason
+        with atomic_path(out) as target:
+            target.write_bytes(fetched.read_bytes())
+    record = {
+        "source": source,
+        "registry_version": chosen.version,
+        "sha256": chosen.sha256,
+        "server_round": chosen.server_round,
+        "gate": reason,
+        "model_name": candidate.name,
+        "installed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    with atomic_path(gate.install_record_path(out)) as tmp_record:
+        tmp_record.write_text(json.dumps(record, indent=2) + "\n")
+    return PullResult(chosen.version, True, reason, out)
+
+
+def _with_model(config: FacilityConfig, out: Path) -> FacilityConfig:
+    return replace(config, model_path=out)

@@ -1,0 +1,431 @@
+"""Server strategies chosen by run config, each wrapped so that every update is checked
+before aggregation, with explicit waits, timeouts and a minimum number of sites.
+
+Strategies (run config ``strategy``): ``fedavg``, ``fedprox``, ``fedadam``, ``fedyogi``
+(Flower's), and for untrusted sites ``trimmed-mean``, ``median``, ``krum`` (Flower 1.41's
+``FedTrimmedAvg``, ``FedMedian``, ``Krum``). Optional central DP with client-side
+clipping wraps the strategy in Flower's ``DifferentialPrivacyClientSideFixedClipping``;
+then the update norm bound is the clipping norm, so a site that did not clip is rejected
+instead of silently voiding the guarantee.
+
+Behaviour (documented for operators):
+
+- Waiting for sites: at most ``wait_for_sites_s`` for ``min_sites`` connected sites, then
+  :class:`NotEnoughSitesError` (Flower's own sampling would wait forever).
+- Round timeout: replies not in after ``round_timeout_s`` are treated as dropped.
+- A site dropping out mid-round, failing, or sending a rejected update: the round goes on
+  with the others when at least ``min_sites`` updates were accepted, else the run stops
+  with :class:`NotEnoughSitesError` naming each site and why it was dropped.
+
+Public API (used by ``server_app``, tests, benchmarks; keep it stable)::
+
+    STRATEGIES: tuple[str, ...]
+    StrategyOptions (frozen dataclass, fields below)
+    build_strategy(options: StrategyOptions) -> GuardedStrategy
+    update_bounds(options, reference: ArrayRecord) -> UpdateBounds
+    wait_for_sites(grid, minimum, seconds) -> list[int]
+    GuardedStrategy(inner: Strategy, options).rounds -> dict[int, list[UpdateVerdict]]
+    NotEnoughSitesError(RuntimeError)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from cryodiscovery.federation.validation import (
+    NUM_EXAMPLES,
+    UpdateBounds,
+    UpdateVerdict,
+    screen_replies,
+)
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    Strategy,
+)
+from flwr.supercore.run import Run
+
+log = logging.getLogger(__name__)
+
+STRATEGIES: tuple[str, ...] = (
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "trimmed-mean",
+    "median",
+    "krum",
+)
+
+
+class NotEnoughSitesError(RuntimeError):
+    """Fewer usable sites than the configured minimum (the run stops)."""
+
+
+@dataclass(frozen=True)
+class StrategyOptions:
+    """Server-side federation settings (from the run config, see ``server_app``).
+
+    Parameters
+    ----------
+    name:
+        One of :data:`STRATEGIES`.
+    min_sites:
+        Minimum connected sites to start a round and accepted updates to aggregate.
+    fraction_train:
+        Fraction of connected sites asked to train each round (at least ``min_sites``).
+    round_timeout_s:
+        Seconds to wait for replies in each train/evaluate phase.
+    wait_for_sites_s:
+        Seconds to wait for ``min_sites`` sites to be connected before a round.
+    proximal_mu:
+        FedProx proximal weight (sent to sites as ``proximal-mu``).
+    server_lr, tau:
+        FedAdam/FedYogi server learning rate (``eta``) and adaptivity (``tau``).
+    trim_beta:
+        Trimmed mean: fraction cut from each tail, in [0, 0.5).
+    krum_byzantine:
+        Krum: number of sites assumed malicious.
+    max_update_norm:
+        L2 bound on each site's weights delta; 0 derives it as
+        ``max_relative_update * ||global weights||``.
+    max_relative_update:
+        See ``max_update_norm``.
+    max_examples:
+        Largest ``num-examples`` a site may claim.
+    dp_noise_multiplier, dp_clipping_norm:
+        Central DP with client-side clipping when ``dp_clipping_norm > 0``: sites clip
+        their delta to the norm; the server adds Gaussian noise of std
+        ``dp_noise_multiplier * dp_clipping_norm / min_sites`` to the aggregate.
+    """
+
+    name: str = "fedavg"
+    min_sites: int = 2
+    fraction_train: float = 1.0
+    round_timeout_s: float = 600.0
+    wait_for_sites_s: float = 300.0
+    proximal_mu: float = 0.01
+    server_lr: float = 0.01
+    tau: float = 1e-3
+    trim_beta: float = 0.2
+    krum_byzantine: int = 0
+    max_update_norm: float = 0.0
+    max_relative_update: float = 1.0
+    max_examples: int = 1_000_000
+    dp_noise_multiplier: float = 0.0
+    dp_clipping_norm: float = 0.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "strategy": (self.name in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
+            "min-sites": (self.min_sites >= 1, ">= 1"),
+            "fraction-train": (0 < self.fraction_train <= 1, "in (0, 1]"),
+            "round-timeout": (self.round_timeout_s > 0, "> 0 seconds"),
+            "wait-for-sites": (self.wait_for_sites_s >= 0, ">= 0 seconds"),
+            "proximal-mu": (self.proximal_mu >= 0, ">= 0"),
+            "server-lr": (self.server_lr > 0, "> 0"),
+            "tau": (self.tau > 0, "> 0"),
+            "trim-beta": (0 <= self.trim_beta < 0.5, "in [0, 0.5)"),
+            "krum-byzantine": (self.krum_byzantine >= 0, ">= 0"),
+            "max-update-norm": (self.max_update_norm >= 0, ">= 0"),
+            "max-relative-update": (self.max_relative_update > 0, "> 0"),
+            "max-examples": (self.max_examples >= 1, ">= 1"),
+            "dp-noise-multiplier": (self.dp_noise_multiplier >= 0, ">= 0"),
+            "dp-clipping-norm": (self.dp_clipping_norm >= 0, ">= 0"),
+        }
+        for key, (ok, want) in checks.items():
+            if not ok:
+                raise ValueError(f"run config '{key}' must be {want}")
+
+    @property
+    def dp(self) -> bool:
+        """True when central DP with client-side clipping is on."""
+        return self.dp_clipping_norm > 0
+
+
+class _SnapshotGrid(Grid):
+    """A Grid whose node list is frozen, so Flower's sampler never waits forever."""
+
+    def __init__(self, grid: Grid, node_ids: list[int]) -> None:
+        self._grid, self._nodes = grid, node_ids
+
+    def set_run(self, run: Run) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self._grid.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self._grid.create_message(
+            content, message_type, dst_node_id, group_id, ttl
+        )
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._nodes)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self._grid.send_and_receive(messages, timeout=timeout)
+
+
+class GuardedStrategy(Strategy):
+    """Wraps a Flower strategy: update screening, site minimum, bounded waits.
+
+    ``rounds[r]`` holds the verdict on every train reply of round ``r`` (who was
+    aggregated with how many examples, who was dropped and why).
+    """
+
+    def __init__(self, inner: Strategy, options: StrategyOptions) -> None:
+        self.inner, self.options = inner, options
+        self.rounds: dict[int, list[UpdateVerdict]] = {}
+        self._reference: ArrayRecord | None = None
+
+    def summary(self) -> None:
+        o = self.options
+        log.info(
+            "strategy %s, min sites %d, round timeout %.0f s, update bound %s",
+            o.name,
+            o.min_sites,
+            o.round_timeout_s,
+            self._bound_text(),
+        )
+        self.inner.summary()
+
+    def _bound_text(self) -> str:
+        o = self.options
+        if o.dp:
+            return f"DP clipping norm {o.dp_clipping_norm:g}"
+        if o.max_update_norm > 0:
+            return f"{o.max_update_norm:g}"
+        return f"{o.max_relative_update:g} x ||global||"
+
+    def _bounds(self, reference: ArrayRecord) -> UpdateBounds:
+        return update_bounds(self.options, reference)
+
+    def _wait_for_sites(self, grid: Grid, minimum: int) -> list[int]:
+        return wait_for_sites(grid, minimum, self.options.wait_for_sites_s)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        nodes = self._wait_for_sites(grid, self.options.min_sites)
+        if len(nodes) < self.options.min_sites:
+            raise NotEnoughSitesError(
+                f"round {server_round}: {len(nodes)} site(s) connected after "
+                f"{self.options.wait_for_sites_s:.0f} s, min-sites is "
+                f"{self.options.min_sites}"
+            )
+        self._reference = arrays
+        return self.inner.configure_train(
+            server_round, arrays, config, _SnapshotGrid(grid, nodes)
+        )
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self._reference is None:
+            raise RuntimeError("aggregate_train called before configure_train")
+        reference = self._reference
+        accepted, verdicts = screen_replies(replies, reference, self._bounds(reference))
+        self.rounds[server_round] = verdicts
+        if len(accepted) < self.options.min_sites:
+            dropped = "; ".join(
+                f"node {v.node_id}: {v.reason}" for v in verdicts if not v.accepted
+            )
+            raise NotEnoughSitesError(
+                f"round {server_round}: {len(accepted)} usable update(s), min-sites is "
+                f"{self.options.min_sites} (replies: {len(verdicts)}"
+                f"{'; ' + dropped if dropped else ''})"
+            )
+        log.info(
+            "round %d: aggregating %d update(s), %d dropped",
+            server_round,
+            len(accepted),
+            len(verdicts) - len(accepted),
+        )
+        arrays, metrics = self.inner.aggregate_train(server_round, accepted)
+        if arrays is None:
+            raise RuntimeError(f"round {server_round}: the strategy produced no model")
+        return _restore(arrays, reference), metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Ask every connected site to evaluate (built here, not by the wrapped
+        strategy, whose sampler would wait forever once fewer than ``min_sites`` are
+        left)."""
+        nodes = list(grid.get_node_ids())
+        if not nodes:
+            log.warning("round %d: no site connected for evaluation", server_round)
+            return []
+        config["server-round"] = server_round
+        content = RecordDict({"arrays": arrays, "config": config})
+        return [
+            Message(content, dst_node_id=node, message_type=MessageType.EVALUATE)
+            for node in nodes
+        ]
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        good = []
+        for msg in replies:
+            if msg.has_error():
+                log.warning(
+                    "round %d: evaluation failed on node %d: %s",
+                    server_round,
+                    msg.metadata.src_node_id,
+                    msg.error.reason,
+                )
+            elif len(msg.content.metric_records) == 1 and not msg.content.array_records:
+                good.append(msg)
+            else:
+                log.warning(
+                    "round %d: dropped malformed evaluation reply from node %d",
+                    server_round,
+                    msg.metadata.src_node_id,
+                )
+        if not good:
+            return None
+        return _aggregate_metrics([m.content for m in good], NUM_EXAMPLES)
+
+
+def wait_for_sites(grid: Grid, minimum: int, seconds: float) -> list[int]:
+    """Node ids once ``minimum`` sites are connected, or whatever is there after
+    ``seconds`` (the caller decides whether that is enough)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= minimum or time.monotonic() >= deadline:
+            return nodes
+        log.info("waiting for sites: %d connected, %d needed", len(nodes), minimum)
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+def update_bounds(options: StrategyOptions, reference: ArrayRecord) -> UpdateBounds:
+    """The limits an update against the global ``reference`` must respect."""
+    if options.dp:  # clipped deltas are <= the norm; allow float32 rounding
+        bound = options.dp_clipping_norm * (1 + 1e-4) + 1e-6
+    elif options.max_update_norm > 0:
+        bound = options.max_update_norm
+    else:
+        norm = math.sqrt(
+            sum(
+                float(np.sum(a.numpy().astype(np.float64) ** 2))
+                for a in reference.values()
+            )
+        )
+        bound = options.max_relative_update * max(norm, 1e-12)
+    return UpdateBounds(max_delta_norm=bound, max_examples=options.max_examples)
+
+
+def _restore(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
+    """Cast the aggregate back to the model's dtypes; keep BN variances non-negative."""
+    out = ArrayRecord()
+    for key, ref in reference.items():
+        value = np.asarray(arrays[key].numpy(), dtype=ref.dtype)
+        if key.endswith("running_var"):
+            value = np.maximum(value, 0)
+        if not np.isfinite(value).all():
+            raise RuntimeError(f"aggregated '{key}' is not finite")
+        out[key] = Array(np.ascontiguousarray(value))
+    return out
+
+
+def _aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Example-weighted mean of each scalar metric over the replies where it is finite
+    (NaN where none is), plus the total example count under ``weight_key``."""
+    total = 0.0
+    sums: dict[str, list[float]] = {}
+    for record in records:
+        metrics = next(iter(record.metric_records.values()))
+        weight = float(metrics.get(weight_key, 0.0))  # type: ignore[arg-type]
+        if not math.isfinite(weight) or weight <= 0:
+            continue
+        total += weight
+        for key, value in metrics.items():
+            if key == weight_key or isinstance(value, list):
+                continue
+            if math.isfinite(float(value)):
+                acc = sums.setdefault(key, [0.0, 0.0])
+                acc[0] += weight * float(value)
+                acc[1] += weight
+    out = MetricRecord(
+        {k: (s / w if w > 0 else math.nan) for k, (s, w) in sums.items()}
+    )
+    out[weight_key] = total
+    return out
+
+
+def build_strategy(options: StrategyOptions) -> GuardedStrategy:
+    """The configured Flower strategy, DP-wrapped if asked, inside the guard."""
+    common: dict[str, Any] = {
+        "fraction_train": options.fraction_train,
+        "fraction_evaluate": 1.0,
+        "min_train_nodes": options.min_sites,
+        "min_evaluate_nodes": 1,
+        "min_available_nodes": options.min_sites,
+        "train_metrics_aggr_fn": _aggregate_metrics,
+        "evaluate_metrics_aggr_fn": _aggregate_metrics,
+    }
+    inner: Strategy
+    name = options.name
+    if name == "fedavg":
+        inner = FedAvg(**common)
+    elif name == "fedprox":
+        inner = FedProx(**common, proximal_mu=options.proximal_mu)
+    elif name == "fedadam":
+        inner = FedAdam(**common, eta=options.server_lr, tau=options.tau)
+    elif name == "fedyogi":
+        inner = FedYogi(**common, eta=options.server_lr, tau=options.tau)
+    elif name == "trimmed-mean":
+        inner = FedTrimmedAvg(**common, beta=options.trim_beta)
+    elif name == "median":
+        inner = FedMedian(**common)
+    else:
+        inner = Krum(**common, num_malicious_nodes=options.krum_byzantine)
+    if options.dp:
+        inner = DifferentialPrivacyClientSideFixedClipping(
+            inner,
+            noise_multiplier=options.dp_noise_multiplier,
+            clipping_norm=options.dp_clipping_norm,
+            num_sampled_clients=options.min_sites,
+        )
+    return GuardedStrategy(inner, options)

@@ -1,0 +1,85 @@
+"""Shared helpers for the federation tests: tiny models, generated non-IID sites, and a
+run of the real ServerApp and ClientApps through the in-process Grid."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from cryodiscovery.core.checkpoint import ClassScorer, save_scorer
+from cryodiscovery.core.nets import ClassNet, NetConfig
+from cryodiscovery.core.preprocess import PreprocessConfig
+from cryodiscovery.federation import client_app, server_app
+from cryodiscovery.federation.client_app import NODE_CONFIG_KEY
+from cryodiscovery.federation.loopback import LoopbackGrid, run_server_app
+from cryodiscovery.federation.sites import NON_IID_SITES, write_site
+from flwr.app import UserConfig
+
+TINY = NetConfig(in_size=32, stem=4, widths=(8, 16), meta_hidden=8)
+
+
+def tiny_scorer(members: int = 1, seed: int = 0, name: str = "tiny") -> ClassScorer:
+    """An untrained ~7k-parameter scorer (``single`` or ``boosted3``)."""
+    torch.manual_seed(seed)
+    nets = [ClassNet(TINY) for _ in range(members)]
+    rule = "single" if members == 1 else "boosted3"
+    return ClassScorer(nets, TINY, PreprocessConfig(size=32), rule, 0.5, name=name)
+
+
+def make_sites(
+    root: Path,
+    n: int,
+    n_classes: int = 40,
+    extra: dict[int, dict[str, Any]] | None = None,
+) -> dict[int, Path]:
+    """``n`` generated non-IID sites under ``root``: node id -> federation.yaml."""
+    root.mkdir(parents=True, exist_ok=True)
+    ca, key = root / "ca.crt", root / "node_key"
+    ca.write_text("test CA placeholder\n")
+    key.write_text("test key placeholder\n")
+    paths = {}
+    for i in range(n):
+        spec = replace(
+            NON_IID_SITES[i % len(NON_IID_SITES)],
+            n_classes=n_classes,
+            box_sizes=(64,),
+            particle_range=(20, 200),
+        )
+        paths[i + 1] = write_site(
+            root / spec.name,
+            spec,
+            seed=100 + i,
+            ca_certificate=ca,
+            node_private_key=key,
+            extra=(extra or {}).get(i + 1),
+        )
+    return paths
+
+
+def run_apps(
+    sites: dict[int, Path],
+    run_config: UserConfig,
+    *,
+    keep_bytes: bool = False,
+    workers: int = 1,
+) -> LoopbackGrid:
+    """Run the real ServerApp with the real ClientApp at every site, in this process."""
+    grid = LoopbackGrid(
+        {node: client_app.app for node in sites},
+        {node: {NODE_CONFIG_KEY: str(path)} for node, path in sites.items()},
+        keep_bytes=keep_bytes,
+        workers=workers,
+    )
+    try:
+        run_server_app(server_app.app, grid, run_config)
+    finally:
+        grid.close()
+    return grid
+
+
+def save_initial(path: Path, members: int = 1) -> Path:
+    """Save a tiny untrained model as the federation's initial model."""
+    save_scorer(tiny_scorer(members), path)
+    return path

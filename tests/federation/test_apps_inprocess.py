@@ -1,0 +1,250 @@
+"""The real ServerApp and ClientApp, driven in-process through Flower's Grid interface
+(no SuperLink, no Ray): rounds, registry, acceptance gate, refusals and drop-outs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from cryodiscovery.core.checkpoint import load_scorer, save_scorer
+from cryodiscovery.federation import client_app, gate, task
+from cryodiscovery.federation.config import load_facility_config
+from cryodiscovery.federation.harvest import harvest
+from cryodiscovery.federation.registry import ModelRegistry
+from cryodiscovery.federation.strategy import NotEnoughSitesError
+from fed_fixtures import make_sites, run_apps, save_initial
+
+
+def _run_config(root: Path, **more: object) -> dict[str, object]:
+    config: dict[str, object] = {
+        "num-rounds": 2,
+        "min-sites": 3,
+        "registry": str(root / "registry"),
+        "initial-model": str(root / "initial.pt"),
+        "validation-seeds": "7,8",
+        "validation-classes": 40,
+        "local-epochs": 3,
+        "learning-rate": 0.01,
+        "round-timeout": 300,
+        "wait-for-sites": 5,
+    }
+    config.update(more)
+    return config
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """Two rounds with three generated non-IID sites; site 1 tolerates any change."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("federation")
+    initial = save_initial(root / "initial.pt")
+    sites = make_sites(
+        root / "sites",
+        3,
+        extra={1: {"acceptance": {"tolerance": 1.0}}, 3: {"model_path": None}},
+    )
+    for node in (1, 2):  # these sites already score with the initial model
+        cfg = load_facility_config(sites[node])
+        assert cfg.model_path is not None
+        cfg.model_path.parent.mkdir(parents=True)
+        save_scorer(load_scorer(initial), cfg.model_path)
+    grid = run_apps(sites, _run_config(root))
+    return SimpleNamespace(
+        root=root,
+        sites=sites,
+        grid=grid,
+        registry=ModelRegistry(root / "registry"),
+        initial=load_scorer(initial),
+    )
+
+
+def test_rounds_change_and_improve_the_global_model(
+    federation: SimpleNamespace,
+) -> None:
+    versions = federation.registry.versions()
+    assert [v.server_round for v in versions] == [1, 2]
+    final = load_scorer(versions[-1].checkpoint)
+    before = task.scorer_to_arrays(federation.initial)
+    after = task.scorer_to_arrays(final)
+    assert list(after.keys()) == list(before.keys())
+    moved = max(
+        float(np.abs(after[k].numpy() - before[k].numpy()).max()) for k in before
+    )
+    assert moved > 1e-3
+    initial_auc = versions[-1].run["initial_metrics"]["auc"]
+    assert versions[-1].metrics["auc"] > initial_auc + 0.03
+
+
+def test_registry_holds_every_version_with_contributions(
+    federation: SimpleNamespace,
+) -> None:
+    registry = federation.registry
+    latest = registry.latest()
+    assert latest is not None and latest.version == 2
+    n_train = sorted(
+        harvest(load_facility_config(p)).n_train for p in federation.sites.values()
+    )
+    for version in registry.versions():
+        assert all(c.accepted and c.reason == "" for c in version.contributions)
+        assert sorted(c.num_examples for c in version.contributions) == n_train
+        assert version.total_examples == sum(n_train)
+        scorer = load_scorer(
+            version.checkpoint
+        )  # a core-format checkpoint, checksum ok
+        assert scorer.sha256 == version.sha256
+        assert scorer.info["federation"]["server_round"] == version.server_round
+        assert scorer.validation_scores is not None  # recalibrated on the server's set
+        assert version.metrics["threshold"] == pytest.approx(scorer.threshold)
+
+
+def test_sites_send_weights_and_scalar_metrics_only(
+    federation: SimpleNamespace,
+) -> None:
+    expected = list(task.scorer_to_arrays(federation.initial).keys())
+    up = [t for t in federation.grid.traffic if t.direction == "up"]
+    assert len(up) == 2 * 2 * 3  # rounds x (train, evaluate) x sites
+    for transfer in up:
+        content = transfer.message.content
+        assert not content.config_records
+        (metrics,) = content.metric_records.values()
+        if transfer.message_type == "train":
+            (arrays,) = content.array_records.values()
+            assert list(arrays.keys()) == expected
+            assert set(metrics.keys()) == {"num-examples", "loss"}
+        else:
+            assert not content.array_records
+            assert set(metrics.keys()) == {
+                "num-examples",
+                "loss",
+                "auc",
+                "balanced-accuracy",
+                "fnr",
+            }
+
+
+def test_gate_installs_the_last_global_model_where_allowed(
+    federation: SimpleNamespace,
+) -> None:
+    sites = {n: load_facility_config(p) for n, p in federation.sites.items()}
+    latest = federation.registry.latest()
+    installed = sites[1].model_path
+    assert installed is not None and installed.is_file()
+    record = json.loads(gate.install_record_path(installed).read_text())
+    assert record["server_round"] == 2 and record["source"] == "federation"
+    model = load_scorer(installed)
+    assert model.sha256 == record["sha256"]
+    reference = load_scorer(latest.checkpoint)
+    data = harvest(sites[1]).validation
+    assert np.allclose(model.predict(data[0]), reference.predict(data[0]), atol=1e-6)
+    assert sites[3].model_path is None  # no model_path: nothing installed
+
+
+def test_gate_keeps_the_current_model_when_the_candidate_is_worse(
+    federation: SimpleNamespace, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = load_facility_config(federation.sites[2])
+    assert cfg.model_path is not None
+    current = load_scorer(federation.registry.latest().checkpoint)
+    save_scorer(current, cfg.model_path)
+    before = cfg.model_path.read_bytes()
+    inverted = task.with_arrays(current, task.scorer_to_arrays(current))
+    head = inverted.members[0].head[-1]
+    with torch.no_grad():  # a model that ranks every class backwards
+        head.weight.neg_()
+        head.bias.neg_()
+    data = harvest(cfg)
+    assert task.evaluate_scorer(current, data.validation).auc > 0.55
+    with caplog.at_level("WARNING"):
+        client_app._gate(cfg, inverted, data, 2)
+    assert "acceptance gate: kept the current model: candidate auc" in caplog.text
+    assert cfg.model_path.read_bytes() == before
+
+
+def _variant(path: Path, out: Path, **changes: object) -> Path:
+    data = yaml.safe_load(path.read_text())
+    data.update(changes)
+    out.write_text(yaml.safe_dump(data))
+    return out
+
+
+def test_disabled_site_is_refused_and_the_round_goes_on(
+    federation: SimpleNamespace, tmp_path: Path
+) -> None:
+    sites = dict(federation.sites)
+    sites[3] = _variant(sites[3], tmp_path / "off.yaml", enabled=False)
+    config = _run_config(
+        tmp_path,
+        **{
+            "num-rounds": 1,
+            "min-sites": 2,
+            "local-epochs": 1,
+            "initial-model": str(federation.root / "initial.pt"),
+        },
+    )
+    grid = run_apps(sites, config)
+    errors = [t for t in grid.traffic if t.direction == "up" and t.message.has_error()]
+    assert {t.node_id for t in errors} == {3}
+    assert all(
+        t.message.error.reason == "federation is disabled at this site" for t in errors
+    )
+    (version,) = ModelRegistry(tmp_path / "registry").versions()
+    dropped = [c for c in version.contributions if not c.accepted]
+    assert [c.site for c in dropped] == ["node 3"]
+    assert "federation is disabled at this site" in dropped[0].reason
+    assert sum(c.accepted for c in version.contributions) == 2
+
+
+def test_too_few_sites_end_the_run_with_a_clear_error(
+    federation: SimpleNamespace, tmp_path: Path
+) -> None:
+    sites = dict(federation.sites)
+    sites[2] = _variant(
+        sites[2],
+        tmp_path / "broken.yaml",
+        data={"relion_projects": [str(tmp_path / "gone")]},
+    )
+    (tmp_path / "gone").mkdir()
+    sites[3] = _variant(sites[3], tmp_path / "off.yaml", enabled=False)
+    (tmp_path / "gone").rmdir()  # the data root disappears after configuration
+    config = _run_config(
+        tmp_path,
+        **{
+            "num-rounds": 1,
+            "min-sites": 2,
+            "local-epochs": 1,
+            "initial-model": str(federation.root / "initial.pt"),
+        },
+    )
+    with pytest.raises(NotEnoughSitesError, match="round 1: 1 usable update"):
+        run_apps(sites, config)
+    assert not (tmp_path / "registry" / "index.json").exists()
+
+
+def test_secure_aggregation_hides_every_site_update(
+    federation: SimpleNamespace, tmp_path: Path
+) -> None:
+    sites = dict(federation.sites)
+    sites[1] = _variant(sites[1], tmp_path / "secagg.yaml", privacy={"secagg": True})
+    config = _run_config(
+        tmp_path,
+        **{
+            "secagg": True,
+            "local-epochs": 2,
+            "initial-model": str(federation.root / "initial.pt"),
+        },
+    )
+    grid = run_apps(sites, config)
+    versions = ModelRegistry(tmp_path / "registry").versions()
+    assert [v.server_round for v in versions] == [1, 2]
+    assert all(sum(c.accepted for c in v.contributions) == 3 for v in versions)
+    assert versions[-1].metrics["auc"] > versions[-1].run["initial_metrics"]["auc"]
+    up = [t for t in grid.traffic if t.direction == "up"]
+    assert up and all(not t.message.has_error() for t in up)
+    for transfer in up:  # masked vectors only: no plain parameter array leaves a site
+        for record in transfer.message.content.array_records.values():
+            assert len(record) == 0

@@ -1,0 +1,197 @@
+"""Every message a site sends, inspected as it crosses the (in-process) network: only
+parameter arrays and scalar metrics; no images, no file paths, no per-class metadata.
+Also: local DP and the server's clipping are applied, and a SecAgg-only site sends nothing."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from cryodiscovery.core.checkpoint import load_scorer
+from cryodiscovery.core.classes import METADATA_FIELDS
+from cryodiscovery.federation import task
+from cryodiscovery.federation.config import load_facility_config
+from cryodiscovery.federation.harvest import harvest
+from cryodiscovery.federation.registry import ModelRegistry
+from cryodiscovery.federation.validation import delta_norm
+from fed_fixtures import make_sites, run_apps, save_initial
+
+ALLOWED_METRICS = {
+    "train": {"num-examples", "loss"},
+    "evaluate": {"num-examples", "loss", "auc", "balanced-accuracy", "fnr"},
+}
+CLIP = 0.05
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """One round: site 1 with local DP, site 3 demanding SecAgg+, server-side clipping."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("privacy")
+    initial = save_initial(root / "initial.pt")
+    sites = make_sites(
+        root / "sites",
+        3,
+        n_classes=30,
+        extra={
+            1: {"privacy": {"dp": {"clipping_norm": 0.2, "noise_multiplier": 0.01}}},
+            3: {"privacy": {"secagg": True}},
+        },
+    )
+    config = {
+        "num-rounds": 1,
+        "min-sites": 2,
+        "registry": str(root / "registry"),
+        "initial-model": str(initial),
+        "validation-seeds": "3",
+        "validation-classes": 20,
+        "learning-rate": 0.01,
+        "dp-clipping-norm": CLIP,
+        "dp-noise-multiplier": 0.1,
+    }
+    grid = run_apps(sites, config, keep_bytes=True)
+    return SimpleNamespace(
+        root=root, sites=sites, grid=grid, initial=load_scorer(initial)
+    )
+
+
+def _up(run: SimpleNamespace) -> list:  # type: ignore[type-arg]
+    return [t for t in run.grid.traffic if t.direction == "up"]
+
+
+def test_replies_hold_only_model_arrays_and_allowed_scalar_metrics(
+    run: SimpleNamespace,
+) -> None:
+    names = list(task.scorer_to_arrays(run.initial).keys())
+    replies = [t for t in _up(run) if not t.message.has_error()]
+    assert {t.node_id for t in replies if t.message_type == "train"} == {1, 2}
+    assert {t.node_id for t in replies if t.message_type == "evaluate"} == {1, 2, 3}
+    for transfer in replies:
+        content = transfer.message.content
+        assert not content.config_records
+        (metrics,) = content.metric_records.values()
+        assert set(metrics.keys()) <= ALLOWED_METRICS[transfer.message_type]
+        assert all(isinstance(v, int | float) for v in metrics.values())
+        if transfer.message_type == "train":
+            (arrays,) = content.array_records.values()
+            assert list(arrays.keys()) == names
+            assert {a.dtype for a in arrays.values()} == {"float32"}
+        else:
+            assert not content.array_records
+
+
+def _site_strings(path: Path) -> list[bytes]:
+    cfg = load_facility_config(path)
+    words = [
+        str(cfg.source),
+        str(cfg.source.parent),
+        *(str(r) for _, r in cfg.data.all()),
+    ]
+    words += ["Class2D", "Select/", ".mrcs", ".star", "run_it0", cfg.source.parent.name]
+    return [w.encode() for w in words]
+
+
+def test_no_paths_images_or_class_metadata_on_the_wire(run: SimpleNamespace) -> None:
+    for node, path in run.sites.items():
+        sent = b"".join(t.payload for t in _up(run) if t.node_id == node)
+        assert sent
+        for word in _site_strings(path):
+            assert word not in sent, (node, word)
+        data = harvest(load_facility_config(path))
+        for classes in (*data.train, *data.validation):
+            for image in classes.images[:: max(1, len(classes) // 5)]:
+                row = np.ascontiguousarray(image[image.shape[0] // 2], np.float32)
+                assert row.tobytes()[:64] not in sent
+            for name in ("particle_count", "resolution_A"):
+                column = classes.metadata[:, METADATA_FIELDS.index(name)]
+                assert column.astype(np.float64).tobytes()[:32] not in sent
+                assert column.astype(np.float32).tobytes()[:16] not in sent
+
+
+def test_errors_from_a_site_carry_no_details(run: SimpleNamespace) -> None:
+    errors = [t for t in _up(run) if t.message.has_error()]
+    assert {t.node_id for t in errors} == {3}
+    for transfer in errors:
+        reason = transfer.message.error.reason
+        assert reason == "this site sends updates only under secure aggregation"
+        assert "/" not in reason
+        assert not transfer.message.has_content()
+
+
+def test_updates_are_clipped_for_central_dp_and_noised_locally(
+    run: SimpleNamespace,
+) -> None:
+    reference = task.scorer_to_arrays(run.initial)
+    trains = {
+        t.node_id: t
+        for t in _up(run)
+        if t.message_type == "train" and not t.message.has_error()
+    }
+    norms = {}
+    for node, transfer in trains.items():
+        (arrays,) = transfer.message.content.array_records.values()
+        norms[node] = delta_norm(arrays, reference)
+        assert norms[node] <= CLIP * (1 + 1e-4)
+    assert all(math.isfinite(n) and n > 0 for n in norms.values())
+    (version,) = ModelRegistry(run.root / "registry").versions()
+    accepted = sorted(c.site for c in version.contributions if c.accepted)
+    assert accepted == ["node 1", "node 2"]
+
+
+def test_local_dp_adds_noise_beyond_clipping(tmp_path: Path) -> None:
+    """The facility's DP mod perturbs every exchanged value (Flower's LocalDpMod)."""
+    from cryodiscovery.federation import client_app
+    from flwr.app import (
+        Array,
+        ArrayRecord,
+        ConfigRecord,
+        Context,
+        Message,
+        MetricRecord,
+        RecordDict,
+    )
+    from flwr.supercore.task_identity import TaskIdentity
+
+    sites = make_sites(
+        tmp_path,
+        1,
+        n_classes=12,
+        extra={
+            1: {"privacy": {"dp": {"clipping_norm": 1e6, "noise_multiplier": 1e-3}}}
+        },
+    )
+    context = Context(
+        1, 1, {client_app.NODE_CONFIG_KEY: str(sites[1])}, RecordDict(), {}
+    )
+    arrays = task.scorer_to_arrays(load_scorer(save_initial(tmp_path / "i.pt")))
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = 1, 1, 0
+    try:
+        msg = Message(
+            RecordDict({"arrays": arrays, "config": ConfigRecord({})}),
+            dst_node_id=1,
+            message_type="train",
+        )
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+    def echo(m: Message, c: Context) -> Message:  # a tiny update (Flower's clipping
+        moved = {k: Array(a.numpy() + np.float32(1e-3)) for k, a in arrays.items()}
+        out = RecordDict(
+            {
+                "arrays": ArrayRecord(moved),  # divides by the delta norm)
+                "metrics": MetricRecord({"num-examples": 5}),
+            }
+        )
+        return Message(out, reply_to=m)
+
+    reply = client_app._privacy_mod(msg, context, echo)
+    (noisy,) = reply.content.array_records.values()
+    diff = np.concatenate(
+        [(noisy[k].numpy() - arrays[k].numpy()).ravel() for k in arrays]
+    )
+    assert np.std(diff) == pytest.approx(1e6 * 1e-3, rel=0.1)

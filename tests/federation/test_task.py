@@ -1,0 +1,156 @@
+"""Model glue: what is exchanged, local training on core.training, FedProx, the gate."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cryodiscovery.core.checkpoint import ClassScorer, load_scorer
+from cryodiscovery.core.classes import ClassAverages
+from cryodiscovery.core.synthetic.generator import (
+    SimulationConfig,
+    simulate_class_averages,
+)
+from cryodiscovery.federation import gate, task
+from fed_fixtures import tiny_scorer
+from flwr.app import Array, ArrayRecord
+
+CONFIG = SimulationConfig(n_classes=40, box_sizes=(64,), particle_range=(20, 300))
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[list[ClassAverages], list[ClassAverages]]:
+    torch.set_num_threads(1)
+    return [simulate_class_averages(CONFIG, 11)], [simulate_class_averages(CONFIG, 12)]
+
+
+def test_exchanged_arrays_round_trip_to_identical_scores(data) -> None:  # type: ignore[no-untyped-def]
+    scorer = tiny_scorer(members=3, seed=1)
+    arrays = task.scorer_to_arrays(scorer)
+    assert all(k.split(".")[0] in {"m0", "m1", "m2"} for k in arrays)
+    assert not any(k.endswith("num_batches_tracked") for k in arrays)
+    rebuilt = task.scorer_from_spec(task.model_spec(scorer), arrays)
+    assert rebuilt.rule == "boosted3" and len(rebuilt.members) == 3
+    assert np.array_equal(rebuilt.predict(data[1][0]), scorer.predict(data[1][0]))
+    table = task.parameter_table(arrays)
+    assert sum(r[3] for r in table) == 4 * sum(
+        p.numel()
+        for m in scorer.members
+        for k, p in m.state_dict().items()
+        if p.is_floating_point()
+    )
+
+
+def test_arrays_that_do_not_fit_the_spec_are_refused() -> None:
+    scorer = tiny_scorer()
+    arrays = task.scorer_to_arrays(scorer)
+    spec = task.model_spec(scorer)
+    missing = ArrayRecord({k: v for k, v in list(arrays.items())[1:]})
+    with pytest.raises(ValueError, match="do not fit the model"):
+        task.scorer_from_spec(spec, missing)
+    key = next(iter(arrays.keys()))
+    wrong = ArrayRecord(dict(arrays.items()))
+    wrong[key] = Array(np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match="has shape"):
+        task.scorer_from_spec(spec, wrong)
+    with pytest.raises(ValueError, match="malformed model spec"):
+        task.scorer_from_spec(json.dumps({"net_config": {}}), arrays)
+
+
+def test_local_training_keeps_the_structure_and_learns(data) -> None:  # type: ignore[no-untyped-def]
+    train, val = data
+    scorer = tiny_scorer(members=3, seed=2)
+    before = task.evaluate_scorer(scorer, val)
+    options = task.LocalTrainOptions(epochs=4, batch_size=16, lr=0.01, seed=3)
+    result = task.train_locally(scorer, train, val, options)
+    assert len(result.scorer.members) == 3 and result.scorer.rule == "boosted3"
+    assert result.num_examples == len(train[0])
+    assert math.isfinite(result.loss)
+    after = task.evaluate_scorer(result.scorer, val)
+    assert after.loss < before.loss
+    # the received model itself is left untouched
+    assert np.array_equal(
+        task.scorer_to_arrays(scorer)["m0.head.3.bias"].numpy(),
+        task.scorer_to_arrays(tiny_scorer(members=3, seed=2))["m0.head.3.bias"].numpy(),
+    )
+
+
+def test_fedprox_term_keeps_local_weights_near_the_global_ones(data) -> None:  # type: ignore[no-untyped-def]
+    train, val = data
+    scorer = tiny_scorer(seed=4)
+    reference = task.scorer_to_arrays(scorer)
+
+    def moved(mu: float) -> float:
+        options = task.LocalTrainOptions(
+            epochs=2, batch_size=16, lr=0.01, proximal_mu=mu
+        )
+        out = task.train_locally(scorer, train, val, options)
+        from cryodiscovery.federation.validation import delta_norm
+
+        return delta_norm(task.scorer_to_arrays(out.scorer), reference)
+
+    free, held = moved(0.0), moved(50.0)
+    assert held < 0.7 * free
+    assert moved(0.0) == pytest.approx(free, rel=1e-5)  # the hook was removed
+
+
+def _inverted(scorer: ClassScorer) -> ClassScorer:
+    out = task.with_arrays(scorer, task.scorer_to_arrays(scorer))
+    with torch.no_grad():
+        for member in out.members:
+            member.head[-1].weight.neg_()
+            member.head[-1].bias.neg_()
+    return out
+
+
+def test_acceptance_gate(data) -> None:  # type: ignore[no-untyped-def]
+    train, val = data
+    good = task.train_locally(
+        tiny_scorer(seed=5),
+        train,
+        val,
+        task.LocalTrainOptions(epochs=4, batch_size=16, lr=0.01),
+    ).scorer
+    bad = _inverted(good)
+    assert task.evaluate_scorer(good, val).auc > 0.6
+    assert gate.acceptance_gate(good, None, val).accepted
+    kept = gate.acceptance_gate(bad, good, val, "auc", 0.01)
+    assert not kept.accepted and "worse than current" in kept.reason
+    assert gate.acceptance_gate(good, bad, val, "auc", 0.0).accepted
+    assert gate.acceptance_gate(
+        bad, good, val, "auc", 1.0
+    ).accepted  # tolerance wide open
+    one_label = [val[0].subset(val[0].labels == 1)]
+    undecided = gate.acceptance_gate(good, bad, one_label)
+    assert not undecided.accepted and "cannot compare auc" in undecided.reason
+    by_ba = gate.acceptance_gate(bad, good, val, "balanced_accuracy", 0.01)
+    assert by_ba.current >= by_ba.candidate
+
+
+def test_recalibration_hits_the_target_fnr_and_install_writes_a_record(
+    data,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    train, val = data
+    scorer = task.train_locally(
+        tiny_scorer(seed=6),
+        train,
+        val,
+        task.LocalTrainOptions(epochs=2, batch_size=16, lr=0.01),
+    ).scorer
+    calibrated, ev = task.recalibrate(scorer, val, target_fnr=0.1)
+    assert task.evaluate_scorer(calibrated, val) == ev
+    assert ev.fnr <= 0.1 and calibrated.target_fnr == 0.1
+    assert calibrated.validation_scores is not None
+    path = tmp_path / "site" / "model.pt"
+    sha = gate.install_model(calibrated, path, {"source": "test"})
+    record = json.loads(gate.install_record_path(path).read_text())
+    assert record == {"source": "test", "sha256": sha, "model_name": calibrated.name}
+    loaded = load_scorer(path)
+    assert loaded.sha256 == sha and loaded.threshold == pytest.approx(
+        calibrated.threshold
+    )
