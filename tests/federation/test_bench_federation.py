@@ -1,0 +1,53 @@
+"""The federation benchmark starts every arm from the same model (the shipped default)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from cryodiscovery.core.checkpoint import load_scorer
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_federation.py"
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_federation", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_all_arms_start_from_the_shipped_default_model() -> None:
+    bench = _bench()
+    initial = bench._initial(argparse.Namespace(init="default", net="small", seed=0))
+    shipped = load_scorer(None)
+    assert initial.net_config == shipped.net_config
+    assert initial.preprocess == shipped.preprocess
+    assert len(initial.members) == len(shipped.members)
+    for ours, theirs in zip(initial.members, shipped.members, strict=True):
+        for (k, a), (_, b) in zip(
+            ours.state_dict().items(), theirs.state_dict().items(), strict=True
+        ):
+            assert torch.equal(a, b), k
+
+
+def test_fresh_start_uses_the_requested_architecture_reproducibly() -> None:
+    bench = _bench()
+    args = argparse.Namespace(init="fresh", net="small", seed=3)
+    first, second = bench._initial(args), bench._initial(args)
+    assert first.net_config.widths == (16, 32, 64)
+    assert first.net_config != load_scorer(None).net_config
+    w1 = next(iter(first.members[0].parameters()))
+    w2 = next(iter(second.members[0].parameters()))
+    assert torch.equal(w1, w2)
+
+
+def test_default_command_line_starts_from_the_shipped_model() -> None:
+    bench = _bench()
+    args = bench._parser().parse_args([])
+    assert args.init == "default"
+    assert bench._parser().parse_args(["--init", "fresh"]).init == "fresh"
