@@ -6,7 +6,10 @@ federated runs use the real ServerApp code (``run_federation``: guarded strategy
 evaluation, registry) and the real ClientApp at every site, through the in-process Grid
 (messages serialised to Flower's wire objects both ways). Local-only and centralised
 models are trained with the same local-training function as the sites
-(``task.train_locally`` on ``core.training``), with the same number of epochs.
+(``task.train_locally`` on ``core.training``), with the same number of epochs. Every
+arm starts from the same model: by default the shipped default model (``--init
+default``, what a deployment's federation starts from; its untrained scores are printed
+as "initial"), or fresh weights of ``--net`` (``--init fresh``).
 
 Test data: per site, held-out jobs from that site's own distribution (never harvested);
 "overall" is all of them together. Thresholds: federated and centralised models are
@@ -58,7 +61,7 @@ from cryodiscovery.federation.sites import (
 )
 from flwr.app import Context, Message
 
-MODES = ("local", "central", "fedavg", "fedprox", "fedavg-dp")
+MODES = ("local", "central", "fedavg", "fedprox", "fedadam", "fedavg-dp")
 
 
 def _specs(args: argparse.Namespace) -> list[SiteSpec]:
@@ -69,6 +72,10 @@ def _specs(args: argparse.Namespace) -> list[SiteSpec]:
 
 
 def _initial(args: argparse.Namespace) -> ClassScorer:
+    """The model every arm (local-only, central, federated) starts from: the shipped
+    default model (what a deployment starts from), or fresh weights of ``--net``."""
+    if args.init == "default":
+        return load_scorer(None)
     torch.manual_seed(args.seed)
     net = (
         NetConfig() if args.net == "default" else NetConfig(stem=8, widths=(16, 32, 64))
@@ -122,7 +129,8 @@ def _federated(
         "learning-rate": args.lr,
         "seed": args.seed,
         "registry": str(work / f"registry-{mode}"),
-        "strategy": "fedprox" if mode == "fedprox" else "fedavg",
+        "strategy": mode if mode in ("fedprox", "fedadam") else "fedavg",
+        "server-lr": args.server_lr,
         "proximal-mu": args.mu,
         "target-fnr": 0.03,
         "max-relative-update": 10.0,
@@ -157,7 +165,7 @@ def _row(name: str, evals: dict[str, task.Evaluation], columns: list[str]) -> st
     return f"{name:<22}" + "".join(f"{c:>18}" for c in cells)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sites", type=int, default=5, choices=range(2, 6))
     parser.add_argument("--jobs", type=int, default=3, help="Class2D jobs per site")
@@ -167,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--local-epochs", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument(
+        "--lr", type=float, default=3e-4, help="local AdamW rate (fine-tuning)"
+    )
     parser.add_argument("--batch", type=int, default=16, help="batch size everywhere")
     parser.add_argument(
         "--mu", type=float, default=0.01, help="FedProx proximal weight"
@@ -176,11 +186,26 @@ def main(argv: list[str] | None = None) -> int:
         "--dp-clip", type=float, default=0.0, help="0: median round-1 FedAvg delta norm"
     )
     parser.add_argument("--dp-noise", type=float, default=0.01)
-    parser.add_argument("--net", choices=("small", "default"), default="small")
+    parser.add_argument(
+        "--server-lr", type=float, default=0.01, help="FedAdam server step"
+    )
+    parser.add_argument(
+        "--init",
+        choices=("default", "fresh"),
+        default="default",
+        help="start every arm from the shipped default model, or fresh --net weights",
+    )
+    parser.add_argument(
+        "--net", choices=("small", "default"), default="small", help="with --init fresh"
+    )
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -219,8 +244,9 @@ def _benchmark(args: argparse.Namespace, modes: list[str], work: Path) -> int:
     initial = _initial(args)
     print(
         f"# {len(specs)} sites x {args.jobs} jobs x {args.classes} classes; test: "
-        f"{args.test_jobs} held-out jobs per site; net {args.net} "
-        f"({sum(p.numel() for p in initial.members[0].parameters())} parameters); "
+        f"{args.test_jobs} held-out jobs per site; net {initial.name} "
+        f"({sum(p.numel() for p in initial.members[0].parameters())} parameters, "
+        f"from {'the shipped default' if args.init == 'default' else 'fresh weights'}); "
         f"{args.rounds} rounds x {args.local_epochs} local epochs; data {time.perf_counter() - t0:.0f} s"
     )
     for name, h in data.items():
@@ -234,6 +260,9 @@ def _benchmark(args: argparse.Namespace, modes: list[str], work: Path) -> int:
     epochs = args.rounds * args.local_epochs
     options = task.LocalTrainOptions(
         epochs=epochs, batch_size=args.batch, lr=args.lr, seed=args.seed
+    )
+    results["initial (no training)"] = _evaluate(
+        task.recalibrate(initial, validation, 0.03)[0], tests
     )
     if "local" in modes:
         for name, h in data.items():
@@ -315,9 +344,10 @@ def _report(
     for mode in (m for m in results if m.startswith("fed")):
         if local:
             better = [n for n in local if results[mode][n].auc > local[n][n].auc]
+            tied = [n for n in local if results[mode][n].auc == local[n][n].auc]
             print(
                 f"{mode}: better than local-only on its own test at {len(better)}/{len(local)} "
-                f"sites ({', '.join(better)})"
+                f"sites ({', '.join(better)}); tied at {len(tied)} ({', '.join(tied)})"
             )
         print(f"{mode}: {timing[mode]}")
     print(f"\n# total {seconds:.0f} s")
