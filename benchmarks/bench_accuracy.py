@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from cryodiscovery.core.calibration import adaptive_threshold
+from cryodiscovery.core.calibration import adaptive_threshold, logit, sigmoid
 from cryodiscovery.core.checkpoint import load_scorer
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.metrics import classification_report, roc_auc
@@ -75,7 +75,9 @@ def _line(name: str, y: np.ndarray, s: np.ndarray, selected: np.ndarray) -> str:
     )
 
 
-def report(runs: list[RunScores], threshold: float, target_fnr: float) -> None:
+def report(
+    runs: list[RunScores], threshold: float, image_only_thr: float, target_fnr: float
+) -> None:
     """Print every figure."""
     y = np.concatenate([r.labels for r in runs])
     s = np.concatenate([r.scores for r in runs])
@@ -87,11 +89,25 @@ def report(runs: list[RunScores], threshold: float, target_fnr: float) -> None:
     )
     print(
         f"{len(runs)} unseen runs, {len(y)} classes ({int(y.sum())} good); model threshold "
-        f"{threshold:.3f} (target FNR {target_fnr:.0%})"
+        f"{threshold:.3f}, image-only {image_only_thr:.3f} (target FNR {target_fnr:.0%})"
     )
     print(_line("image+metadata, model thr", y, s, s >= threshold))
     print(_line("image+metadata, adaptive", y, s, sel_adapt))
-    print(_line("image-only, model thr", y, s_img, s_img >= threshold))
+    print(_line("image-only, model thr", y, s_img, s_img >= image_only_thr))
+    print(
+        "emulated real-data shift (every logit lowered by d, as real good classes score lower):"
+    )
+    for d in (2.0, 4.0):
+        shifted = [sigmoid(logit(r.scores) - d) for r in runs]
+        s_sh = np.concatenate(shifted)
+        sel = np.concatenate(
+            [
+                x >= adaptive_threshold(x, threshold, target_fnr).threshold
+                for x in shifted
+            ]
+        )
+        print("  " + _line(f"d={d:.0f}, model thr", y, s_sh, s_sh >= threshold))
+        print("  " + _line(f"d={d:.0f}, adaptive", y, s_sh, sel))
     n_adapted = sum(a.adapted for a in adaptive)
     print(
         f"adaptive threshold used in {n_adapted}/{len(runs)} runs; median "
@@ -125,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     scorer = load_scorer()
     print(f"model {scorer.name} ({scorer.rule}), sha256 {scorer.sha256[:12]}")
     runs = score_runs(args.runs, args.threads)
-    report(runs, scorer.threshold, scorer.target_fnr)
+    report(runs, scorer.threshold, scorer.image_only_threshold, scorer.target_fnr)
     return 0
 
 

@@ -78,6 +78,46 @@ def threshold_for_fnr(
     return float(good[min(k, good.size - 1)])
 
 
+def robust_threshold_for_fnr(
+    labels: npt.ArrayLike,
+    scores: npt.ArrayLike,
+    groups: npt.ArrayLike | None,
+    target_fnr: float = 0.03,
+    quantile: float = 0.1,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> float:
+    """A threshold that keeps the false-negative rate at ``target_fnr`` across jobs.
+
+    Jobs differ (molecule, SNR, conventions), so a threshold fitted to the pooled
+    validation classes loses more than ``target_fnr`` of the good classes in many single
+    jobs. The validation jobs (``groups``) are resampled with replacement ``n_boot`` times;
+    the ``quantile`` (default the 10th percentile) of the per-resample thresholds of
+    :func:`threshold_for_fnr` is returned: lower, hence safer, when jobs disagree. With
+    fewer than 5 groups (or none) this is :func:`threshold_for_fnr`.
+    """
+    _check_fnr(target_fnr)
+    y = np.asarray(labels)
+    s = np.asarray(scores, dtype=np.float64)
+    plain = threshold_for_fnr(y, s, target_fnr)
+    if groups is None:
+        return plain
+    g = np.asarray(groups)
+    if g.shape != y.shape:
+        raise ValueError(f"groups {g.shape} and labels {y.shape} differ in shape")
+    ids = np.unique(g)
+    if ids.size < 5:
+        return plain
+    members = [np.nonzero(g == i)[0] for i in ids]
+    rng = np.random.default_rng(seed)
+    found = []
+    for _ in range(n_boot):
+        idx = np.concatenate([members[i] for i in rng.integers(0, ids.size, ids.size)])
+        if (y[idx] == 1).any():
+            found.append(threshold_for_fnr(y[idx], s[idx], target_fnr))
+    return float(np.quantile(found, quantile)) if found else plain
+
+
 @dataclass(frozen=True)
 class AdaptiveConfig:
     """Safeguards of the per-job adaptive threshold.

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from cryodiscovery.core.calibration import threshold_for_fnr
+from cryodiscovery.core.calibration import robust_threshold_for_fnr
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.nets import RULES, ClassNet, NetConfig, combine_logits
@@ -55,7 +55,13 @@ class ClassScorer:
     rule:
         ``"boosted3"`` or ``"single"`` (see :func:`~cryodiscovery.core.ensemble.combine_logits`).
     threshold:
-        Stored decision threshold (probability), calibrated for ``target_fnr``.
+        Stored decision threshold (probability) for image+metadata scoring, calibrated
+        for ``target_fnr`` on the validation jobs.
+    image_only_threshold:
+        The same for image-only scoring (a bare stack), whose scores run lower.
+    validation_labels, validation_scores, validation_scores_image_only, validation_groups:
+        ``(n,)`` validation truth, scores in both modes and job ids, kept so that any other
+        false-negative rate can be recalibrated (:meth:`threshold_for_fnr`).
     sha256, name:
         Checksum of the model file (empty before saving/loading) and the model's name.
     info:
@@ -73,30 +79,35 @@ class ClassScorer:
         target_fnr: float = 0.03,
         validation_labels: npt.ArrayLike | None = None,
         validation_scores: npt.ArrayLike | None = None,
+        image_only_threshold: float | None = None,
+        validation_scores_image_only: npt.ArrayLike | None = None,
+        validation_groups: npt.ArrayLike | None = None,
         name: str = "cryodiscovery-model",
         info: dict[str, Any] | None = None,
         sha256: str = "",
     ) -> None:
         if rule not in RULES:
             raise ValueError(f"unknown ensemble rule {rule!r}")
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        for t in (threshold, image_only_threshold):
+            if t is not None and not 0.0 <= t <= 1.0:
+                raise ValueError(f"threshold must be in [0, 1], got {t}")
         self.members = members
         self.net_config = net_config
         self.preprocess = preprocess
         self.rule = rule
         self.threshold = float(threshold)
         self.target_fnr = float(target_fnr)
-        self.validation_labels = (
-            None
-            if validation_labels is None
-            else np.asarray(validation_labels, np.int8)
+        self.image_only_threshold = (
+            self.threshold
+            if image_only_threshold is None
+            else float(image_only_threshold)
         )
-        self.validation_scores = (
-            None
-            if validation_scores is None
-            else np.asarray(validation_scores, np.float64)
+        self.validation_labels = _array_or_none(validation_labels, np.int8)
+        self.validation_scores = _array_or_none(validation_scores, np.float64)
+        self.validation_scores_image_only = _array_or_none(
+            validation_scores_image_only, np.float64
         )
+        self.validation_groups = _array_or_none(validation_groups, np.int64)
         self.name = name
         self.info: dict[str, Any] = dict(info or {})
         self.sha256 = sha256
@@ -156,10 +167,20 @@ class ClassScorer:
             )
         return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float64)
 
-    def threshold_for_fnr(self, target_fnr: float) -> float:
+    def stored_threshold(self, mode: str = IMAGE_AND_METADATA) -> float:
+        """The stored threshold for ``"image+metadata"`` or ``"image-only"`` scoring."""
+        return self.image_only_threshold if mode == IMAGE_ONLY else self.threshold
+
+    def threshold_for_fnr(
+        self, target_fnr: float, mode: str = IMAGE_AND_METADATA
+    ) -> float:
         """Recalibrate the threshold for another false-negative rate on the stored
-        validation scores; ``InputError`` when the model has none."""
-        if self.validation_scores is None or self.validation_labels is None:
+        validation scores of ``mode`` (robust across validation jobs when their ids are
+        stored); ``InputError`` when the model has none."""
+        scores = self.validation_scores
+        if mode == IMAGE_ONLY and self.validation_scores_image_only is not None:
+            scores = self.validation_scores_image_only
+        if scores is None or self.validation_labels is None:
             raise InputError(
                 None,
                 f"model {self.name} stores no validation scores: "
@@ -167,8 +188,8 @@ class ClassScorer:
             )
         if not 0.0 <= target_fnr < 1.0:
             raise InputError(None, f"--target-fnr must be in [0, 1), got {target_fnr}")
-        return threshold_for_fnr(
-            self.validation_labels, self.validation_scores, target_fnr
+        return robust_threshold_for_fnr(
+            self.validation_labels, scores, self.validation_groups, target_fnr
         )
 
     def payload(self) -> dict[str, Any]:
@@ -184,8 +205,13 @@ class ClassScorer:
                 {k: v.detach().clone() for k, v in m.state_dict().items()}
                 for m in self.members
             ],
+            "image_only_threshold": self.image_only_threshold,
             "validation_labels": _tensor_or_none(self.validation_labels),
             "validation_scores": _tensor_or_none(self.validation_scores),
+            "validation_scores_image_only": _tensor_or_none(
+                self.validation_scores_image_only
+            ),
+            "validation_groups": _tensor_or_none(self.validation_groups),
             "info": json.dumps(self.info, default=_json_default),
         }
 
@@ -199,7 +225,16 @@ class ClassScorer:
             net = ClassNet(net_config)
             net.load_state_dict(state, strict=True)
             members.append(net)
-        vl, vs = payload.get("validation_labels"), payload.get("validation_scores")
+        arrays = {
+            k: None if payload.get(k) is None else payload[k].numpy()
+            for k in (
+                "validation_labels",
+                "validation_scores",
+                "validation_scores_image_only",
+                "validation_groups",
+            )
+        }
+        image_only = payload.get("image_only_threshold")
         return cls(
             members,
             net_config,
@@ -207,12 +242,16 @@ class ClassScorer:
             str(payload["rule"]),
             float(payload["threshold"]),
             target_fnr=float(payload["target_fnr"]),
-            validation_labels=None if vl is None else vl.numpy(),
-            validation_scores=None if vs is None else vs.numpy(),
+            image_only_threshold=None if image_only is None else float(image_only),
+            **arrays,
             name=str(payload["name"]),
             info=json.loads(payload["info"]),
             sha256=sha256,
         )
+
+
+def _array_or_none(a: npt.ArrayLike | None, dtype: type) -> npt.NDArray[Any] | None:
+    return None if a is None else np.asarray(a, dtype=dtype)
 
 
 def _tensor_or_none(a: npt.NDArray[Any] | None) -> torch.Tensor | None:
@@ -325,6 +364,7 @@ def model_card(scorer: ClassScorer) -> dict[str, Any]:
         },
         "preprocessing": scorer.preprocess.to_dict(),
         "threshold": scorer.threshold,
+        "image_only_threshold": scorer.image_only_threshold,
         "target_fnr": scorer.target_fnr,
         **scorer.info,
     }

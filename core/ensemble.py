@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from cryodiscovery.core.augment import augment_batch
-from cryodiscovery.core.calibration import threshold_for_fnr
+from cryodiscovery.core.calibration import robust_threshold_for_fnr, threshold_for_fnr
 from cryodiscovery.core.checkpoint import ClassScorer
 from cryodiscovery.core.metrics import classification_report
 from cryodiscovery.core.nets import BOOSTED, SINGLE, ClassNet, NetConfig, combine_logits
@@ -206,32 +206,58 @@ def decide(
     }
 
 
+def member_scores(
+    members: list[ClassNet],
+    rule: str,
+    data: TrainingSet,
+    pre: PreprocessConfig,
+    meta: bool,
+) -> npt.NDArray[np.float64]:
+    """``(n,)`` combined probabilities of ``members`` on ``data`` (with or without the
+    metadata features)."""
+    logits = [predict_logits(m, data, pre, meta=meta) for m in members]
+    return combine_logits(logits, rule).double().numpy()
+
+
 def scorer_from_ensemble(
     result: EnsembleResult,
     net_config: NetConfig,
     preprocess: PreprocessConfig,
-    val_labels: npt.ArrayLike,
+    val: TrainingSet,
     *,
     target_fnr: float = 0.03,
     name: str = "cryodiscovery-model",
     info: dict[str, Any] | None = None,
 ) -> ClassScorer:
-    """A scorer from a trained ensemble, its threshold calibrated on the validation
-    scores for ``target_fnr`` (those scores are stored for later recalibration)."""
-    val_scores = result.val_scores.double().numpy()
-    threshold = threshold_for_fnr(val_labels, val_scores, target_fnr)
+    """A scorer from a trained ensemble with thresholds for both scoring modes,
+    calibrated on the validation jobs for ``target_fnr`` robustly across jobs
+    (:func:`~cryodiscovery.core.calibration.robust_threshold_for_fnr`); the validation
+    scores are stored for later recalibration."""
+    labels = val.labels.numpy().astype(np.int8)
+    groups = val.groups.numpy()
+    with_meta = result.val_scores.double().numpy()
+    image_only = member_scores(result.members, result.rule, val, preprocess, meta=False)
     details = dict(info or {})
     details["ensemble"] = result.decision
     details["members_training"] = result.training
+    details["calibration"] = (
+        f"thresholds at {target_fnr:.1%} FNR on {len(set(groups.tolist()))} validation "
+        "jobs: 10th percentile of job-bootstrap thresholds"
+    )
     return ClassScorer(
         result.members,
         net_config,
         preprocess,
         result.rule,
-        threshold,
+        robust_threshold_for_fnr(labels, with_meta, groups, target_fnr),
         target_fnr=target_fnr,
-        validation_labels=val_labels,
-        validation_scores=val_scores,
+        validation_labels=labels,
+        validation_scores=with_meta,
+        image_only_threshold=robust_threshold_for_fnr(
+            labels, image_only, groups, target_fnr
+        ),
+        validation_scores_image_only=image_only,
+        validation_groups=groups,
         name=name,
         info=details,
     )
@@ -251,7 +277,7 @@ def fit_scorer(
     info: dict[str, Any] | None = None,
 ) -> ClassScorer:
     """Train the boosted ensemble, decide ensemble vs single network on ``test``, and
-    calibrate the threshold on ``val``: the whole path from data to a scorer."""
+    calibrate the thresholds on ``val``: the whole path from data to a scorer."""
     bc = boost or BoostConfig()
     result = train_boosted(train, val, test, net_config, preprocess, cfg, bc, init)
     details = dict(info or {})
@@ -264,14 +290,19 @@ def fit_scorer(
         result,
         net_config,
         preprocess,
-        val.labels.numpy().astype(np.int8),
+        val,
         target_fnr=bc.target_fnr,
         name=name,
         info=details,
     )
     y = test.labels.numpy().astype(int)
-    report = classification_report(
-        y, result.test_scores.double().numpy(), scorer.threshold, test.kinds
+    image_only = member_scores(
+        result.members, result.rule, test, preprocess, meta=False
     )
-    scorer.info["test_metrics"] = report.to_dict()
+    scorer.info["test_metrics"] = classification_report(
+        y, result.test_scores.double().numpy(), scorer.threshold, test.kinds
+    ).to_dict()
+    scorer.info["test_metrics_image_only"] = classification_report(
+        y, image_only, scorer.image_only_threshold, test.kinds
+    ).to_dict()
     return scorer

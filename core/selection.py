@@ -89,20 +89,25 @@ def _check_options(options: SelectionOptions) -> None:
 
 
 def choose_threshold(
-    scores: npt.NDArray[np.float64], options: SelectionOptions, scorer: ClassScorer
+    scores: npt.NDArray[np.float64],
+    options: SelectionOptions,
+    scorer: ClassScorer,
+    mode: str,
 ) -> tuple[float, str]:
-    """``(threshold, source)`` by the precedence in the module docstring."""
+    """``(threshold, source)`` by the precedence in the module docstring; stored and
+    recalibrated thresholds are those of the scoring ``mode``."""
     if options.threshold is not None:
         return float(options.threshold), "user"
     if options.target_fnr is not None:
-        return scorer.threshold_for_fnr(options.target_fnr), "target-fnr"
+        return scorer.threshold_for_fnr(options.target_fnr, mode), "target-fnr"
+    stored = scorer.stored_threshold(mode)
     if options.adaptive:
-        result = adaptive_threshold(scores, scorer.threshold, scorer.target_fnr)
+        result = adaptive_threshold(scores, stored, scorer.target_fnr)
         if result.adapted:
             log.info("adaptive threshold %.4f (%s)", result.threshold, result.reason)
             return result.threshold, "adaptive"
         log.info("adaptive threshold not used (%s): model threshold", result.reason)
-    return scorer.threshold, "model"
+    return stored, "model"
 
 
 def select_classes(
@@ -134,7 +139,8 @@ def select_classes(
         raise InputError(None, "no class averages to score")
     model = scorer if scorer is not None else load_scorer(options.model_path)
     scores = model.predict(classes, on_batch=abort_check)
-    threshold, source = choose_threshold(scores, options, model)
+    mode = model.mode_for(classes)
+    threshold, source = choose_threshold(scores, options, model, mode)
     low_score = scores < threshold
     counts = classes.field("particle_count")
     too_few = np.zeros(len(classes), dtype=bool)
@@ -151,7 +157,6 @@ def select_classes(
         for s, f in zip(low_score.tolist(), too_few.tolist(), strict=True)
     )
     selected = ~(low_score | too_few)
-    mode = model.mode_for(classes)
     log.info(
         "%d of %d classes selected (threshold %.4f from %s, %s)",
         int(selected.sum()),

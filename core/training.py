@@ -48,8 +48,9 @@ class TrainConfig:
     patience: int = 4
     seed: int = 0
     label_smoothing: float = 0.05
-    meta_dropout: float = 0.5
+    meta_dropout: float = 0.6
     feature_dropout: float = 0.15
+    meta_noise: float = 0.15
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -58,7 +59,8 @@ class TrainingSet:
     """Labelled classes at the internal size, ready for augmentation.
 
     ``images`` are ``(n, s, s)`` float32 resampled but not normalised; ``radius`` ``(n,)``
-    mask radii; ``meta`` ``(n, F)`` features; ``labels`` ``(n,)`` 0/1; ``kinds`` per class.
+    mask radii; ``meta`` ``(n, F)`` features; ``labels`` ``(n,)`` 0/1; ``kinds`` per class;
+    ``groups`` ``(n,)`` int64, which job (set) each class came from.
     """
 
     images: torch.Tensor
@@ -66,6 +68,7 @@ class TrainingSet:
     meta: torch.Tensor
     labels: torch.Tensor
     kinds: tuple[str, ...]
+    groups: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -79,19 +82,22 @@ class TrainingSet:
             self.meta[idx],
             self.labels[idx],
             tuple(self.kinds[i] for i in idx.tolist()),
+            self.groups[idx],
         )
 
 
 def build_training_set(
-    sets: Sequence[ClassAverages], config: PreprocessConfig
+    sets: Sequence[ClassAverages], config: PreprocessConfig, group0: int = 0
 ) -> TrainingSet:
-    """Resample and featurise every labelled class of ``sets`` (unknown labels dropped)."""
+    """Resample and featurise every labelled class of ``sets`` (unknown labels dropped);
+    the classes of ``sets[i]`` get group ``group0 + i``."""
     imgs: list[npt.NDArray[np.float32]] = []
     radii: list[npt.NDArray[np.float32]] = []
     metas: list[npt.NDArray[np.float32]] = []
     labels: list[npt.NDArray[np.float32]] = []
     kinds: list[str] = []
-    for classes in sets:
+    groups: list[npt.NDArray[np.int64]] = []
+    for i, classes in enumerate(sets):
         known = classes.labels != Label.UNKNOWN
         if not known.any():
             continue
@@ -102,6 +108,7 @@ def build_training_set(
         metas.append(metadata_features(sub))
         labels.append((sub.labels == Label.SELECTED).astype(np.float32))
         kinds.extend(sub.kinds)
+        groups.append(np.full(len(sub), group0 + i, dtype=np.int64))
     if not imgs:
         raise ValueError("no labelled classes to train on")
     return TrainingSet(
@@ -110,6 +117,7 @@ def build_training_set(
         torch.from_numpy(np.concatenate(metas)),
         torch.from_numpy(np.concatenate(labels)),
         tuple(kinds),
+        torch.from_numpy(np.concatenate(groups)),
     )
 
 
@@ -117,12 +125,15 @@ def drop_metadata(
     meta: torch.Tensor, cfg: TrainConfig, gen: torch.Generator
 ) -> torch.Tensor:
     """Remove all metadata of some classes, and single features of others, with their
-    present flags, so the network learns to score image-only and partial inputs."""
+    present flags, so the network learns to score image-only and partial inputs; jitter
+    the values that stay (``cfg.meta_noise``), because generated metadata separate good
+    from junk more cleanly than real ones do and the images must carry the decision."""
     b, f = meta.shape
     half = f // 2
     keep = (torch.rand(b, half, generator=gen) >= cfg.feature_dropout).float()
     keep = keep * (torch.rand(b, 1, generator=gen) >= cfg.meta_dropout).float()
-    return meta * torch.cat([keep, keep], dim=1)
+    noise = cfg.meta_noise * torch.randn(b, half, generator=gen) * meta[:, half:]
+    return torch.cat([(meta[:, :half] + noise) * keep, meta[:, half:] * keep], dim=1)
 
 
 @dataclass

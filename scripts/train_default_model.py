@@ -57,21 +57,11 @@ def run_config(seed: int) -> SimulationConfig:
     )
 
 
-def _simulate(
-    seed: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
-    """One run reduced at once to network inputs (keeps memory small)."""
+def _simulate(seed: int) -> TrainingSet:
+    """One run reduced at once to network inputs (keeps memory small); group = seed."""
     torch.set_num_threads(1)
-    data = build_training_set(
-        [simulate_class_averages(run_config(seed), seed)], PreprocessConfig()
-    )
-    return (
-        data.images.numpy(),
-        data.radius.numpy(),
-        data.meta.numpy(),
-        data.labels.numpy(),
-        data.kinds,
-    )
+    classes = simulate_class_averages(run_config(seed), seed)
+    return build_training_set([classes], PreprocessConfig(), group0=seed)
 
 
 def generate(seeds: range, workers: int, what: str) -> TrainingSet:
@@ -79,12 +69,13 @@ def generate(seeds: range, workers: int, what: str) -> TrainingSet:
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers) as pool:
         parts = list(pool.map(_simulate, seeds, chunksize=4))
-    kinds: list[str] = []
-    for p in parts:
-        kinds.extend(p[4])
     data = TrainingSet(
-        *(torch.from_numpy(np.concatenate([p[i] for p in parts])) for i in range(4)),
-        tuple(kinds),
+        *(
+            torch.cat([getattr(p, f) for p in parts])
+            for f in ("images", "radius", "meta", "labels")
+        ),
+        tuple(k for p in parts for k in p.kinds),
+        torch.cat([p.groups for p in parts]),
     )
     log.info(
         "%s: %d runs, %d classes (%d good) in %.0f s",
@@ -104,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--runs", type=int, default=200, help="training runs (40 classes each)"
     )
-    parser.add_argument("--val-runs", type=int, default=30)
+    parser.add_argument("--val-runs", type=int, default=40)
     parser.add_argument("--test-runs", type=int, default=30)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)

@@ -128,6 +128,9 @@ def tiny_scorer(
         0.5,
         validation_labels=labels,
         validation_scores=scores,
+        image_only_threshold=0.4,
+        validation_scores_image_only=scores * 0.8,
+        validation_groups=np.arange(200) // 20,
         name="tiny-test-model",
         info={"training_data": "none (random weights)"},
     )

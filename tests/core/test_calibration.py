@@ -7,6 +7,7 @@ import pytest
 from cryodiscovery.core.calibration import (
     adaptive_threshold,
     fit_two_gaussians,
+    robust_threshold_for_fnr,
     sigmoid,
     threshold_for_fnr,
 )
@@ -84,3 +85,30 @@ def test_mixture_recovers_two_modes() -> None:
     np.testing.assert_allclose(mu, [-4, 2], atol=0.15)
     np.testing.assert_allclose(sd, [1, 0.5], atol=0.1)
     np.testing.assert_allclose(w, [0.6, 0.4], atol=0.03)
+
+
+def test_robust_threshold_protects_jobs_that_score_lower() -> None:
+    # 20 jobs whose good classes sit at different score levels (job-to-job shift).
+    rng = np.random.default_rng(4)
+    y, s, g = [], [], []
+    for job in range(20):
+        shift = rng.normal(0, 1.0)
+        labels = rng.integers(0, 2, 40)
+        z = rng.normal(0, 1, 40) + (3.0 + shift) * (2 * labels - 1)
+        y.append(labels)
+        s.append(sigmoid(z))
+        g.append(np.full(40, job))
+    y, s, g = np.concatenate(y), np.concatenate(s), np.concatenate(g)
+    plain = threshold_for_fnr(y, s, 0.03)
+    robust = robust_threshold_for_fnr(y, s, g, 0.03)
+    assert robust <= plain
+    assert np.mean(s[y == 1] < robust) <= 0.03
+
+    def worst_job_fnr(t: float) -> float:
+        return max(np.mean(s[(g == j) & (y == 1)] < t) for j in range(20))
+
+    assert worst_job_fnr(robust) <= worst_job_fnr(plain)
+    assert robust_threshold_for_fnr(y, s, None, 0.03) == plain
+    assert robust_threshold_for_fnr(y, s, g % 3, 0.03) == plain  # < 5 jobs: plain
+    with pytest.raises(ValueError):
+        robust_threshold_for_fnr(y, s, g[:10], 0.03)

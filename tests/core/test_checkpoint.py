@@ -41,7 +41,13 @@ def test_round_trip_gives_identical_scores(
     assert loaded.rule == rule and loaded.threshold == scorer.threshold
     assert loaded.info == scorer.info
     np.testing.assert_array_equal(loaded.validation_scores, scorer.validation_scores)
-    assert loaded.threshold_for_fnr(0.1) == scorer.threshold_for_fnr(0.1)
+    np.testing.assert_array_equal(loaded.validation_groups, scorer.validation_groups)
+    assert loaded.image_only_threshold == scorer.image_only_threshold == 0.4
+    for mode in (IMAGE_ONLY, IMAGE_AND_METADATA):
+        assert loaded.threshold_for_fnr(0.1, mode) == scorer.threshold_for_fnr(
+            0.1, mode
+        )
+    assert scorer.threshold_for_fnr(0.1, IMAGE_ONLY) < scorer.threshold_for_fnr(0.1)
     assert all(hasattr(m, "cam_layer") for m in loaded.members)
 
 

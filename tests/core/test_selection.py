@@ -103,12 +103,16 @@ def test_abort_check_is_called_between_batches_and_can_abort(tmp_path: Path) -> 
         select_classes(classes, SelectionOptions(model_path=path), abort_check=stop)
 
 
-def test_modes_in_the_selection() -> None:
+def test_modes_use_their_own_stored_threshold() -> None:
     classes = make_toy_classes(4, seed=5)
     scorer = tiny_scorer()
-    assert select_classes(classes, scorer=scorer).mode == "image+metadata"
+    s = select_classes(classes, scorer=scorer)
+    assert (s.mode, s.threshold) == ("image+metadata", scorer.threshold)
     bare = ClassAverages.create(classes.images)
-    assert select_classes(bare, scorer=scorer).mode == "image-only"
+    s = select_classes(bare, scorer=scorer)
+    assert (s.mode, s.threshold) == ("image-only", scorer.image_only_threshold)
+    s = select_classes(bare, SelectionOptions(target_fnr=0.1), scorer=scorer)
+    assert s.threshold == scorer.threshold_for_fnr(0.1, "image-only")
 
 
 @pytest.mark.parametrize(

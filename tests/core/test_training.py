@@ -84,11 +84,28 @@ def test_augmentation_is_seeded_and_keeps_radius_in_range(toy_sets: tuple) -> No
 
 def test_metadata_dropout_removes_values_with_their_flags() -> None:
     meta = torch.ones(500, 8)
-    cfg = TrainConfig(meta_dropout=0.5, feature_dropout=0.2)
+    cfg = TrainConfig(meta_dropout=0.5, feature_dropout=0.2, meta_noise=0.0)
     out = drop_metadata(meta, cfg, torch.Generator().manual_seed(0))
     torch.testing.assert_close(out[:, :4], out[:, 4:])
     all_gone = (out.sum(dim=1) == 0).float().mean()
     assert 0.4 < float(all_gone) < 0.6
+
+
+def test_metadata_noise_touches_present_values_only() -> None:
+    meta = torch.cat(
+        [
+            torch.ones(400, 3),
+            torch.zeros(400, 1),
+            torch.ones(400, 3),
+            torch.zeros(400, 1),
+        ],
+        dim=1,
+    )
+    cfg = TrainConfig(meta_dropout=0.0, feature_dropout=0.0, meta_noise=0.2)
+    out = drop_metadata(meta, cfg, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out[:, 4:], meta[:, 4:])  # flags unchanged
+    assert torch.all(out[:, 3] == 0)  # a missing value stays 0
+    assert 0.15 < float(out[:, :3].std()) < 0.25
 
 
 def test_split_is_stratified_and_disjoint(toy_sets: tuple) -> None:
