@@ -119,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sel.add_argument(
         "--adaptive",
-        action="store_true",
-        help="choose the threshold from this job's score distribution",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="adapt the threshold to this job's score distribution (default); "
+        "--no-adaptive: the threshold stored with the model",
     )
     sel.add_argument(
         "--min-particles",

@@ -44,7 +44,8 @@ class ExternalJobConfig:
     threads:
         ``--j``: CPU threads for scoring.
     threshold:
-        Select classes scoring at least this (0-1); None: the model's own threshold.
+        Select classes scoring at least this (0-1); None: adapted to this job's scores
+        (falling back to the model's own threshold).
     target_fnr:
         Instead of a threshold: the share of good classes the model may reject (0-1).
     model:
@@ -81,7 +82,7 @@ class ExternalJobConfig:
 #: Options RELION passes as ``--label value`` from the GUI's Params tab; the value may be
 #: empty (and then vanishes from the command line), so each takes an optional value.
 _LABELLED: tuple[tuple[str, str, str], ...] = (
-    ("threshold", "S", "keep classes scoring >= S (0-1); 'auto' or empty: the model's"),
+    ("threshold", "S", "keep classes scoring >= S (0-1); 'auto'/empty: adapted to the job"),
     ("min_score", "S", "the same as --threshold (the name RELION's Select job uses)"),
     (
         "target_fnr",

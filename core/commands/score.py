@@ -62,8 +62,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--adaptive",
-        action="store_true",
-        help="adapt the threshold to this job's score distribution",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="adapt the threshold to this job's score distribution (default); "
+        "--no-adaptive: the threshold stored with the model",
     )
     parser.add_argument(
         "--min-particles",

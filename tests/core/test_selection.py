@@ -50,9 +50,9 @@ def test_threshold_precedence() -> None:
     classes = make_toy_classes(40, seed=2)
     scores = _bimodal(16, 24)
     scorer = FixedScorer(scores, threshold=0.6)
-    s = select_classes(classes, SelectionOptions(), scorer)
+    s = select_classes(classes, SelectionOptions(adaptive=False), scorer)
     assert (s.threshold, s.threshold_source) == (0.6, "model")
-    s = select_classes(classes, SelectionOptions(adaptive=True), scorer)
+    s = select_classes(classes, SelectionOptions(), scorer)  # adaptive by default
     assert s.threshold_source == "adaptive" and s.threshold < 0.6
     assert s.selected[:16].mean() >= 0.9 and not s.selected[16:].any()
     s = select_classes(classes, SelectionOptions(adaptive=True, target_fnr=0.1), scorer)
