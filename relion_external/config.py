@@ -82,7 +82,11 @@ class ExternalJobConfig:
 #: Options RELION passes as ``--label value`` from the GUI's Params tab; the value may be
 #: empty (and then vanishes from the command line), so each takes an optional value.
 _LABELLED: tuple[tuple[str, str, str], ...] = (
-    ("threshold", "S", "keep classes scoring >= S (0-1); 'auto'/empty: adapted to the job"),
+    (
+        "threshold",
+        "S",
+        "keep classes scoring >= S (0-1); 'auto'/empty: adapted to the job",
+    ),
     ("min_score", "S", "the same as --threshold (the name RELION's Select job uses)"),
     (
         "target_fnr",
