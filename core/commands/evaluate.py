@@ -32,7 +32,11 @@ from cryodiscovery.core.evaluation import (
     write_evaluation_outputs,
 )
 from cryodiscovery.core.readers import find_labelled_sets
-from cryodiscovery.core.selection import SelectionOptions
+from cryodiscovery.core.selection_args import (
+    add_selection_args,
+    selection_config,
+    selection_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,36 +52,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help="folders to search for labelled 2D classifications",
     )
     parser.add_argument(
-        "--model",
-        type=Path,
-        metavar="CKPT",
-        help="model file (default: the shipped model)",
-    )
-    parser.add_argument(
         "--out", type=Path, metavar="DIR", help="write metrics and plots here"
     )
-    limit = parser.add_mutually_exclusive_group()
-    limit.add_argument(
-        "--threshold", type=float, metavar="T", help="keep classes scoring >= T"
-    )
-    limit.add_argument(
-        "--target-fnr",
-        type=float,
-        metavar="F",
-        help="threshold for this false-negative rate on the model's validation data",
-    )
-    parser.add_argument(
-        "--adaptive",
-        action="store_true",
-        help="adapt the threshold to each job's scores",
-    )
-    parser.add_argument(
-        "--min-particles",
-        type=int,
-        default=0,
-        metavar="N",
-        help="also reject classes with fewer than N particles",
-    )
+    add_selection_args(parser)
 
 
 def _labelled_sets(sources: list[Path]) -> list[ClassAverages]:
@@ -99,13 +76,7 @@ def _labelled_sets(sources: list[Path]) -> list[ClassAverages]:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``cryodiscovery evaluate``; returns the exit code."""
-    options = SelectionOptions(
-        model_path=args.model,
-        threshold=args.threshold,
-        target_fnr=args.target_fnr,
-        adaptive=args.adaptive,
-        min_particles=args.min_particles,
-    )
+    options = selection_options(args)
     sets = _labelled_sets(list(args.data))
     scorer = load_scorer(args.model)
     evaluation = evaluate_sets(sets, scorer, options)
@@ -113,11 +84,7 @@ def main(args: argparse.Namespace) -> int:
     if args.out is not None:
         config = {
             "data": [str(p) for p in args.data],
-            "model_path": None if args.model is None else str(args.model),
-            "threshold": args.threshold,
-            "target_fnr": args.target_fnr,
-            "adaptive": args.adaptive,
-            "min_particles": args.min_particles,
+            **selection_config(args),
         }
         paths = write_evaluation_outputs(
             args.out, evaluation, argv=getattr(args, "_argv", None), config=config

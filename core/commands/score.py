@@ -25,7 +25,12 @@ from cryodiscovery.core.checkpoint import load_scorer
 from cryodiscovery.core.explain import METHODS
 from cryodiscovery.core.readers import read_class_averages
 from cryodiscovery.core.report import format_summary, write_selection_outputs
-from cryodiscovery.core.selection import SelectionOptions, select_classes
+from cryodiscovery.core.selection import select_classes
+from cryodiscovery.core.selection_args import (
+    add_selection_args,
+    selection_config,
+    selection_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,36 +49,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         metavar="A",
         help="pixel size in Å (needed for a bare stack)",
     )
-    parser.add_argument(
-        "--model",
-        type=Path,
-        metavar="PATH",
-        help="model file (default: the shipped model)",
-    )
-    limit = parser.add_mutually_exclusive_group()
-    limit.add_argument(
-        "--threshold", type=float, metavar="T", help="keep classes scoring >= T (0-1)"
-    )
-    limit.add_argument(
-        "--target-fnr",
-        type=float,
-        metavar="F",
-        help="threshold for this false-negative rate on the model's validation data",
-    )
-    parser.add_argument(
-        "--adaptive",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="adapt the threshold to this job's score distribution (default); "
-        "--no-adaptive: the threshold stored with the model",
-    )
-    parser.add_argument(
-        "--min-particles",
-        type=int,
-        default=0,
-        metavar="N",
-        help="also reject classes with fewer than N particles",
-    )
+    add_selection_args(parser)
     parser.add_argument(
         "--explain", action="store_true", help="write per-class saliency overlays"
     )
@@ -87,13 +63,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``cryodiscovery score``; returns the exit code."""
-    options = SelectionOptions(
-        model_path=args.model,
-        threshold=args.threshold,
-        target_fnr=args.target_fnr,
-        adaptive=args.adaptive,
-        min_particles=args.min_particles,
-    )
+    options = selection_options(args)
     classes = read_class_averages(args.input, args.angpix)
     scorer = load_scorer(args.model)
     selection = select_classes(classes, options, scorer)
@@ -108,11 +78,7 @@ def main(args: argparse.Namespace) -> int:
         config={
             "input_path": str(args.input),
             "angpix": args.angpix,
-            "model_path": None if args.model is None else str(args.model),
-            "requested_threshold": args.threshold,
-            "target_fnr": args.target_fnr,
-            "adaptive": args.adaptive,
-            "min_particles": args.min_particles,
+            **selection_config(args),
         },
         explain_method=args.explain_method,
     )
