@@ -14,6 +14,7 @@ Relative paths are resolved against the folder that holds the YAML file.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ caps:
   max_classes: 20000                 # at most this many classes are used
   local_epochs: 1                    # local epochs per federated round (upper bound)
   batch_size: 32
+  threads: 0                         # CPU threads for training; 0 = torch's default
 validation:
   fraction: 0.2                      # share of classes kept for the local validation split
   seed: 0
@@ -47,6 +49,8 @@ acceptance:                          # gate before scoring switches to a new glo
   metric: auc                        # auc | balanced_accuracy, on the validation split
   tolerance: 0.01                    # accept unless worse than the current model by more
 model_path: /facility/cryodiscovery/model.pt     # the model scoring uses (--model PATH)
+# cache_dir: /var/cache/cryodiscovery  # harvest cache (holds class images: stays here);
+#                                      # default ~/.cache/cryodiscovery/harvest, null = off
 privacy:
   dp:                                # optional: clip each update and add Gaussian noise
     clipping_norm: 1.0               # L2 bound on the weights delta of one round
@@ -79,6 +83,7 @@ class Caps:
     max_classes: int = 20000
     local_epochs: int = 1
     batch_size: int = 32
+    threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,9 @@ class FacilityConfig:
         gate installs accepted global models here. ``None``: never install.
     privacy:
         DP and SecAgg+ options.
+    cache_dir:
+        Folder of the harvest cache (:mod:`harvest_cache`); ``None``: no cache. The key
+        absent means :func:`default_cache_dir`.
     """
 
     source: Path
@@ -147,6 +155,13 @@ class FacilityConfig:
     acceptance: AcceptanceOptions = field(default_factory=AcceptanceOptions)
     model_path: Path | None = None
     privacy: PrivacyOptions = field(default_factory=PrivacyOptions)
+    cache_dir: Path | None = None
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/cryodiscovery/harvest``, else ``~/.cache/cryodiscovery/harvest``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cryodiscovery" / "harvest"
 
 
 _TOP_KEYS = (
@@ -160,6 +175,7 @@ _TOP_KEYS = (
     "acceptance",
     "model_path",
     "privacy",
+    "cache_dir",
 )
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,5})$")
 
@@ -279,7 +295,7 @@ def facility_config_from_dict(data: Any, source: Path) -> FacilityConfig:
         if key is None:
             raise top.bad("node_private_key", "is required when enabled is true")
     d = top.sub("data", ("relion_projects", "cryosparc_folders", "generated_folders"))
-    caps = top.sub("caps", ("max_classes", "local_epochs", "batch_size"))
+    caps = top.sub("caps", ("max_classes", "local_epochs", "batch_size", "threads"))
     val = top.sub("validation", ("fraction", "seed"))
     acc = top.sub("acceptance", ("metric", "tolerance"))
     metric = acc.data.get("metric", "auc")
@@ -302,6 +318,7 @@ def facility_config_from_dict(data: Any, source: Path) -> FacilityConfig:
             max_classes=caps.integer("max_classes", 20000, 1, 10_000_000),
             local_epochs=caps.integer("local_epochs", 1, 1, 1000),
             batch_size=caps.integer("batch_size", 32, 1, 4096),
+            threads=caps.integer("threads", 0, 0, 1024),
         ),
         validation_fraction=val.number("fraction", 0.2, 0.05, 0.5),
         validation_seed=val.integer("seed", 0, 0, 2**31 - 1),
@@ -310,6 +327,11 @@ def facility_config_from_dict(data: Any, source: Path) -> FacilityConfig:
         ),
         model_path=top.path("model_path", must_exist=False),
         privacy=_privacy(top.sub("privacy", ("dp", "secagg"))),
+        cache_dir=(
+            top.path("cache_dir", must_exist=False)
+            if "cache_dir" in top.data
+            else default_cache_dir()
+        ),
     )
 
 

@@ -26,7 +26,7 @@ from cryodiscovery.core.outputs import atomic_path, sha256_file
 from cryodiscovery.federation import gate, task
 from cryodiscovery.federation.client_app import current_model
 from cryodiscovery.federation.config import FacilityConfig
-from cryodiscovery.federation.harvest import harvest
+from cryodiscovery.federation.harvest_cache import cached_harvest
 from cryodiscovery.federation.registry import download_version, list_versions
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ EVALUATE_METRICS = ("num-examples", "loss", "auc", "balanced-accuracy", "fnr")
 
 
 def _used_lines(config: FacilityConfig) -> list[str]:
-    data = harvest(config)
+    data = cached_harvest(config)
     lines = [
         "Would be used (stays at this site):",
         f"  {'kind':<10} {'job':<22} {'selected':>8} {'rejected':>8} "
@@ -176,7 +176,7 @@ def pull_latest(
             decision = gate.acceptance_gate(
                 candidate,
                 current_model(site),
-                harvest(config).validation,
+                cached_harvest(config).validation,
                 config.acceptance.metric,
                 config.acceptance.tolerance,
             )

@@ -40,6 +40,8 @@ from cryodiscovery.core.synthetic.generator import (
     simulate_class_averages,
 )
 from cryodiscovery.federation import task
+from cryodiscovery.federation.logsetup import ensure_logging
+from cryodiscovery.federation.polling import send_and_receive
 from cryodiscovery.federation.registry import Contribution, ModelRegistry, ModelVersion
 from cryodiscovery.federation.secagg import DeltaFedAvg, run_secagg_rounds
 from cryodiscovery.federation.settings import (  # re-exported: the deployment code uses them
@@ -279,7 +281,7 @@ class _Run:
         messages = list(
             self.strategy.configure_train(rnd, arrays, train_config, self.grid)
         )
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        replies = send_and_receive(self.grid, messages, timeout)
         new_arrays, _ = self.strategy.aggregate_train(rnd, replies)
         if new_arrays is None:  # the guard raises before this; kept for type narrowing
             raise RuntimeError(f"round {rnd}: no aggregated model")
@@ -298,7 +300,7 @@ class _Run:
             rnd, new_arrays, eval_config, self.grid
         )
         site_metrics = self.strategy.aggregate_evaluate(
-            rnd, self.grid.send_and_receive(eval_messages, timeout=timeout)
+            rnd, send_and_receive(self.grid, eval_messages, timeout)
         )
         summary = RoundSummary(
             server_round=rnd,
@@ -391,6 +393,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Flower entry point: settings from the run config, then :func:`run_federation`."""
+    ensure_logging()
     settings = settings_from_run_config(dict(context.run_config))
     result = run_federation(grid, settings, context=context)
     last = result.rounds[-1] if result.rounds else None

@@ -46,6 +46,7 @@ def test_empty_file_is_disabled_with_defaults(tmp_path: Path) -> None:
     assert cfg.privacy.dp is None and not cfg.privacy.secagg
     assert cfg.data.all() == ()
     assert cfg.acceptance.metric == "auc"
+    assert cfg.caps.threads == 0  # torch's own default
 
 
 def test_documented_example_parses(tmp_path: Path) -> None:
@@ -56,6 +57,7 @@ def test_documented_example_parses(tmp_path: Path) -> None:
     assert cfg.privacy.dp is not None and cfg.privacy.dp.noise_multiplier == 0.5
     assert cfg.model_path == Path("/facility/cryodiscovery/model.pt")
     assert cfg.validation_fraction == 0.2
+    assert cfg.caps.threads == 0
 
 
 def test_enabled_site_resolves_paths_relative_to_file(
@@ -79,6 +81,8 @@ def test_enabled_site_resolves_paths_relative_to_file(
         ({"privacy": {"dpp": {}}}, "unknown key 'privacy.dpp' (known: dp, secagg)"),
         ({"caps": {"local_epochs": 0}}, "'caps.local_epochs' must be between 1"),
         ({"caps": {"batch_size": 2.5}}, "'caps.batch_size' must be a whole number"),
+        ({"caps": {"threads": -1}}, "'caps.threads' must be between 0"),
+        ({"cache_dir": 3}, "'cache_dir' must be a path"),
         ({"enabled": "yes please"}, "'enabled' must be true or false"),
         ({"superlink": "fed.example.org"}, "'superlink' must be host:port"),
         ({"superlink": "host:70000"}, "'superlink' must be host:port"),

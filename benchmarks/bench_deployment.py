@@ -1,0 +1,247 @@
+"""Seconds per round of a real Flower deployment on 127.0.0.1, and where they go.
+
+Starts what the README tells a server operator and facility managers to start: a
+``flower-superlink`` bound to 127.0.0.1 with TLS, SuperNode authentication, ``--database``
+and no run-time dependency installation, the nginx front (when nginx is installed) that
+forwards only the Fleet API, and one ``flower-supernode`` + ``flower-superexec`` per
+facility (registered EC key, TLS, generated non-IID RELION history); then runs the real
+ServerApp and ClientApp with ``flwr run`` (Control API) for ``--rounds`` rounds and reads
+the timings the apps log:
+
+- per round (ServerApp): wall time from sending train messages to publishing the version;
+- per message (ClientApp): how old its process was when the message arrived (a SuperNode
+  starts one ClientApp process per message: interpreter, imports, FAB unpacking), the
+  harvest (reading the site's STAR/MRC history), local training, the whole handler.
+
+"Overhead" is a round's wall time minus the slowest site's train and evaluate handlers
+(what is neither a site's own work nor waiting for it). Every process is stopped at the
+end, also on errors.
+
+    nice -n 10 .venv/bin/python benchmarks/bench_deployment.py --sites 3 --rounds 3
+    .venv/bin/python benchmarks/bench_deployment.py --model default --local-epochs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import re
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from cryodiscovery.core.checkpoint import ClassScorer, save_scorer
+from cryodiscovery.core.nets import ClassNet, NetConfig
+from cryodiscovery.core.preprocess import PreprocessConfig
+from cryodiscovery.federation import control, deploy, gateway
+from cryodiscovery.federation.sites import NON_IID_SITES, write_site
+
+ROUND = re.compile(r"round (\d+): .* ([\d.]+) s$")
+HANDLED = re.compile(
+    r"(train|evaluate) message handled in ([\d.]+) s "
+    r"\(process started ([\d.na]+) s before"
+)
+HARVESTED = re.compile(r"harvested .* in ([\d.]+) s")
+TRAINED = re.compile(r"trained on \d+ classes in ([\d.]+) s")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _model(kind: str, path: Path) -> Path | None:
+    """The initial model: a tiny CNN (the size the stock-Flower figure was taken
+    with) or None for the shipped default model."""
+    if kind == "default":
+        return None
+    torch.manual_seed(0)
+    net = NetConfig(in_size=32, stem=8, widths=(16, 32))
+    scorer = ClassScorer([ClassNet(net)], net, PreprocessConfig(size=32), "single", 0.5)
+    scorer.name = "tiny"
+    save_scorer(scorer, path)
+    return path
+
+
+def _server(
+    root: Path, daemons: list[deploy.Daemon]
+) -> tuple[control.CliConnection, str, Path]:
+    """Start the SuperLink (+ nginx); the operator connection, the fleet address, CA."""
+    ca, ca_key = gateway.make_ca(root / "tls")
+    crt, key = gateway.make_server_certificate(root / "tls", ca, ca_key, ["127.0.0.1"])
+    link = deploy.SuperLinkSpec(ca, crt, key, root / "superlink", port=_free_port())
+    address = f"127.0.0.1:{link.port}"
+    conn = control.CliConnection(root / "operator", address, ca)
+    control.write_cli_config(conn)
+    daemons += deploy.start_superlink(link)
+    nginx = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if nginx is None:
+        return conn, address, ca
+    front = f"127.0.0.1:{_free_port()}"
+    user = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None
+    site = gateway.NginxSite(front, crt, key, ca, root / "nginx", address, user=user)
+    (root / "nginx").mkdir()
+    (root / "nginx" / "nginx.conf").write_text(gateway.nginx_config(site))
+    daemons.append(deploy.start_nginx(root / "nginx" / "nginx.conf", root / "nginx"))
+    return conn, front, ca
+
+
+def _sites(
+    args: argparse.Namespace,
+    root: Path,
+    conn: control.CliConnection,
+    fleet: str,
+    ca: Path,
+    daemons: list[deploy.Daemon],
+) -> list[int]:
+    nodes = []
+    for i, spec in enumerate(NON_IID_SITES[: args.sites]):
+        spec = type(spec)(
+            **{**spec.__dict__, "n_jobs": args.jobs, "n_classes": args.classes}
+        )
+        site = root / spec.name
+        site.mkdir(parents=True)
+        public_key = gateway.make_node_key(site / "node_key")
+        yaml_path = write_site(
+            site,
+            spec,
+            100 + i,
+            ca_certificate=ca,
+            node_private_key=site / "node_key",
+            superlink=fleet,
+            extra={
+                "caps": {
+                    "local_epochs": args.local_epochs,
+                    "batch_size": 16,
+                    "threads": args.threads,
+                },
+                "cache_dir": str(root / "cache" / spec.name),
+            },
+        )
+        nodes.append(control.register_node(conn, public_key))
+        daemons += deploy.start_supernode(
+            deploy.supernode_spec(yaml_path, site / "state", _free_port(), 120.0)
+        )
+    control.wait_for_nodes(conn, nodes)
+    return nodes
+
+
+def _parse(
+    daemons: list[deploy.Daemon],
+) -> tuple[dict[int, float], dict[str, list[float]]]:
+    rounds: dict[int, float] = {}
+    parts: dict[str, list[float]] = defaultdict(list)
+    for d in daemons:
+        for line in d.log_text().splitlines():
+            if (m := ROUND.search(line)) and "aggregated" in line:
+                rounds[int(m.group(1))] = float(m.group(2))
+            elif m := HANDLED.search(line):
+                parts[f"{m.group(1)} handler"].append(float(m.group(2)))
+                parts[f"{m.group(1)} process age"].append(float(m.group(3)))
+            elif m := HARVESTED.search(line):
+                parts["harvest"].append(float(m.group(1)))
+            elif m := TRAINED.search(line):
+                parts["local training"].append(float(m.group(1)))
+    return rounds, parts
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sites", type=int, default=3, choices=range(1, 6))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2, help="Class2D jobs per site")
+    parser.add_argument("--classes", type=int, default=36, help="classes per job")
+    parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument("--model", choices=("tiny", "default"), default="tiny")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per site (caps.threads; the sites share this host's cores)",
+    )
+    parser.add_argument("--logs", type=Path, help="copy every process's log here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    daemons: list[deploy.Daemon] = []
+    with tempfile.TemporaryDirectory(prefix="bench-deployment-") as tmp:
+        root = Path(tmp)
+        try:
+            t0 = time.perf_counter()
+            conn, fleet, ca = _server(root, daemons)
+            _sites(args, root, conn, fleet, ca, daemons)
+            print(
+                f"# deployment up in {time.perf_counter() - t0:.1f} s (fleet via {fleet})"
+            )
+            model = _model(args.model, root / "tiny.pt")
+            config: dict[str, str | int | float] = {
+                "num-rounds": args.rounds,
+                "min-sites": args.sites,
+                "local-epochs": args.local_epochs,
+                "registry": str(root / "registry"),
+                "validation-seeds": "4242",
+                "validation-classes": 40,
+            }
+            if model is not None:
+                config["initial-model"] = str(model)
+            t0 = time.perf_counter()
+            run_id = control.start_run(conn, config)
+            status = control.wait_for_run(conn, run_id, 1800.0)
+            total = time.perf_counter() - t0
+            rounds, parts = _parse(daemons)
+            if args.logs is not None:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                for d in daemons:
+                    (args.logs / f"{d.name}.log").write_text(d.log_text())
+            if not status.succeeded:
+                print(f"run failed: {status.details}", file=sys.stderr)
+                return 1
+        finally:
+            deploy.stop_all(daemons)
+    _report(args, total, rounds, parts)
+    return 0
+
+
+def _report(
+    args: argparse.Namespace,
+    total: float,
+    rounds: dict[int, float],
+    parts: dict[str, list[float]],
+) -> None:
+    secs = [rounds[r] for r in sorted(rounds)]
+    print(
+        f"{args.sites} sites x {args.jobs} jobs x {args.classes} classes, model "
+        f"{args.model}, {args.local_epochs} local epoch(s): run {total:.1f} s for "
+        f"{len(secs)} rounds (incl. ServerApp start and initial evaluation)"
+    )
+    print("seconds per round: " + ", ".join(f"{s:.1f}" for s in secs))
+    for name in sorted(parts):
+        v = parts[name]
+        print(
+            f"  {name:<24} mean {statistics.mean(v):6.2f} s  max {max(v):6.2f} s  (n={len(v)})"
+        )
+    if secs and parts.get("train handler") and parts.get("evaluate handler"):
+        work = statistics.mean(parts["train handler"]) + statistics.mean(
+            parts["evaluate handler"]
+        )
+        print(
+            f"mean round {statistics.mean(secs):.1f} s = site handlers (train + "
+            f"evaluate, mean) {work:.1f} s + the rest {statistics.mean(secs) - work:.1f} s "
+            "(ClientApp process start-ups, transfers, polls, screening, central evaluation)"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
