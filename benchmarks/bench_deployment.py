@@ -24,6 +24,7 @@ end, also on errors.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import pwd
 import re
@@ -43,13 +44,16 @@ from cryodiscovery.core.preprocess import PreprocessConfig
 from cryodiscovery.federation import control, deploy, gateway
 from cryodiscovery.federation.sites import NON_IID_SITES, write_site
 
-ROUND = re.compile(r"round (\d+): .* ([\d.]+) s$")
+STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+TRAINED = re.compile(r"round (\d+): trained on \d+ classes in ([\d.]+) s")
 HANDLED = re.compile(
-    r"(train|evaluate) message handled in ([\d.]+) s "
-    r"\(process started ([\d.na]+) s before"
+    r"(train|evaluate) message handled in ([\d.]+) s \(process started ([\d.na]+) s"
 )
-HARVESTED = re.compile(r"harvested .* in ([\d.]+) s")
-TRAINED = re.compile(r"trained on \d+ classes in ([\d.]+) s")
+FORWARDED = re.compile(
+    r"(train|evaluate) message forwarded to the site worker, reply in ([\d.]+) s "
+    r"\(process started ([\d.na]+) s"
+)
+HARVESTED = re.compile(r"harvest(?:ed .*| reused .*) in ([\d.]+) s|harvest reused")
 
 
 def _free_port() -> int:
@@ -126,6 +130,11 @@ def _sites(
                     "threads": args.threads,
                 },
                 "cache_dir": str(root / "cache" / spec.name),
+                **(
+                    {"worker_socket": str(args.sockets / f"{spec.name}.sock")}
+                    if args.worker
+                    else {}
+                ),
             },
         )
         nodes.append(control.register_node(conn, public_key))
@@ -138,21 +147,34 @@ def _sites(
 
 def _parse(
     daemons: list[deploy.Daemon],
-) -> tuple[dict[int, float], dict[str, list[float]]]:
-    rounds: dict[int, float] = {}
+) -> tuple[list[float], dict[str, list[float]]]:
+    """Seconds per round (between one site's consecutive train replies, averaged over
+    sites) and per-message timings from the apps' log lines."""
+    from datetime import datetime
+
+    periods: list[float] = []
     parts: dict[str, list[float]] = defaultdict(list)
     for d in daemons:
+        trained: dict[int, float] = {}
+        in_worker = d.name.endswith("-worker")
         for line in d.log_text().splitlines():
-            if (m := ROUND.search(line)) and "aggregated" in line:
-                rounds[int(m.group(1))] = float(m.group(2))
+            stamp = STAMP.match(line)
+            if (m := TRAINED.search(line)) and stamp:
+                when = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f")
+                trained[int(m.group(1))] = when.timestamp()
+                parts["local training"].append(float(m.group(2)))
             elif m := HANDLED.search(line):
                 parts[f"{m.group(1)} handler"].append(float(m.group(2)))
+                if not in_worker:
+                    parts[f"{m.group(1)} process age"].append(float(m.group(3)))
+            elif m := FORWARDED.search(line):
+                parts[f"{m.group(1)} forwarded (whole)"].append(float(m.group(2)))
                 parts[f"{m.group(1)} process age"].append(float(m.group(3)))
-            elif m := HARVESTED.search(line):
-                parts["harvest"].append(float(m.group(1)))
-            elif m := TRAINED.search(line):
-                parts["local training"].append(float(m.group(1)))
-    return rounds, parts
+            elif "harvest" in line and (m := HARVESTED.search(line)):
+                parts["harvest"].append(float(m.group(1) or 0.0))
+        rounds = sorted(trained)
+        periods += [trained[b] - trained[a] for a, b in itertools.pairwise(rounds)]
+    return periods, parts
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -169,6 +191,11 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         help="torch threads per site (caps.threads; the sites share this host's cores)",
     )
+    parser.add_argument(
+        "--worker",
+        action="store_true",
+        help="each facility runs the long-running site worker (worker_socket)",
+    )
     parser.add_argument("--logs", type=Path, help="copy every process's log here")
     return parser
 
@@ -176,8 +203,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     daemons: list[deploy.Daemon] = []
-    with tempfile.TemporaryDirectory(prefix="bench-deployment-") as tmp:
-        root = Path(tmp)
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-deployment-") as tmp,
+        tempfile.TemporaryDirectory(prefix="cdw-", dir="/tmp") as sockets,
+    ):
+        root, args.sockets = Path(tmp), Path(sockets)
         try:
             t0 = time.perf_counter()
             conn, fleet, ca = _server(root, daemons)
@@ -217,16 +247,19 @@ def main(argv: list[str] | None = None) -> int:
 def _report(
     args: argparse.Namespace,
     total: float,
-    rounds: dict[int, float],
+    secs: list[float],
     parts: dict[str, list[float]],
 ) -> None:
-    secs = [rounds[r] for r in sorted(rounds)]
     print(
         f"{args.sites} sites x {args.jobs} jobs x {args.classes} classes, model "
         f"{args.model}, {args.local_epochs} local epoch(s): run {total:.1f} s for "
-        f"{len(secs)} rounds (incl. ServerApp start and initial evaluation)"
+        f"{args.rounds} rounds (incl. ServerApp start and initial evaluation); "
+        f"site worker {'on' if args.worker else 'off'}"
     )
-    print("seconds per round: " + ", ".join(f"{s:.1f}" for s in secs))
+    print(
+        "seconds per round (between a site's consecutive train replies): "
+        + ", ".join(f"{s:.1f}" for s in secs)
+    )
     for name in sorted(parts):
         v = parts[name]
         print(

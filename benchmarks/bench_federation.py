@@ -12,7 +12,10 @@ default``, what a deployment's federation starts from; its untrained scores are 
 as "initial"), or fresh weights of ``--net`` (``--init fresh``).
 
 Test data: per site, held-out jobs from that site's own distribution (never harvested);
-"overall" is all of them together. Thresholds: federated and centralised models are
+"overall" is all of them together: the common held-out test set every model is judged
+on (the federated model is every site's model; "better than local-only" compares it
+with each site's local-only model there, and, as a stricter check, on that site's own
+test jobs). Thresholds: federated and centralised models are
 calibrated for 3% FNR on the server's generated validation set; a local-only model on
 its site's validation split (what a site alone could do).
 
@@ -343,11 +346,15 @@ def _report(
             print(f"{mode}: overall AUC {auc / central:.2%} of centralised")
     for mode in (m for m in results if m.startswith("fed")):
         if local:
-            better = [n for n in local if results[mode][n].auc > local[n][n].auc]
-            tied = [n for n in local if results[mode][n].auc == local[n][n].auc]
+            fed = results[mode]["overall"].auc
+            common = [n for n in local if fed > local[n]["overall"].auc]
+            own = [n for n in local if results[mode][n].auc > local[n][n].auc]
             print(
-                f"{mode}: better than local-only on its own test at {len(better)}/{len(local)} "
-                f"sites ({', '.join(better)}); tied at {len(tied)} ({', '.join(tied)})"
+                f"{mode}: on the common test set (AUC {fed:.4f}) better than the "
+                f"local-only model of {len(common)}/{len(local)} sites "
+                f"(best local-only {max(v['overall'].auc for v in local.values()):.4f}); "
+                f"on each site's own test jobs better at {len(own)}/{len(local)} "
+                f"({', '.join(own) or 'none'})"
             )
         print(f"{mode}: {timing[mode]}")
     print(f"\n# total {seconds:.0f} s")

@@ -8,6 +8,10 @@
       --config /etc/cryodiscovery/federation.yaml
   cryodiscovery federation pull --from https://fed.example.org/registry/ --out model.pt
 
+  cryodiscovery federation worker --config /etc/cryodiscovery/federation.yaml
+      runs the facility's site worker on the config's worker_socket (start it beside
+      the SuperNode; the ClientApp then hands it every message, see README).
+
 pull installs the newest global model at --out (default: model_path in the config), the
 file scoring then uses (cryodiscovery score ... --model PATH). With --config the model must
 pass the acceptance gate on the site's validation split first (exit status 1 when the
@@ -26,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    """Register ``check`` and ``pull`` under ``cryodiscovery federation``."""
+    """Register ``check``, ``pull`` and ``worker`` under ``cryodiscovery federation``."""
     sub = parser.add_subparsers(
         dest="federation_command", required=True, metavar="ACTION"
     )
@@ -53,13 +57,22 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     )
     pull.add_argument("--ca", type=Path, help="CA certificate for an https registry")
     pull.add_argument("--force", action="store_true", help="install without the gate")
+    worker = sub.add_parser(
+        "worker",
+        help="serve this facility's Flower messages from one long-running process",
+    )
+    worker.add_argument("--config", type=Path, required=True, help="federation.yaml")
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``check`` or ``pull``; returns the exit status."""
+    """Run ``check``, ``pull`` or ``worker``; returns the exit status."""
     from cryodiscovery.federation.config import load_facility_config
     from cryodiscovery.federation.operations import check_report, pull_latest
 
+    if args.federation_command == "worker":
+        from cryodiscovery.federation.worker import serve
+
+        return serve(args.config)
     if args.federation_command == "check":
         print(check_report(load_facility_config(args.config)))
         return 0

@@ -21,14 +21,14 @@ and refuses to work while ``enabled`` is false.
 - **errors** reach the server as one generic line (no paths, no data); the details stay in
   the site's log.
 
-Public API: ``app`` (the ClientApp), ``NODE_CONFIG_KEY``, ``facility_config(context)``.
+Public API: ``app`` (the ClientApp), ``NODE_CONFIG_KEY``, ``facility_config(context)``,
+``apply_caps(cfg)``, ``harvest_for(cfg)``, ``current_model(cfg)``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from cryodiscovery.federation import gate, task
 from cryodiscovery.federation.config import FacilityConfig, load_facility_config
 from cryodiscovery.federation.harvest import Harvest
 from cryodiscovery.federation.harvest_cache import cached_harvest
-from cryodiscovery.federation.logsetup import ensure_logging
+from cryodiscovery.federation.logsetup import ensure_logging, process_age_s
 from cryodiscovery.federation.secagg import is_secagg_message, legacy_train
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.app.message_type import MessageType
@@ -73,13 +73,19 @@ def facility_config(context: Context) -> FacilityConfig:
     cfg = load_facility_config(Path(path))
     if not cfg.enabled:
         raise SiteRefusal("federation is disabled at this site")
-    if cfg.caps.threads > 0 and torch.get_num_threads() != cfg.caps.threads:
-        torch.set_num_threads(cfg.caps.threads)
+    apply_caps(cfg)
     return cfg
 
 
-def _harvest(cfg: FacilityConfig) -> Harvest:
-    """Harvest once per configuration file version in this process."""
+def apply_caps(cfg: FacilityConfig) -> None:
+    """Apply the site's CPU thread cap (``caps.threads``; 0 leaves torch's default)."""
+    if cfg.caps.threads > 0 and torch.get_num_threads() != cfg.caps.threads:
+        torch.set_num_threads(cfg.caps.threads)
+
+
+def harvest_for(cfg: FacilityConfig) -> Harvest:
+    """The site's harvest: once per configuration file version in this process, and
+    from the facility's harvest cache across processes."""
     key = (str(cfg.source), cfg.source.stat().st_mtime_ns)
     if key not in _HARVESTS:
         if len(_HARVESTS) >= 8:
@@ -93,16 +99,6 @@ def _harvest(cfg: FacilityConfig) -> Harvest:
             time.perf_counter() - start,
         )
     return _HARVESTS[key]
-
-
-def process_age_s() -> float:
-    """Seconds since this process started (Linux ``/proc``; NaN elsewhere)."""
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return uptime - ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return math.nan
 
 
 def _guard_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -208,7 +204,7 @@ def _float(config: ConfigRecord, key: str, default: float) -> float:
 def train(msg: Message, context: Context) -> Message:
     """Fine-tune the received global model on local data; reply weights + metrics."""
     cfg = facility_config(context)
-    data = _harvest(cfg)
+    data = harvest_for(cfg)
     if "fitins.parameters" in msg.content.array_records:  # SecAgg+ (legacy layout)
         reply: Message = legacy_train(msg, cfg, data)
         return reply
@@ -244,7 +240,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Metrics of the global model on local validation data; the gate on the last round."""
     cfg = facility_config(context)
-    data = _harvest(cfg)
+    data = harvest_for(cfg)
     config = _config(msg)
     candidate = _global_model(msg)
     ev = task.evaluate_scorer(candidate, data.validation)

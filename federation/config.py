@@ -51,6 +51,8 @@ acceptance:                          # gate before scoring switches to a new glo
 model_path: /facility/cryodiscovery/model.pt     # the model scoring uses (--model PATH)
 # cache_dir: /var/cache/cryodiscovery  # harvest cache (holds class images: stays here);
 #                                      # default ~/.cache/cryodiscovery/harvest, null = off
+# worker_socket: /run/cryodiscovery/site.sock  # long-running site worker (optional;
+#                                      # `cryodiscovery federation worker --config FILE`)
 privacy:
   dp:                                # optional: clip each update and add Gaussian noise
     clipping_norm: 1.0               # L2 bound on the weights delta of one round
@@ -141,6 +143,9 @@ class FacilityConfig:
     cache_dir:
         Folder of the harvest cache (:mod:`harvest_cache`); ``None``: no cache. The key
         absent means :func:`default_cache_dir`.
+    worker_socket:
+        Unix socket of the facility's long-running worker (:mod:`worker`); ``None``:
+        each message is handled in the process Flower starts for it.
     """
 
     source: Path
@@ -156,6 +161,7 @@ class FacilityConfig:
     model_path: Path | None = None
     privacy: PrivacyOptions = field(default_factory=PrivacyOptions)
     cache_dir: Path | None = None
+    worker_socket: Path | None = None
 
 
 def default_cache_dir() -> Path:
@@ -176,6 +182,7 @@ _TOP_KEYS = (
     "model_path",
     "privacy",
     "cache_dir",
+    "worker_socket",
 )
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,5})$")
 
@@ -332,7 +339,15 @@ def facility_config_from_dict(data: Any, source: Path) -> FacilityConfig:
             if "cache_dir" in top.data
             else default_cache_dir()
         ),
+        worker_socket=_socket_path(top),
     )
+
+
+def _socket_path(top: _Reader) -> Path | None:
+    path = top.path("worker_socket", must_exist=False)
+    if path is not None and len(os.fsencode(path)) > 100:
+        raise top.bad("worker_socket", f"is too long for a Unix socket: {path}")
+    return path
 
 
 def _privacy(reader: _Reader) -> PrivacyOptions:

@@ -24,6 +24,7 @@ Public API (tests, benchmarks, operators)::
     flower_env(flwr_home, task_poll_s=1.0) -> dict; flower_script(name) -> str
     Daemon(.alive(), .stop(), .signal(sig), .log_text()); start_daemon(name, argv, log, env)
     start_superlink(spec) / start_supernode(spec) -> list[Daemon]
+    start_worker(spec) -> Daemon; worker_command(facility_yaml) -> argv
     start_nginx(conf, work_dir) -> Daemon; stop_all(daemons)
 """
 
@@ -317,16 +318,56 @@ def start_superlink(spec: SuperLinkSpec, timeout_s: float = 120.0) -> list[Daemo
 
 
 def start_supernode(spec: SuperNodeSpec, timeout_s: float = 120.0) -> list[Daemon]:
-    """Start a SuperNode and its SuperExec; returns both (stop with :func:`stop_all`).
+    """Start the facility's site worker (when its federation.yaml names a
+    ``worker_socket``), then a SuperNode and its SuperExec; returns them all (stop with
+    :func:`stop_all`).
 
     Whether the SuperLink accepted the node shows in the Control API
     (:func:`~cryodiscovery.federation.control.wait_for_nodes`); a refused node exits.
     """
     env = flower_env(spec.state_dir / "flwr-home", spec.task_poll_s)
     url = f"http://127.0.0.1:{spec.runtime_port}/health"
-    return _start_pair(
-        supernode_commands(spec), spec.state_dir, env, url, None, timeout_s
+    daemons: list[Daemon] = []
+    if load_facility_config(spec.facility_config).worker_socket is not None:
+        daemons.append(start_worker(spec, timeout_s))
+    try:
+        daemons += _start_pair(
+            supernode_commands(spec), spec.state_dir, env, url, None, timeout_s
+        )
+    except BaseException:
+        stop_all(daemons)
+        raise
+    return daemons
+
+
+def worker_command(facility_config: Path) -> list[str]:
+    """``cryodiscovery federation worker --config FILE`` (the installed script)."""
+    return [
+        flower_script("cryodiscovery"),
+        "federation",
+        "worker",
+        "--config",
+        str(facility_config),
+    ]
+
+
+def start_worker(spec: SuperNodeSpec, timeout_s: float = 120.0) -> Daemon:
+    """Start the facility's site worker and wait until it listens (it harvests and
+    loads torch first)."""
+    name = f"{spec.name}-worker"
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    daemon = start_daemon(
+        name, worker_command(spec.facility_config), spec.state_dir / f"{name}.log", env
     )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not daemon.alive():
+            raise RuntimeError(f"{name} exited: {daemon.log_text()[-3000:]}")
+        if "site worker listening on" in daemon.log_text():
+            return daemon
+        time.sleep(0.2)
+    daemon.stop()
+    raise RuntimeError(f"{name} not listening after {timeout_s:.0f} s")
 
 
 def start_nginx(conf: Path, work_dir: Path, timeout_s: float = 30.0) -> Daemon:

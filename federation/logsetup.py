@@ -9,7 +9,10 @@ timings) would be lost and warnings would print without a time or a name.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import sys
+from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -28,3 +31,13 @@ def ensure_logging(level: int = logging.INFO) -> None:
     handler.setFormatter(logging.Formatter(FORMAT))
     ours.addHandler(handler)
     ours.setLevel(level)
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux ``/proc``; NaN elsewhere)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return math.nan

@@ -13,7 +13,7 @@ from cryodiscovery.core.nets import ClassNet, NetConfig
 from cryodiscovery.core.preprocess import PreprocessConfig
 from cryodiscovery.federation import client_app, server_app
 from cryodiscovery.federation.client_app import NODE_CONFIG_KEY
-from cryodiscovery.federation.loopback import LoopbackGrid, run_server_app
+from cryodiscovery.federation.loopback import Handler, LoopbackGrid, run_server_app
 from cryodiscovery.federation.sites import NON_IID_SITES, write_site
 from flwr.app import UserConfig
 
@@ -64,10 +64,12 @@ def run_apps(
     *,
     keep_bytes: bool = False,
     workers: int = 1,
+    handler: Handler = client_app.app,
 ) -> LoopbackGrid:
-    """Run the real ServerApp with the real ClientApp at every site, in this process."""
+    """Run the real ServerApp with the real ClientApp (or ``handler``, e.g. the
+    deployment's ``site_app.app``) at every site, in this process."""
     grid = LoopbackGrid(
-        {node: client_app.app for node in sites},
+        {node: handler for node in sites},
         {node: {NODE_CONFIG_KEY: str(path)} for node, path in sites.items()},
         keep_bytes=keep_bytes,
         workers=workers,

@@ -153,7 +153,7 @@ def test_flower_app_folder_is_valid_and_declares_every_server_setting() -> None:
     app = config["tool"]["flwr"]["app"]
     assert app["components"] == {
         "serverapp": "cryodiscovery.federation.server_app:app",
-        "clientapp": "cryodiscovery.federation.client_app:app",
+        "clientapp": "cryodiscovery.federation.site_app:app",
     }
     assert (
         "federations" not in config["tool"]["flwr"]
