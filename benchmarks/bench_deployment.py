@@ -31,6 +31,7 @@ import re
 import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,7 +54,9 @@ FORWARDED = re.compile(
     r"(train|evaluate) message forwarded to the site worker, reply in ([\d.]+) s "
     r"\(process started ([\d.na]+) s"
 )
-HARVESTED = re.compile(r"harvest(?:ed .*| reused .*) in ([\d.]+) s|harvest reused")
+HARVESTED = re.compile(
+    r"harvested \d+ training and \d+ validation classes in ([\d.]+) s"
+)
 
 
 def _free_port() -> int:
@@ -170,11 +173,36 @@ def _parse(
             elif m := FORWARDED.search(line):
                 parts[f"{m.group(1)} forwarded (whole)"].append(float(m.group(2)))
                 parts[f"{m.group(1)} process age"].append(float(m.group(3)))
-            elif "harvest" in line and (m := HARVESTED.search(line)):
-                parts["harvest"].append(float(m.group(1) or 0.0))
+                if m.group(1) == "train" and stamp:
+                    when = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f")
+                    trained[len(trained) + 1] = when.timestamp()
+            elif m := HARVESTED.search(line):
+                parts["harvest (cache miss or first in process)"].append(
+                    float(m.group(1))
+                )
+            elif "harvest reused from" in line:
+                parts["harvest cache hits"].append(1.0)
         rounds = sorted(trained)
         periods += [trained[b] - trained[a] for a, b in itertools.pairwise(rounds)]
     return periods, parts
+
+
+def _server_log(conn: control.CliConnection, run_id: int) -> list[str]:
+    """The ServerApp's per-round timing lines, from ``flwr log`` (Control API)."""
+    argv = [deploy.flower_script("flwr"), "log", str(run_id), conn.name, "--show"]
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=deploy.flower_env(conn.flwr_home),
+        check=False,
+    )
+    return [
+        line.split("cryodiscovery.federation.server_app: ", 1)[-1]
+        for line in done.stdout.splitlines()
+        if "timing:" in line
+    ]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -190,6 +218,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="torch threads per site (caps.threads; the sites share this host's cores)",
+    )
+    parser.add_argument(
+        "--evaluate-every",
+        type=int,
+        default=1,
+        help="run config evaluate-every (sites evaluate every N rounds and the last)",
     )
     parser.add_argument(
         "--worker",
@@ -220,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                 "num-rounds": args.rounds,
                 "min-sites": args.sites,
                 "local-epochs": args.local_epochs,
+                "evaluate-every": args.evaluate_every,
                 "registry": str(root / "registry"),
                 "validation-seeds": "4242",
                 "validation-classes": 40,
@@ -231,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             status = control.wait_for_run(conn, run_id, 1800.0)
             total = time.perf_counter() - t0
             rounds, parts = _parse(daemons)
+            server_log = _server_log(conn, run_id)
             if args.logs is not None:
                 args.logs.mkdir(parents=True, exist_ok=True)
                 for d in daemons:
@@ -241,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             deploy.stop_all(daemons)
     _report(args, total, rounds, parts)
+    for line in server_log:
+        print("  ServerApp: " + line)
     return 0
 
 
@@ -254,7 +292,8 @@ def _report(
         f"{args.sites} sites x {args.jobs} jobs x {args.classes} classes, model "
         f"{args.model}, {args.local_epochs} local epoch(s): run {total:.1f} s for "
         f"{args.rounds} rounds (incl. ServerApp start and initial evaluation); "
-        f"site worker {'on' if args.worker else 'off'}"
+        f"site worker {'on' if args.worker else 'off'}; sites evaluate every "
+        f"{args.evaluate_every} round(s)"
     )
     print(
         "seconds per round (between a site's consecutive train replies): "

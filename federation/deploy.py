@@ -319,25 +319,25 @@ def start_superlink(spec: SuperLinkSpec, timeout_s: float = 120.0) -> list[Daemo
 
 def start_supernode(spec: SuperNodeSpec, timeout_s: float = 120.0) -> list[Daemon]:
     """Start the facility's site worker (when its federation.yaml names a
-    ``worker_socket``), then a SuperNode and its SuperExec; returns them all (stop with
-    :func:`stop_all`).
+    ``worker_socket``), then a SuperNode and its SuperExec; returns [SuperNode,
+    SuperExec(, worker)] (stop with :func:`stop_all`).
 
     Whether the SuperLink accepted the node shows in the Control API
     (:func:`~cryodiscovery.federation.control.wait_for_nodes`); a refused node exits.
     """
     env = flower_env(spec.state_dir / "flwr-home", spec.task_poll_s)
     url = f"http://127.0.0.1:{spec.runtime_port}/health"
-    daemons: list[Daemon] = []
+    workers: list[Daemon] = []
     if load_facility_config(spec.facility_config).worker_socket is not None:
-        daemons.append(start_worker(spec, timeout_s))
+        workers.append(start_worker(spec, timeout_s))
     try:
-        daemons += _start_pair(
+        pair = _start_pair(
             supernode_commands(spec), spec.state_dir, env, url, None, timeout_s
         )
     except BaseException:
-        stop_all(daemons)
+        stop_all(workers)
         raise
-    return daemons
+    return [*pair, *workers]
 
 
 def worker_command(facility_config: Path) -> list[str]:

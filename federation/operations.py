@@ -84,16 +84,20 @@ def _sent_lines(
             "  parameters: those of the server's global model (no local model to show)"
         )
         return lines
-    rows = task.parameter_table(task.scorer_to_arrays(model))
+    rows = task.parameter_table(task.named_arrays(model))
+    ((sent, sent_shape, sent_dtype, sent_bytes),) = task.parameter_table(
+        task.scorer_to_arrays(model)
+    )
     lines.append(
-        f"  parameters of {origin} (the server's model has its own, same kind):"
+        f"  parameters of {origin} (the server's model has its own, same kind), "
+        f"sent packed as one array '{sent}' {sent_shape} {sent_dtype}, in this order:"
     )
     lines.append(f"    {'name':<44} {'shape':<18} {'dtype':<8} {'bytes':>10}")
     for name, shape, dtype, nbytes in rows:
         lines.append(f"    {name:<44} {shape!s:<18} {dtype:<8} {nbytes:>10}")
-    total = sum(r[3] for r in rows)
     lines.append(
-        f"    total: {len(rows)} arrays, {total} bytes ({total / 2**20:.2f} MiB) per update"
+        f"    total: {len(rows)} arrays, {sent_bytes} bytes "
+        f"({sent_bytes / 2**20:.2f} MiB) per update"
     )
     return lines
 

@@ -281,7 +281,9 @@ class _Run:
         messages = list(
             self.strategy.configure_train(rnd, arrays, train_config, self.grid)
         )
+        t_sent = time.perf_counter()
         replies = send_and_receive(self.grid, messages, timeout)
+        t_replies = time.perf_counter()
         new_arrays, _ = self.strategy.aggregate_train(rnd, replies)
         if new_arrays is None:  # the guard raises before this; kept for type narrowing
             raise RuntimeError(f"round {rnd}: no aggregated model")
@@ -296,11 +298,23 @@ class _Run:
                 "num-rounds": self.settings.num_rounds,
             }
         )
-        eval_messages = self.strategy.configure_evaluate(
-            rnd, new_arrays, eval_config, self.grid
-        )
-        site_metrics = self.strategy.aggregate_evaluate(
-            rnd, send_and_receive(self.grid, eval_messages, timeout)
+        t_server = time.perf_counter()
+        site_metrics: MetricRecord | None = None
+        if rnd % self.settings.evaluate_every == 0 or rnd == self.settings.num_rounds:
+            eval_messages = self.strategy.configure_evaluate(
+                rnd, new_arrays, eval_config, self.grid
+            )
+            site_metrics = self.strategy.aggregate_evaluate(
+                rnd, send_and_receive(self.grid, eval_messages, timeout)
+            )
+        log.info(
+            "round %d timing: send train %.2f s, wait for train replies %.2f s, "
+            "screen+aggregate+central evaluation+publish %.2f s, evaluate phase %.2f s",
+            rnd,
+            t_sent - t0,
+            t_replies - t_sent,
+            t_server - t_replies,
+            time.perf_counter() - t_server,
         )
         summary = RoundSummary(
             server_round=rnd,

@@ -16,6 +16,8 @@ fraction-train              1.0        fraction of connected sites asked to trai
 round-timeout               600        seconds to wait for replies per phase
 wait-for-sites              300        seconds to wait for min-sites to connect
 local-epochs                1          epochs per round (a site may cap it lower)
+evaluate-every              1          sites evaluate the new global model every N rounds
+                                       (and always after the last, for their gate)
 learning-rate               0.001      local learning rate
 proximal-mu                 0.01       FedProx proximal weight
 server-lr, tau              0.01,1e-3  FedAdam/FedYogi server step and adaptivity
@@ -60,6 +62,7 @@ class ServerSettings:
     strategy: StrategyOptions = field(default_factory=StrategyOptions)
     num_rounds: int = 3
     local_epochs: int = 1
+    evaluate_every: int = 1
     learning_rate: float = 1e-3
     seed: int = 0
     registry: Path | None = None
@@ -92,6 +95,7 @@ _STRATEGY_KEYS: dict[str, tuple[str, type]] = {
 _SERVER_KEYS: dict[str, tuple[str, type]] = {
     "num-rounds": ("num_rounds", int),
     "local-epochs": ("local_epochs", int),
+    "evaluate-every": ("evaluate_every", int),
     "learning-rate": ("learning_rate", float),
     "seed": ("seed", int),
     "registry": ("registry", str),
@@ -154,6 +158,7 @@ def settings_from_run_config(run_config: Mapping[str, Any]) -> ServerSettings:
     checks = {
         "num-rounds": settings.num_rounds >= 1,
         "local-epochs": settings.local_epochs >= 1,
+        "evaluate-every": settings.evaluate_every >= 1,
         "learning-rate": settings.learning_rate > 0,
         "validation-seeds": len(settings.validation_seeds) >= 1,
         "validation-classes": settings.validation_classes >= 4,

@@ -2,14 +2,16 @@
 evaluation on top of :mod:`cryodiscovery.core.training`, and the acceptance gate.
 
 What crosses the network is the floating-point state of every ensemble member (weights
-and BatchNorm running statistics), keyed ``m<i>.<name>``; integer buffers
-(``num_batches_tracked``) stay local. The server also sends a *model spec* (architecture,
+and BatchNorm running statistics), keyed ``m<i>.<name>`` (:func:`named_arrays`) and
+packed into one vector (:mod:`wire`); integer buffers (``num_batches_tracked``) stay
+local. The server also sends a *model spec* (architecture,
 preprocessing, ensemble rule, threshold) in its ConfigRecord, so a site can rebuild the
 global model whatever model it uses itself.
 
 Public API (client_app, server_app, cli, tests, benchmarks; keep it stable)::
 
-    scorer_to_arrays(scorer: ClassScorer) -> ArrayRecord
+    scorer_to_arrays(scorer: ClassScorer) -> ArrayRecord   # packed: what is sent
+    named_arrays(scorer: ClassScorer) -> ArrayRecord       # m<i>.<name> -> tensor
     model_spec(scorer) -> str                       # JSON, server -> site
     scorer_from_spec(spec: str, arrays: ArrayRecord) -> ClassScorer
     scorer_shell(spec: str) -> ClassScorer          # fresh weights, that architecture
@@ -51,12 +53,19 @@ from cryodiscovery.core.training import (
     build_training_set,
     train_net,
 )
+from cryodiscovery.federation.wire import is_packed, pack, unpack
 from flwr.app import Array, ArrayRecord
 
 log = logging.getLogger(__name__)
 
 
 def scorer_to_arrays(scorer: ClassScorer) -> ArrayRecord:
+    """What crosses the network: :func:`named_arrays` packed into one vector
+    (:mod:`wire`)."""
+    return pack(named_arrays(scorer))
+
+
+def named_arrays(scorer: ClassScorer) -> ArrayRecord:
     """The exchanged state of ``scorer``: float tensors of each member, in order."""
     out = ArrayRecord()
     for i, member in enumerate(scorer.members):
@@ -122,9 +131,12 @@ def scorer_from_spec(spec: str, arrays: ArrayRecord) -> ClassScorer:
 
 
 def with_arrays(base: ClassScorer, arrays: ArrayRecord) -> ClassScorer:
-    """A copy of ``base`` whose exchanged tensors are ``arrays`` (exact names/shapes)."""
+    """A copy of ``base`` whose exchanged tensors are ``arrays`` (packed, or named with
+    exact names/shapes)."""
     scorer = ClassScorer.from_payload(base.payload())
-    expected = scorer_to_arrays(scorer)
+    expected = named_arrays(scorer)
+    if is_packed(arrays):
+        arrays = unpack(arrays, expected)
     if list(arrays.keys()) != list(expected.keys()):
         missing = sorted(set(expected.keys()) - set(arrays.keys()))[:3]
         extra = sorted(set(arrays.keys()) - set(expected.keys()))[:3]

@@ -36,7 +36,14 @@ def test_round_trip_gives_identical_scores(
     digest = save_scorer(scorer, path)
     assert digest == sha256_file(path) == scorer.sha256
     loaded = load_scorer(path)
-    np.testing.assert_array_equal(loaded.predict(classes), before)
+    # the same weights; the last float bit may differ between two runs of a
+    # multi-threaded CPU convolution (seen once in ~10 full-suite runs)
+    np.testing.assert_allclose(loaded.predict(classes), before, rtol=0, atol=1e-6)
+    for a, b in zip(loaded.members, scorer.members, strict=True):
+        for (k, x), (_, y) in zip(
+            a.state_dict().items(), b.state_dict().items(), strict=True
+        ):
+            assert torch.equal(x, y), k
     assert loaded.sha256 == digest and loaded.name == scorer.name
     assert loaded.rule == rule and loaded.threshold == scorer.threshold
     assert loaded.info == scorer.info

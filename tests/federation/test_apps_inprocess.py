@@ -248,3 +248,37 @@ def test_secure_aggregation_hides_every_site_update(
     for transfer in up:  # masked vectors only: no plain parameter array leaves a site
         for record in transfer.message.content.array_records.values():
             assert len(record) == 0
+
+
+def test_sites_evaluate_every_n_rounds_and_after_the_last(
+    federation: SimpleNamespace, tmp_path: Path
+) -> None:
+    config = _run_config(
+        tmp_path,
+        **{
+            "num-rounds": 3,
+            "evaluate-every": 2,
+            "local-epochs": 1,
+            "initial-model": str(federation.root / "initial.pt"),
+        },
+    )
+    grid = run_apps(federation.sites, config)
+    evaluated = sorted(
+        {
+            int(next(iter(t.message.content.config_records.values()))["server-round"])
+            for t in grid.traffic
+            if t.direction == "down" and t.message_type == "evaluate"
+        }
+    )
+    assert evaluated == [2, 3]
+    trained = [
+        t for t in grid.traffic if t.direction == "down" and t.message_type == "train"
+    ]
+    assert len(trained) == 3 * 3
+    assert [
+        v.server_round for v in ModelRegistry(tmp_path / "registry").versions()
+    ] == [
+        1,
+        2,
+        3,
+    ]

@@ -99,14 +99,24 @@ def _tiny_model(path: Path) -> Path:
     return path
 
 
-def _facility(root: Path, spec: SiteSpec, seed: int, server: Server) -> Path:
+#: This facility runs the long-running site worker (the others handle each message in
+#: the process Flower starts for it).
+WORKER_SITE = NON_IID_SITES[0].name
+
+
+def _facility(
+    root: Path, spec: SiteSpec, seed: int, server: Server, worker: bool = False
+) -> Path:
     """A facility folder: its RELION project, node key and federation.yaml."""
     key = root / "node_key"
     gateway.make_node_key(key)
-    extra = {
+    extra: dict[str, object] = {
         "caps": {"local_epochs": 3, "batch_size": 16},
         "validation": {"fraction": 0.25, "seed": 0},
+        "cache_dir": str(root / "cache"),
     }
+    if worker:
+        extra["worker_socket"] = str(root / "run" / "worker.sock")
     return write_site(
         root,
         spec,
@@ -167,7 +177,9 @@ def sites(
     try:
         for i, (name, spec) in enumerate(SITES.items()):
             root = tmp_path_factory.mktemp(name)
-            yaml_path = _facility(root, spec, 100 + i, server)
+            yaml_path = _facility(
+                root, spec, 100 + i, server, worker=name == WORKER_SITE
+            )
             spec = deploy.supernode_spec(yaml_path, root / "state", _free_port(), 120.0)
             node_id = control.register_node(server.conn, root / "node_key.pub")
             out[name] = Site(name, spec, node_id)
@@ -234,6 +246,12 @@ def test_two_rounds_over_tls_with_node_auth_improve_the_global_model(
         assert all(c.accepted for c in v.contributions)
         got = {_node(c.site): c.num_examples for c in v.contributions}
         assert got == expected
+
+    worker_log = next(
+        d.log_text() for d in sites[WORKER_SITE].daemons if d.name.endswith("-worker")
+    )
+    assert worker_log.count("train message served") == 2, worker_log[-3000:]
+    assert worker_log.count("evaluate message served") == 2
 
     initial = load_scorer(tiny_model)
     final = load_scorer(versions[-1].checkpoint)

@@ -15,7 +15,7 @@ from cryodiscovery.core.synthetic.generator import (
     SimulationConfig,
     simulate_class_averages,
 )
-from cryodiscovery.federation import gate, task
+from cryodiscovery.federation import gate, task, wire
 from fed_fixtures import tiny_scorer
 from flwr.app import Array, ArrayRecord
 
@@ -30,12 +30,15 @@ def data() -> tuple[list[ClassAverages], list[ClassAverages]]:
 
 def test_exchanged_arrays_round_trip_to_identical_scores(data) -> None:  # type: ignore[no-untyped-def]
     scorer = tiny_scorer(members=3, seed=1)
-    arrays = task.scorer_to_arrays(scorer)
-    assert all(k.split(".")[0] in {"m0", "m1", "m2"} for k in arrays)
-    assert not any(k.endswith("num_batches_tracked") for k in arrays)
-    rebuilt = task.scorer_from_spec(task.model_spec(scorer), arrays)
-    assert rebuilt.rule == "boosted3" and len(rebuilt.members) == 3
-    assert np.array_equal(rebuilt.predict(data[1][0]), scorer.predict(data[1][0]))
+    named = task.named_arrays(scorer)
+    assert all(k.split(".")[0] in {"m0", "m1", "m2"} for k in named)
+    assert not any(k.endswith("num_batches_tracked") for k in named)
+    arrays = task.scorer_to_arrays(scorer)  # what is sent: one packed vector
+    assert list(arrays.keys()) == [wire.PACKED_KEY]
+    for exchanged in (arrays, named):
+        rebuilt = task.scorer_from_spec(task.model_spec(scorer), exchanged)
+        assert rebuilt.rule == "boosted3" and len(rebuilt.members) == 3
+        assert np.array_equal(rebuilt.predict(data[1][0]), scorer.predict(data[1][0]))
     table = task.parameter_table(arrays)
     assert sum(r[3] for r in table) == 4 * sum(
         p.numel()
@@ -47,8 +50,12 @@ def test_exchanged_arrays_round_trip_to_identical_scores(data) -> None:  # type:
 
 def test_arrays_that_do_not_fit_the_spec_are_refused() -> None:
     scorer = tiny_scorer()
-    arrays = task.scorer_to_arrays(scorer)
+    arrays = task.named_arrays(scorer)
     spec = task.model_spec(scorer)
+    packed = task.scorer_to_arrays(scorer)[wire.PACKED_KEY].numpy()
+    for bad in (packed[:-1], packed.astype(np.float64), packed.reshape(1, -1)):
+        with pytest.raises(ValueError, match="the model needs float32"):
+            task.scorer_from_spec(spec, ArrayRecord({wire.PACKED_KEY: Array(bad)}))
     missing = ArrayRecord({k: v for k, v in list(arrays.items())[1:]})
     with pytest.raises(ValueError, match="do not fit the model"):
         task.scorer_from_spec(spec, missing)
@@ -74,8 +81,8 @@ def test_local_training_keeps_the_structure_and_learns(data) -> None:  # type: i
     assert after.loss < before.loss
     # the received model itself is left untouched
     assert np.array_equal(
-        task.scorer_to_arrays(scorer)["m0.head.3.bias"].numpy(),
-        task.scorer_to_arrays(tiny_scorer(members=3, seed=2))["m0.head.3.bias"].numpy(),
+        task.named_arrays(scorer)["m0.head.3.bias"].numpy(),
+        task.named_arrays(tiny_scorer(members=3, seed=2))["m0.head.3.bias"].numpy(),
     )
 
 
