@@ -81,6 +81,26 @@ def run_apps(
     return grid
 
 
+def run_config(
+    root: Path, registry: str = "registry", **more: object
+) -> dict[str, object]:
+    """The run config of the in-process federation tests (2 rounds, 3 sites)."""
+    config: dict[str, object] = {
+        "num-rounds": 2,
+        "min-sites": 3,
+        "registry": str(root / registry),
+        "initial-model": str(root / "initial.pt"),
+        "validation-seeds": "7,8",
+        "validation-classes": 40,
+        "local-epochs": 3,
+        "learning-rate": 0.01,
+        "round-timeout": 300,
+        "wait-for-sites": 5,
+    }
+    config.update(more)
+    return config
+
+
 def save_initial(path: Path, members: int = 1) -> Path:
     """Save a tiny untrained model as the federation's initial model."""
     save_scorer(tiny_scorer(members), path)

@@ -17,24 +17,7 @@ from cryodiscovery.federation.config import load_facility_config
 from cryodiscovery.federation.harvest import harvest
 from cryodiscovery.federation.registry import ModelRegistry
 from cryodiscovery.federation.strategy import NotEnoughSitesError
-from fed_fixtures import make_sites, run_apps, save_initial
-
-
-def _run_config(root: Path, **more: object) -> dict[str, object]:
-    config: dict[str, object] = {
-        "num-rounds": 2,
-        "min-sites": 3,
-        "registry": str(root / "registry"),
-        "initial-model": str(root / "initial.pt"),
-        "validation-seeds": "7,8",
-        "validation-classes": 40,
-        "local-epochs": 3,
-        "learning-rate": 0.01,
-        "round-timeout": 300,
-        "wait-for-sites": 5,
-    }
-    config.update(more)
-    return config
+from fed_fixtures import make_sites, run_apps, run_config, save_initial
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +36,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         assert cfg.model_path is not None
         cfg.model_path.parent.mkdir(parents=True)
         save_scorer(load_scorer(initial), cfg.model_path)
-    grid = run_apps(sites, _run_config(root))
+    grid = run_apps(sites, run_config(root))
     return SimpleNamespace(
         root=root,
         sites=sites,
@@ -177,7 +160,7 @@ def test_disabled_site_is_refused_and_the_round_goes_on(
 ) -> None:
     sites = dict(federation.sites)
     sites[3] = _variant(sites[3], tmp_path / "off.yaml", enabled=False)
-    config = _run_config(
+    config = run_config(
         tmp_path,
         **{
             "num-rounds": 1,
@@ -211,7 +194,7 @@ def test_too_few_sites_end_the_run_with_a_clear_error(
     (tmp_path / "gone").mkdir()
     sites[3] = _variant(sites[3], tmp_path / "off.yaml", enabled=False)
     (tmp_path / "gone").rmdir()  # the data root disappears after configuration
-    config = _run_config(
+    config = run_config(
         tmp_path,
         **{
             "num-rounds": 1,
@@ -230,7 +213,7 @@ def test_secure_aggregation_hides_every_site_update(
 ) -> None:
     sites = dict(federation.sites)
     sites[1] = _variant(sites[1], tmp_path / "secagg.yaml", privacy={"secagg": True})
-    config = _run_config(
+    config = run_config(
         tmp_path,
         **{
             "secagg": True,
@@ -253,7 +236,7 @@ def test_secure_aggregation_hides_every_site_update(
 def test_sites_evaluate_every_n_rounds_and_after_the_last(
     federation: SimpleNamespace, tmp_path: Path
 ) -> None:
-    config = _run_config(
+    config = run_config(
         tmp_path,
         **{
             "num-rounds": 3,

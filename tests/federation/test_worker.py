@@ -25,26 +25,9 @@ from cryodiscovery.federation import site_app, task, worker
 from cryodiscovery.federation.config import load_facility_config
 from cryodiscovery.federation.loopback import server_identity
 from cryodiscovery.federation.registry import ModelRegistry
-from fed_fixtures import make_sites, run_apps, save_initial
+from fed_fixtures import make_sites, run_apps, run_config, save_initial
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
-
-
-def _run_config(root: Path, registry: str, **more: object) -> dict[str, object]:
-    config: dict[str, object] = {
-        "num-rounds": 2,
-        "min-sites": 3,
-        "registry": str(root / registry),
-        "initial-model": str(root / "initial.pt"),
-        "validation-seeds": "7",
-        "validation-classes": 30,
-        "local-epochs": 2,
-        "learning-rate": 0.01,
-        "round-timeout": 300,
-        "wait-for-sites": 5,
-    }
-    config.update(more)
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +64,19 @@ def fed(
         t.join(10)
 
 
+def _config(root: Path, registry: str, **more: object) -> dict[str, object]:
+    settings = {"validation-seeds": "7", "validation-classes": 30, "local-epochs": 2}
+    return run_config(root, registry, **{**settings, **more})
+
+
 def _final_arrays(registry: Path) -> list[np.ndarray]:
     final = load_scorer(ModelRegistry(registry).versions()[-1].checkpoint)
     return task.scorer_to_arrays(final).to_numpy_ndarrays()
 
 
 def test_rounds_through_workers_equal_rounds_in_process(fed: SimpleNamespace) -> None:
-    run_apps(fed.sites, _run_config(fed.root, "via-workers"), handler=site_app.app)
-    run_apps(fed.sites, _run_config(fed.root, "in-process"))
+    run_apps(fed.sites, _config(fed.root, "via-workers"), handler=site_app.app)
+    run_apps(fed.sites, _config(fed.root, "in-process"))
     via, direct = (
         _final_arrays(fed.root / "via-workers"),
         _final_arrays(fed.root / "in-process"),
@@ -106,7 +94,7 @@ def test_secure_aggregation_state_survives_the_worker_round_trip(
 ) -> None:
     grid = run_apps(
         fed.sites,
-        _run_config(fed.root, "secagg", secagg=True, **{"num-rounds": 1}),
+        _config(fed.root, "secagg", secagg=True, **{"num-rounds": 1}),
         handler=site_app.app,
     )
     (version,) = ModelRegistry(fed.root / "secagg").versions()
