@@ -37,6 +37,7 @@ import torch
 from cryodiscovery.core.checkpoint import ClassScorer, load_scorer
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.federation import gate, task
+from cryodiscovery.federation.accounting import rdp_epsilon
 from cryodiscovery.federation.config import FacilityConfig, load_facility_config
 from cryodiscovery.federation.harvest import Harvest
 from cryodiscovery.federation.harvest_cache import cached_harvest
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 NODE_CONFIG_KEY = "facility-config"
 #: DP failure probability used to express the noise multiplier through LocalDpMod.
 DP_DELTA = 1e-5
+#: This app's record in the node's context state (kept by the SuperNode for a run).
+STATE_KEY = "cryodiscovery"
 
 _HARVESTS: dict[tuple[str, int], Harvest] = {}
 
@@ -154,9 +157,30 @@ def _privacy_mod(
         )
         local_dp = LocalDpMod(dp.clipping_norm, dp.clipping_norm, epsilon, DP_DELTA)
         chain = _bind(local_dp, call_next)
-    if KEY_CLIPPING_NORM in config:
-        return fixedclipping_mod(msg, context, chain)
-    return chain(msg, context)
+    reply = (
+        fixedclipping_mod(msg, context, chain)
+        if KEY_CLIPPING_NORM in config
+        else chain(msg, context)
+    )
+    if dp is not None and not reply.has_error():
+        _account(context, dp.noise_multiplier)
+    return reply
+
+
+def _account(context: Context, noise_multiplier: float) -> None:
+    """Count this run's noised updates (in the node's context state) and log the
+    site-level privacy spent so far (:mod:`accounting`)."""
+    record = context.state.config_records.get(STATE_KEY, ConfigRecord())
+    released = int(record.get("dp-releases", 0)) + 1  # type: ignore[arg-type]
+    record["dp-releases"] = released
+    context.state.config_records[STATE_KEY] = record
+    log.info(
+        "local DP: %d noised update(s) sent in this run; site-level eps %.3g "
+        "(delta %g, RDP composition)",
+        released,
+        rdp_epsilon(noise_multiplier, released, DP_DELTA),
+        DP_DELTA,
+    )
 
 
 def _bind(mod: LocalDpMod, inner: ClientAppCallable) -> ClientAppCallable:

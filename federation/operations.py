@@ -24,7 +24,8 @@ from cryodiscovery.core.checkpoint import ClassScorer, load_scorer
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.outputs import atomic_path, sha256_file
 from cryodiscovery.federation import gate, task
-from cryodiscovery.federation.client_app import current_model
+from cryodiscovery.federation.accounting import rdp_epsilon
+from cryodiscovery.federation.client_app import DP_DELTA, current_model
 from cryodiscovery.federation.config import FacilityConfig
 from cryodiscovery.federation.harvest_cache import cached_harvest
 from cryodiscovery.federation.registry import download_version, list_versions
@@ -66,7 +67,11 @@ def _sent_lines(
     dp = config.privacy.dp
     privacy = (
         f"local DP: update delta clipped to L2 {dp.clipping_norm:g}, Gaussian noise "
-        f"std {dp.noise_multiplier * dp.clipping_norm:g} per value"
+        f"std {dp.noise_multiplier * dp.clipping_norm:g} per value; site-level "
+        f"(eps, delta={DP_DELTA:g}) over 1/10/100 rounds: "
+        + "/".join(
+            f"{rdp_epsilon(dp.noise_multiplier, r, DP_DELTA):.3g}" for r in (1, 10, 100)
+        )
         if dp is not None
         else "local DP: off"
     )

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from cryodiscovery.core.checkpoint import load_scorer, save_scorer
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.outputs import sha256_file
 from cryodiscovery.federation import cli, gate, task
+from cryodiscovery.federation.accounting import rdp_epsilon
 from cryodiscovery.federation.config import load_facility_config
 from cryodiscovery.federation.harvest import harvest
 from cryodiscovery.federation.registry import ModelRegistry
@@ -184,3 +186,16 @@ def test_umbrella_command_runs_the_federation_subcommand(
     assert umbrella.main(["federation", "check", "--config", str(missing)]) == 2
     err = capsys.readouterr().err
     assert f"{missing}: facility configuration file not found" in err
+
+
+def test_check_states_the_privacy_cost_of_local_dp(
+    site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = yaml.safe_load(site.read_text())
+    data["privacy"] = {"dp": {"clipping_norm": 1.0, "noise_multiplier": 2.0}}
+    with_dp = site.with_name("with-dp.yaml")
+    with_dp.write_text(yaml.safe_dump(data))
+    assert _run(["check", "--config", str(with_dp)]) == 0
+    out = capsys.readouterr().out
+    expected = "/".join(f"{rdp_epsilon(2.0, r, 1e-5):.3g}" for r in (1, 10, 100))
+    assert f"(eps, delta=1e-05) over 1/10/100 rounds: {expected}" in out

@@ -140,6 +140,10 @@ def test_updates_are_clipped_for_central_dp_and_noised_locally(
     (version,) = ModelRegistry(run.root / "registry").versions()
     accepted = sorted(c.site for c in version.contributions if c.accepted)
     assert accepted == ["node 1", "node 2"]
+    # the local-DP site counts its noised releases (for its privacy accounting)
+    state = run.grid.node_context(1).state.config_records["cryodiscovery"]
+    assert state["dp-releases"] == 1
+    assert "cryodiscovery" not in run.grid.node_context(2).state.config_records
 
 
 def test_local_dp_adds_noise_beyond_clipping(tmp_path: Path) -> None:
