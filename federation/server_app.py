@@ -63,6 +63,7 @@ from cryodiscovery.federation.strategy import (
     update_bounds,
     wait_for_sites,
 )
+from cryodiscovery.federation.validation import model_problem
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
@@ -203,6 +204,7 @@ def _secagg_rounds(
         contributions = [
             Contribution(names.get(n, f"node {n}"), k, True) for n, k in sites
         ]
+        _check_aggregate(state["scorer"], new, f"round {rnd} (SecAgg+)")
         candidate, central = task.recalibrate(
             task.with_arrays(state["scorer"], new), run.val, settings.target_fnr
         )
@@ -241,6 +243,16 @@ def _secagg_rounds(
             "round(s) (too few sites completed the protocol; see the log)"
         )
     return state["scorer"]
+
+
+def _check_aggregate(scorer: ClassScorer, arrays: ArrayRecord, where: str) -> None:
+    """Refuse to publish an aggregate that is not a usable model (``RuntimeError``)."""
+    problem = model_problem(task.named_arrays(task.with_arrays(scorer, arrays)))
+    if problem is not None:
+        raise RuntimeError(
+            f"{where}: the aggregated model is not usable ({problem}); nothing was "
+            "published"
+        )
 
 
 class _Run:
@@ -287,6 +299,9 @@ class _Run:
         new_arrays, _ = self.strategy.aggregate_train(rnd, replies)
         if new_arrays is None:  # the guard raises before this; kept for type narrowing
             raise RuntimeError(f"round {rnd}: no aggregated model")
+        _check_aggregate(
+            scorer, new_arrays, f"round {rnd} (strategy {self.settings.strategy.name})"
+        )
         candidate, central = task.recalibrate(
             task.with_arrays(scorer, new_arrays), self.val, self.settings.target_fnr
         )

@@ -196,3 +196,18 @@ def screen_replies(
         else:
             log.warning("dropped update from node %d: %s", node, verdict.reason)
     return accepted, verdicts
+
+
+def model_problem(named: ArrayRecord) -> str | None:
+    """Why an aggregated global model (named arrays) must not be published, or None.
+
+    Screening each update does not make every aggregate safe: a server optimizer
+    (FedAdam, FedYogi) can step a BatchNorm variance below zero or overflow.
+    """
+    for key, array in named.items():
+        values = array.numpy()
+        if not np.isfinite(values).all():
+            return f"'{key}' has non-finite values"
+        if key.endswith("running_var") and (values < 0).any():
+            return f"'{key}' has negative BatchNorm variances"
+    return None

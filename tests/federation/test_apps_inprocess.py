@@ -265,3 +265,23 @@ def test_sites_evaluate_every_n_rounds_and_after_the_last(
         2,
         3,
     ]
+
+
+def test_an_unusable_aggregate_is_never_published(
+    federation: SimpleNamespace, tmp_path: Path
+) -> None:
+    """Every update passes screening, but an oversized FedAdam server step drives
+    BatchNorm variances below zero: the run stops before publishing that model."""
+    config = run_config(
+        tmp_path,
+        **{
+            "num-rounds": 1,
+            "local-epochs": 1,
+            "strategy": "fedadam",
+            "server-lr": 100.0,
+            "initial-model": str(federation.root / "initial.pt"),
+        },
+    )
+    with pytest.raises(RuntimeError, match="aggregated model is not usable"):
+        run_apps(federation.sites, config)
+    assert not (tmp_path / "registry" / "index.json").exists()

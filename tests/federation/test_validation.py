@@ -11,6 +11,7 @@ from cryodiscovery.federation.validation import (
     UpdateBounds,
     check_update,
     delta_norm,
+    model_problem,
     screen_replies,
 )
 from flwr.app import (
@@ -207,3 +208,22 @@ def test_screen_replies_drops_bad_and_error_replies(
     ]
     assert "site error: node went away" in verdicts[2].reason
     assert "dropped update from node 12" in caplog.text
+
+
+def test_model_problem_names_the_first_unusable_array() -> None:
+    good = ArrayRecord(
+        {
+            "m0.bn.weight": Array(np.ones(3, np.float32)),
+            "m0.bn.running_var": Array(np.ones(3, np.float32)),
+        }
+    )
+    assert model_problem(good) is None
+    nan = ArrayRecord(dict(good.items()))
+    nan["m0.bn.weight"] = Array(np.array([1, np.nan, 1], np.float32))
+    assert model_problem(nan) == "'m0.bn.weight' has non-finite values"
+    negative = ArrayRecord(dict(good.items()))
+    negative["m0.bn.running_var"] = Array(np.array([1, -0.1, 1], np.float32))
+    assert (
+        model_problem(negative)
+        == "'m0.bn.running_var' has negative BatchNorm variances"
+    )
