@@ -8,17 +8,21 @@ facility (registered EC key, TLS, generated non-IID RELION history); then runs t
 ServerApp and ClientApp with ``flwr run`` (Control API) for ``--rounds`` rounds and reads
 the timings the apps log:
 
-- per round (ServerApp): wall time from sending train messages to publishing the version;
+- seconds per round: between one site's consecutive train replies (every site, averaged);
 - per message (ClientApp): how old its process was when the message arrived (a SuperNode
   starts one ClientApp process per message: interpreter, imports, FAB unpacking), the
-  harvest (reading the site's STAR/MRC history), local training, the whole handler.
+  harvest, local training and the whole handler; with ``--worker`` the facility's site
+  worker does the work and the ClientApp process only forwards;
+- per phase (ServerApp, from ``flwr log``): sending, waiting for train replies, screening +
+  aggregation + central evaluation + publishing, the evaluate phase.
 
-"Overhead" is a round's wall time minus the slowest site's train and evaluate handlers
-(what is neither a site's own work nor waiting for it). Every process is stopped at the
+"The rest" is a round's wall time minus the sites' mean train and evaluate handlers
+(process start-ups, transfers, polls, the server's work). Every process is stopped at the
 end, also on errors.
 
     nice -n 10 .venv/bin/python benchmarks/bench_deployment.py --sites 3 --rounds 3
-    .venv/bin/python benchmarks/bench_deployment.py --model default --local-epochs 1
+    .venv/bin/python benchmarks/bench_deployment.py --sites 2 --rounds 4 --worker
+    .venv/bin/python benchmarks/bench_deployment.py --model default --worker --evaluate-every 4
 """
 
 from __future__ import annotations
