@@ -16,9 +16,12 @@ otherwise the best single network is kept. The decision is recorded in the check
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +96,51 @@ def _member_summary(index: int, res: TrainResult) -> dict[str, Any]:
     }
 
 
+def train_members(
+    train: TrainingSet,
+    val: TrainingSet,
+    net_config: NetConfig,
+    pre: PreprocessConfig,
+    cfg: TrainConfig,
+    inits: Sequence[dict[str, torch.Tensor] | None],
+    boost: BoostConfig,
+    label: str = "member",
+    around: Callable[[int], AbstractContextManager[None]] | None = None,
+) -> list[TrainResult]:
+    """Train ``len(inits)`` networks one after the other, the boosting way.
+
+    Member ``i`` starts from ``inits[i]`` (None: fresh weights) with seed ``cfg.seed +
+    1000 i``; the second is weighted on the first one's errors and the third on where the
+    first two disagree (predictions with the same augmentation at both places). A single
+    member is plain training. ``around(i)``, if given, is a context manager entered for
+    member ``i``'s training (e.g. FedProx's proximal term).
+    """
+    n = len(inits)
+    results: list[TrainResult] = []
+    weights: torch.Tensor | None = None
+    probs: list[torch.Tensor] = []
+    for i, start in enumerate(inits):
+        member_cfg = dataclasses.replace(cfg, seed=cfg.seed + 1000 * i)
+        with around(i) if around is not None else contextlib.nullcontext():
+            res = train_net(
+                train,
+                val,
+                net_config,
+                pre,
+                member_cfg,
+                weights,
+                start,
+                desc=f"{label} {i + 1}/{n}",
+            )
+        results.append(res)
+        if i >= min(2, n - 1):
+            continue
+        probs.append(predict_augmented(res.net, train, pre, cfg, cfg.seed + 7 + i))
+        other = train.labels if i == 0 else probs[0]
+        weights = 1.0 + boost.emphasis * (other - probs[i]).abs()
+    return results
+
+
 def train_boosted(
     train: TrainingSet,
     val: TrainingSet,
@@ -117,30 +165,7 @@ def train_boosted(
     inits = (
         [None] * 3 if init is None else [init[min(i, len(init) - 1)] for i in range(3)]
     )
-    y = train.labels
-    results: list[TrainResult] = []
-    weights: torch.Tensor | None = None
-    probs: list[torch.Tensor] = []
-    for i in range(3):
-        member_cfg = dataclasses.replace(cfg, seed=cfg.seed + 1000 * i)
-        res = train_net(
-            train,
-            val,
-            net_config,
-            pre,
-            member_cfg,
-            weights,
-            inits[i],
-            desc=f"member {i + 1}/3",
-        )
-        results.append(res)
-        if i == 2:
-            break
-        probs.append(predict_augmented(res.net, train, pre, cfg, cfg.seed + 7 + i))
-        if i == 0:
-            weights = 1.0 + bc.emphasis * (y - probs[0]).abs()
-        elif i == 1:
-            weights = 1.0 + bc.emphasis * (probs[0] - probs[1]).abs()
+    results = train_members(train, val, net_config, pre, cfg, inits, bc)
     nets = [r.net for r in results]
     val_logits = [predict_logits(n, val, pre) for n in nets]
     test_logits = [predict_logits(n, test, pre) for n in nets]

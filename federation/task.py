@@ -43,7 +43,7 @@ import torch.optim.optimizer as torch_optimizer
 from cryodiscovery.core.calibration import threshold_for_fnr
 from cryodiscovery.core.checkpoint import ClassScorer
 from cryodiscovery.core.classes import ClassAverages, Label
-from cryodiscovery.core.ensemble import BoostConfig, predict_augmented
+from cryodiscovery.core.ensemble import BoostConfig, train_members
 from cryodiscovery.core.metrics import classification_report
 from cryodiscovery.core.nets import ClassNet, NetConfig
 from cryodiscovery.core.preprocess import PreprocessConfig
@@ -51,7 +51,6 @@ from cryodiscovery.core.training import (
     TrainConfig,
     TrainingSet,
     build_training_set,
-    train_net,
 )
 from cryodiscovery.federation.wire import is_packed, pack, unpack
 from flwr.app import Array, ArrayRecord
@@ -269,32 +268,26 @@ def train_locally(
         patience=options.epochs + 1,
         seed=options.seed,
     )
-    weights: torch.Tensor | None = None
-    probs: list[torch.Tensor] = []
-    members, losses = [], []
-    for i, member in enumerate(scorer.members):
-        member_cfg = TrainConfig(**{**cfg.__dict__, "seed": cfg.seed + 1000 * i})
-        reference = [p.detach().clone() for p in member.parameters()]
-        with _proximal_term(reference, options.proximal_mu):
-            res = train_net(
-                train,
-                val,
-                net_config,
-                pre,
-                member_cfg,
-                weights,
-                member.state_dict(),
-                desc=f"local member {i + 1}",
-            )
-        members.append(res.net)
-        losses.append(res.history[-1]["train_loss"] if res.history else math.nan)
-        if len(scorer.members) > 1 and i < 2:
-            probs.append(predict_augmented(res.net, train, pre, cfg, cfg.seed + 7 + i))
-            y = train.labels
-            other = y if i == 0 else probs[0]
-            weights = 1.0 + boost.emphasis * (other - probs[i]).abs()
+    members = scorer.members
+
+    def proximal(k: int) -> contextlib.AbstractContextManager[None]:
+        reference = [p.detach().clone() for p in members[k].parameters()]
+        return _proximal_term(reference, options.proximal_mu)
+
+    results = train_members(
+        train,
+        val,
+        net_config,
+        pre,
+        cfg,
+        [m.state_dict() for m in members],
+        boost,
+        label="local member",
+        around=proximal,
+    )
+    losses = [r.history[-1]["train_loss"] if r.history else math.nan for r in results]
     trained = ClassScorer(
-        members,
+        [r.net for r in results],
         net_config,
         pre,
         scorer.rule,
