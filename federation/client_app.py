@@ -61,8 +61,6 @@ DP_DELTA = 1e-5
 #: This app's record in the node's context state (kept by the SuperNode for a run).
 STATE_KEY = "cryodiscovery"
 
-_HARVESTS: dict[tuple[str, int], Harvest] = {}
-
 
 class SiteRefusal(RuntimeError):
     """The site declines a message; the text is safe to send to the server."""
@@ -87,21 +85,9 @@ def apply_caps(cfg: FacilityConfig) -> None:
 
 
 def harvest_for(cfg: FacilityConfig) -> Harvest:
-    """The site's harvest: once per configuration file version in this process, and
-    from the facility's harvest cache across processes."""
-    key = (str(cfg.source), cfg.source.stat().st_mtime_ns)
-    if key not in _HARVESTS:
-        if len(_HARVESTS) >= 8:
-            _HARVESTS.clear()
-        start = time.perf_counter()
-        _HARVESTS[key] = cached_harvest(cfg)
-        log.info(
-            "harvested %d training and %d validation classes in %.2f s",
-            _HARVESTS[key].n_train,
-            _HARVESTS[key].n_validation,
-            time.perf_counter() - start,
-        )
-    return _HARVESTS[key]
+    """The site's harvest, reused while its data files are unchanged
+    (:func:`~.harvest_cache.cached_harvest`)."""
+    return cached_harvest(cfg)
 
 
 def _guard_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

@@ -19,7 +19,10 @@ cache file is only loaded when it and its folder belong to this user and nobody 
 write them (it is a pickle). Default folder: ``$XDG_CACHE_HOME/cryodiscovery/harvest``
 (``~/.cache/...``); ``cache_dir: null`` in federation.yaml turns the cache off.
 
-Public API: ``cached_harvest(config, finder=None) -> Harvest``,
+Within one process (the site worker, the in-process tests) the last harvests are also
+kept in memory, checked against the same manifest. ``cache_dir: null`` turns both off.
+
+Public API: ``cached_harvest(config, finder=None) -> Harvest``, ``forget_memory()``,
 ``manifest(roots) -> Manifest``, ``CACHE_SUFFIXES``.
 """
 
@@ -31,6 +34,7 @@ import os
 import pickle
 import stat
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -116,24 +120,56 @@ def _store(path: Path, current: Manifest, result: Harvest) -> None:
         raise
 
 
-def cached_harvest(config: FacilityConfig, finder: Finder | None = None) -> Harvest:
-    """:func:`~.harvest.harvest`, reused from the cache while the data are unchanged.
+#: This process's harvests: cache key -> (manifest, harvest); a long-running site worker
+#: reuses them without unpickling, and still sees every change of the data files.
+_MEMORY: dict[str, tuple[Manifest, Harvest]] = {}
+_MEMORY_ENTRIES = 4
 
-    A cache that cannot be written (read-only home, full disk) is logged and skipped:
-    the harvest itself never fails because of the cache.
+
+def forget_memory() -> None:
+    """Drop this process's harvests (the next call behaves as in a new process)."""
+    _MEMORY.clear()
+
+
+def cached_harvest(config: FacilityConfig, finder: Finder | None = None) -> Harvest:
+    """:func:`~.harvest.harvest`, reused while the data are unchanged: from this
+    process's memory, else from the cache file.
+
+    Every call lists the data files (the manifest), so new, removed or changed jobs are
+    always seen. A cache that cannot be written (read-only home, full disk) is logged and
+    skipped: the harvest itself never fails because of the cache.
     """
     folder = config.cache_dir
     if folder is None:
-        return harvest(config, finder)
-    path = folder / f"harvest-{_key(config)}.pkl"
+        return _timed_harvest(config, finder)
+    key = _key(config)
     current = manifest(root for _, root in config.data.all())
-    cached = _load(path, current)
-    if cached is not None:
+    remembered = _MEMORY.get(key)
+    if remembered is not None and remembered[0] == current:
+        return remembered[1]
+    path = folder / f"harvest-{key}.pkl"
+    result = _load(path, current)
+    if result is not None:
         log.info("harvest reused from %s (%d files unchanged)", path, len(current))
-        return cached
+    else:
+        result = _timed_harvest(config, finder)
+        try:
+            _store(path, current, result)
+        except OSError as err:
+            log.warning("harvest cache %s not written: %s", path, err)
+    if key not in _MEMORY and len(_MEMORY) >= _MEMORY_ENTRIES:
+        _MEMORY.pop(next(iter(_MEMORY)))
+    _MEMORY[key] = (current, result)
+    return result
+
+
+def _timed_harvest(config: FacilityConfig, finder: Finder | None) -> Harvest:
+    start = time.perf_counter()
     result = harvest(config, finder)
-    try:
-        _store(path, current, result)
-    except OSError as err:
-        log.warning("harvest cache %s not written: %s", path, err)
+    log.info(
+        "harvested %d training and %d validation classes in %.2f s",
+        result.n_train,
+        result.n_validation,
+        time.perf_counter() - start,
+    )
     return result

@@ -19,7 +19,16 @@ from cryodiscovery.federation.config import (
     load_facility_config,
 )
 from cryodiscovery.federation.harvest import fingerprints
-from cryodiscovery.federation.harvest_cache import cached_harvest, manifest
+from cryodiscovery.federation.harvest_cache import (
+    cached_harvest,
+    forget_memory,
+    manifest,
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memory() -> None:
+    forget_memory()
 
 
 class CountingFinder:
@@ -60,12 +69,21 @@ def _prints(h: object) -> list[str]:
 def test_a_second_harvest_is_read_from_the_cache(tmp_path: Path) -> None:
     cfg, finder = _config(tmp_path, tmp_path / "cache"), CountingFinder()
     first = cached_harvest(cfg, finder)
+    forget_memory()  # a new process: only the cache file is left
     second = cached_harvest(cfg, finder)
     assert finder.calls == 1
     assert _prints(second) == _prints(first) and second.sources == first.sources
     (cache_file,) = (tmp_path / "cache").iterdir()
     assert oct(cache_file.stat().st_mode & 0o777) == oct(0o600)
     assert (tmp_path / "cache").stat().st_mode & 0o077 == 0
+
+
+def test_within_a_process_the_harvest_is_kept_in_memory(tmp_path: Path) -> None:
+    cfg, finder = _config(tmp_path, tmp_path / "cache"), CountingFinder()
+    first = cached_harvest(cfg, finder)
+    for cache_file in (tmp_path / "cache").iterdir():
+        cache_file.unlink()  # not needed again in this process
+    assert cached_harvest(cfg, finder) is first and finder.calls == 1
 
 
 @pytest.mark.parametrize("change", ["touch", "add", "remove"])
@@ -110,6 +128,7 @@ def test_a_cache_others_can_write_is_not_loaded(
     cached_harvest(cfg, finder)
     (cache_file,) = (tmp_path / "cache").iterdir()
     cache_file.chmod(0o622)
+    forget_memory()
     with caplog.at_level(logging.WARNING):
         cached_harvest(cfg, finder)
     assert finder.calls == 2 and "not private" in caplog.text
@@ -122,12 +141,15 @@ def test_a_corrupt_or_foreign_cache_file_is_replaced(
     cached_harvest(cfg, finder)
     (cache_file,) = (tmp_path / "cache").iterdir()
     cache_file.write_bytes(b"\x80\x05garbage")
+    forget_memory()
     with caplog.at_level(logging.WARNING):
         cached_harvest(cfg, finder)
     assert finder.calls == 2 and "unreadable harvest cache" in caplog.text
     cache_file.write_bytes(pickle.dumps({"manifest": (), "harvest": "not a harvest"}))
+    forget_memory()
     cached_harvest(cfg, finder)
     assert finder.calls == 3
+    forget_memory()
     cached_harvest(cfg, finder)
     assert finder.calls == 3
 
