@@ -22,7 +22,7 @@ and refuses to work while ``enabled`` is false.
   the site's log.
 
 Public API: ``app`` (the ClientApp), ``NODE_CONFIG_KEY``, ``facility_config(context)``,
-``apply_caps(cfg)``, ``harvest_for(cfg)``, ``current_model(cfg)``.
+``apply_caps(cfg)``, ``current_model(cfg)``.
 """
 
 from __future__ import annotations
@@ -82,12 +82,6 @@ def apply_caps(cfg: FacilityConfig) -> None:
     """Apply the site's CPU thread cap (``caps.threads``; 0 leaves torch's default)."""
     if cfg.caps.threads > 0 and torch.get_num_threads() != cfg.caps.threads:
         torch.set_num_threads(cfg.caps.threads)
-
-
-def harvest_for(cfg: FacilityConfig) -> Harvest:
-    """The site's harvest, reused while its data files are unchanged
-    (:func:`~.harvest_cache.cached_harvest`)."""
-    return cached_harvest(cfg)
 
 
 def _guard_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -214,7 +208,7 @@ def _float(config: ConfigRecord, key: str, default: float) -> float:
 def train(msg: Message, context: Context) -> Message:
     """Fine-tune the received global model on local data; reply weights + metrics."""
     cfg = facility_config(context)
-    data = harvest_for(cfg)
+    data = cached_harvest(cfg)
     if "fitins.parameters" in msg.content.array_records:  # SecAgg+ (legacy layout)
         reply: Message = legacy_train(msg, cfg, data)
         return reply
@@ -250,7 +244,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Metrics of the global model on local validation data; the gate on the last round."""
     cfg = facility_config(context)
-    data = harvest_for(cfg)
+    data = cached_harvest(cfg)
     config = _config(msg)
     candidate = _global_model(msg)
     ev = task.evaluate_scorer(candidate, data.validation)

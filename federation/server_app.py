@@ -204,9 +204,10 @@ def _secagg_rounds(
         contributions = [
             Contribution(names.get(n, f"node {n}"), k, True) for n, k in sites
         ]
-        _check_aggregate(state["scorer"], new, f"round {rnd} (SecAgg+)")
         candidate, central = task.recalibrate(
-            task.with_arrays(state["scorer"], new), run.val, settings.target_fnr
+            _usable_aggregate(state["scorer"], new, f"round {rnd} (SecAgg+)"),
+            run.val,
+            settings.target_fnr,
         )
         run._publish(rnd, state["scorer"], candidate, central, contributions)
         seconds = time.perf_counter() - state["t0"]
@@ -245,14 +246,19 @@ def _secagg_rounds(
     return state["scorer"]
 
 
-def _check_aggregate(scorer: ClassScorer, arrays: ArrayRecord, where: str) -> None:
-    """Refuse to publish an aggregate that is not a usable model (``RuntimeError``)."""
-    problem = model_problem(task.named_arrays(task.with_arrays(scorer, arrays)))
+def _usable_aggregate(
+    scorer: ClassScorer, arrays: ArrayRecord, where: str
+) -> ClassScorer:
+    """``scorer`` with the aggregated ``arrays``; ``RuntimeError`` (nothing is published)
+    when that is not a usable model."""
+    candidate = task.with_arrays(scorer, arrays)
+    problem = model_problem(task.named_arrays(candidate))
     if problem is not None:
         raise RuntimeError(
             f"{where}: the aggregated model is not usable ({problem}); nothing was "
             "published"
         )
+    return candidate
 
 
 class _Run:
@@ -299,11 +305,11 @@ class _Run:
         new_arrays, _ = self.strategy.aggregate_train(rnd, replies)
         if new_arrays is None:  # the guard raises before this; kept for type narrowing
             raise RuntimeError(f"round {rnd}: no aggregated model")
-        _check_aggregate(
-            scorer, new_arrays, f"round {rnd} (strategy {self.settings.strategy.name})"
-        )
+        where = f"round {rnd} (strategy {self.settings.strategy.name})"
         candidate, central = task.recalibrate(
-            task.with_arrays(scorer, new_arrays), self.val, self.settings.target_fnr
+            _usable_aggregate(scorer, new_arrays, where),
+            self.val,
+            self.settings.target_fnr,
         )
         contributions = self._contributions(rnd)
         self._publish(rnd, scorer, candidate, central, contributions)

@@ -33,6 +33,7 @@ from types import FrameType
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.federation import client_app
 from cryodiscovery.federation.config import load_facility_config
+from cryodiscovery.federation.harvest_cache import cached_harvest
 from cryodiscovery.federation.site_app import (
     NODE_CONFIG_KEY,
     decode_context,
@@ -133,7 +134,7 @@ def _warm_up(config_path: Path) -> None:
 
     cfg = load_facility_config(config_path)
     client_app.apply_caps(cfg)
-    data = client_app.harvest_for(cfg)
+    data = cached_harvest(cfg)
     model = client_app.current_model(cfg)
     if model is None:
         return
