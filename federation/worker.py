@@ -30,9 +30,10 @@ import time
 from pathlib import Path
 from types import FrameType
 
+import torch
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.federation import client_app
-from cryodiscovery.federation.config import load_facility_config
+from cryodiscovery.federation.config import FacilityConfig, load_facility_config
 from cryodiscovery.federation.harvest_cache import cached_harvest
 from cryodiscovery.federation.site_app import (
     NODE_CONFIG_KEY,
@@ -127,12 +128,9 @@ def handle_connection(conn: socket.socket, config_path: Path) -> None:
     )
 
 
-def _warm_up(config_path: Path) -> None:
+def _warm_up(cfg: FacilityConfig) -> None:
     """Harvest once (fills the cache) and take one optimizer step on a copy of the
     current model, so the first message pays neither."""
-    import torch
-
-    cfg = load_facility_config(config_path)
     client_app.apply_caps(cfg)
     data = cached_harvest(cfg)
     model = client_app.current_model(cfg)
@@ -170,7 +168,7 @@ def serve(
         raise InputError(config_path, "has no worker_socket")
     if not cfg.enabled:
         raise InputError(config_path, "federation is not enabled (enabled: false)")
-    _warm_up(config_path)
+    _warm_up(cfg)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
 
