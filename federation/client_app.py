@@ -38,7 +38,11 @@ from cryodiscovery.core.checkpoint import ClassScorer, load_scorer
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.federation import gate, task
 from cryodiscovery.federation.accounting import rdp_epsilon
-from cryodiscovery.federation.config import FacilityConfig, load_facility_config
+from cryodiscovery.federation.config import (
+    NODE_CONFIG_KEY,
+    FacilityConfig,
+    load_facility_config,
+)
 from cryodiscovery.federation.harvest import Harvest
 from cryodiscovery.federation.harvest_cache import cached_harvest
 from cryodiscovery.federation.logsetup import ensure_logging, process_age_s
@@ -54,8 +58,6 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 log = logging.getLogger(__name__)
 
-#: Node-config key holding the path of the facility's ``federation.yaml``.
-NODE_CONFIG_KEY = "facility-config"
 #: DP failure probability used to express the noise multiplier through LocalDpMod.
 DP_DELTA = 1e-5
 #: This app's record in the node's context state (kept by the SuperNode for a run).

@@ -24,6 +24,9 @@ from typing import Any
 import yaml
 from cryodiscovery.core.errors import InputError
 
+#: Node-config key of a SuperNode holding the path of the facility's ``federation.yaml``
+#: (``flower-supernode --node-config 'facility-config="..."'``).
+NODE_CONFIG_KEY = "facility-config"
 #: Metrics the acceptance gate can compare (computed on the site's validation split).
 GATE_METRICS: tuple[str, ...] = ("auc", "balanced_accuracy")
 

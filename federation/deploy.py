@@ -45,15 +45,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryodiscovery.federation.config import load_facility_config
+from cryodiscovery.federation.config import NODE_CONFIG_KEY, load_facility_config
 
 log = logging.getLogger(__name__)
 
 #: The Flower App folder ``flwr run`` bundles. It holds only a pyproject.toml: the
 #: ServerApp and ClientApp are imported from the installed ``cryodiscovery`` package.
 APP_DIR = Path(__file__).resolve().parent / "flwr_app"
-#: Node-config key holding the facility's ``federation.yaml`` (``client_app`` reads it).
-NODE_CONFIG_KEY = "facility-config"
 
 
 @dataclass(frozen=True)

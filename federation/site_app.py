@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cryodiscovery.federation.config import load_facility_config
+from cryodiscovery.federation.config import NODE_CONFIG_KEY, load_facility_config
 from cryodiscovery.federation.logsetup import ensure_logging, process_age_s
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -44,8 +44,6 @@ from google.protobuf.message import DecodeError
 
 log = logging.getLogger(__name__)
 
-#: Node-config key holding the path of the facility's ``federation.yaml``.
-NODE_CONFIG_KEY = "facility-config"
 _LENGTH = struct.Struct(">Q")
 #: Largest frame accepted (a model update of the shipped size is ~1.3 MB).
 MAX_FRAME = 2**31
