@@ -203,7 +203,7 @@ def _server_log(conn: control.CliConnection, run_id: int) -> list[str]:
         check=False,
     )
     return [
-        line.split("cryodiscovery.federation.server_app: ", 1)[-1]
+        line.split("cryodiscovery.federation.rounds: ", 1)[-1]
         for line in done.stdout.splitlines()
         if "timing:" in line
     ]

@@ -1,0 +1,343 @@
+"""The federation's round drivers: one round of train, screen, aggregate, central
+evaluation, publish and site evaluation (:class:`FederationRun`), and the same rounds
+under SecAgg+ (:func:`secagg_rounds`, Flower's legacy workflow, see :mod:`secagg`).
+:mod:`server_app` sets a run up and calls them.
+
+Public API (server_app, tests, benchmarks; keep it stable)::
+
+    FederationRun(grid, settings, val, result).round(rnd, arrays, scorer)
+        -> (arrays, scorer)
+    secagg_rounds(run, context, arrays, scorer) -> ClassScorer
+    FederationResult(scorer, rounds: list[RoundSummary], versions, initial_metrics)
+    RoundSummary; evaluation_dict(evaluation) -> dict[str, float]
+    usable_aggregate(scorer, arrays, where) -> ClassScorer   # RuntimeError if unusable
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryodiscovery.core.checkpoint import ClassScorer, save_scorer
+from cryodiscovery.federation import task
+from cryodiscovery.federation.polling import send_and_receive
+from cryodiscovery.federation.registry import Contribution, ModelRegistry, ModelVersion
+from cryodiscovery.federation.secagg import DeltaFedAvg, run_secagg_rounds
+from cryodiscovery.federation.settings import ServerSettings
+from cryodiscovery.federation.strategy import (
+    NotEnoughSitesError,
+    build_strategy,
+    update_bounds,
+    wait_for_sites,
+)
+from cryodiscovery.federation.validation import model_problem
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    """What happened in one round (all scalars)."""
+
+    server_round: int
+    seconds: float
+    accepted: int
+    dropped: int
+    examples: int
+    central: task.Evaluation
+    sites: dict[str, float]
+    bytes_down: int
+    bytes_up: int
+    update_norms: tuple[float, ...] = ()
+
+
+@dataclass
+class FederationResult:
+    """The final global model and the history of the run."""
+
+    scorer: ClassScorer
+    rounds: list[RoundSummary]
+    versions: list[ModelVersion]
+    initial_metrics: task.Evaluation
+
+
+def _site_names(grid: Grid) -> dict[int, str]:
+    """``node id -> label`` with the registered name and key fingerprint when known."""
+    names: dict[int, str] = {}
+    try:
+        for info in grid.get_nodes():
+            label = f"node {info.node_id}"
+            if getattr(info, "name", ""):
+                label += f" ({info.name})"
+            if getattr(info, "public_key", b""):
+                label += f" key {hashlib.sha256(info.public_key).hexdigest()[:16]}"
+            names[int(info.node_id)] = label
+    except Exception as err:  # informative only: the Grid may not know more than ids
+        log.debug("no node details from the grid: %s", err)
+    return names
+
+
+def evaluation_dict(ev: task.Evaluation) -> dict[str, float]:
+    return {
+        "auc": ev.auc,
+        "balanced_accuracy": ev.balanced_accuracy,
+        "fnr": ev.fnr,
+        "loss": ev.loss,
+        "threshold": ev.threshold,
+        "n": float(ev.n),
+    }
+
+
+def secagg_rounds(
+    run: FederationRun,
+    context: Context | None,
+    arrays: ArrayRecord,
+    scorer: ClassScorer,
+) -> ClassScorer:
+    """The rounds under SecAgg+ (see :mod:`secagg`): same evaluation and registry."""
+    settings = run.settings
+    opts = settings.strategy
+    nodes = wait_for_sites(run.grid, opts.min_sites, opts.wait_for_sites_s)
+    if len(nodes) < opts.min_sites:
+        raise NotEnoughSitesError(
+            f"{len(nodes)} site(s) connected, min-sites is {opts.min_sites}"
+        )
+    state: dict[str, Any] = {"scorer": scorer, "t0": time.perf_counter()}
+
+    def fit_config(rnd: int) -> dict[str, Any]:
+        return {
+            "model-spec": task.model_spec(state["scorer"]),
+            "local-epochs": settings.local_epochs,
+            "learning-rate": settings.learning_rate,
+            "seed": settings.seed,
+            "server-round": rnd,
+        }
+
+    def on_round(rnd: int, new: ArrayRecord, sites: list[tuple[int, int]]) -> None:
+        names = _site_names(run.grid)
+        contributions = [
+            Contribution(names.get(n, f"node {n}"), k, True) for n, k in sites
+        ]
+        candidate, central = task.recalibrate(
+            usable_aggregate(state["scorer"], new, f"round {rnd} (SecAgg+)"),
+            run.val,
+            settings.target_fnr,
+        )
+        run._publish(rnd, state["scorer"], candidate, central, contributions)
+        seconds = time.perf_counter() - state["t0"]
+        run.result.rounds.append(
+            RoundSummary(
+                rnd, seconds, len(sites), 0, sum(k for _, k in sites), central, {}, 0, 0
+            )
+        )
+        log.info(
+            "round %d (SecAgg+): %d site(s); central AUC %.4f FNR %.4f; %.1f s",
+            rnd,
+            len(sites),
+            central.auc,
+            central.fnr,
+            seconds,
+        )
+        state.update(scorer=candidate, t0=time.perf_counter())
+
+    strategy = DeltaFedAvg(
+        arrays, update_bounds(opts, arrays), fit_config, on_round, opts.min_sites
+    )
+    ctx = context or Context(run.grid.run.run_id, 0, {}, RecordDict(), {})
+    run_secagg_rounds(
+        run.grid,
+        ctx,
+        strategy,
+        settings.num_rounds,
+        opts.round_timeout_s,
+        settings.secagg_clipping_range,
+    )
+    if len(run.result.rounds) < settings.num_rounds:
+        raise RuntimeError(
+            f"SecAgg+ stopped after {len(run.result.rounds)} of {settings.num_rounds} "
+            "round(s) (too few sites completed the protocol; see the log)"
+        )
+    return state["scorer"]
+
+
+def usable_aggregate(
+    scorer: ClassScorer, arrays: ArrayRecord, where: str
+) -> ClassScorer:
+    """``scorer`` with the aggregated ``arrays``; ``RuntimeError`` (nothing is published)
+    when that is not a usable model."""
+    candidate = task.with_arrays(scorer, arrays)
+    problem = model_problem(task.named_arrays(candidate))
+    if problem is not None:
+        raise RuntimeError(
+            f"{where}: the aggregated model is not usable ({problem}); nothing was "
+            "published"
+        )
+    return candidate
+
+
+class FederationRun:
+    """State of one federation run: strategy, registry, history."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        settings: ServerSettings,
+        val: task.PreparedSet,
+        result: FederationResult,
+    ) -> None:
+        self.grid, self.settings, self.val, self.result = grid, settings, val, result
+        self.strategy = build_strategy(settings.strategy)
+        self.strategy.summary()
+        self.registry = ModelRegistry(settings.registry) if settings.registry else None
+        self.info: dict[str, Any] = {
+            "run_id": grid.run.run_id,
+            "strategy": settings.strategy.name,
+            "initial_model_sha256": result.scorer.sha256,
+            "settings": repr(settings),
+        }
+
+    def round(
+        self, rnd: int, arrays: ArrayRecord, scorer: ClassScorer
+    ) -> tuple[ArrayRecord, ClassScorer]:
+        """Train, screen, aggregate, evaluate centrally, publish, evaluate on sites."""
+        t0 = time.perf_counter()
+        timeout = self.settings.strategy.round_timeout_s
+        train_config = ConfigRecord(
+            {
+                "model-spec": task.model_spec(scorer),
+                "local-epochs": self.settings.local_epochs,
+                "learning-rate": self.settings.learning_rate,
+                "seed": self.settings.seed,
+            }
+        )
+        messages = list(
+            self.strategy.configure_train(rnd, arrays, train_config, self.grid)
+        )
+        t_sent = time.perf_counter()
+        replies = send_and_receive(self.grid, messages, timeout)
+        t_replies = time.perf_counter()
+        new_arrays, _ = self.strategy.aggregate_train(rnd, replies)
+        if new_arrays is None:  # the guard raises before this; kept for type narrowing
+            raise RuntimeError(f"round {rnd}: no aggregated model")
+        where = f"round {rnd} (strategy {self.settings.strategy.name})"
+        candidate, central = task.recalibrate(
+            usable_aggregate(scorer, new_arrays, where),
+            self.val,
+            self.settings.target_fnr,
+        )
+        contributions = self._contributions(rnd)
+        self._publish(rnd, scorer, candidate, central, contributions)
+        eval_config = ConfigRecord(
+            {
+                "model-spec": task.model_spec(candidate),
+                "num-rounds": self.settings.num_rounds,
+            }
+        )
+        t_server = time.perf_counter()
+        site_metrics: MetricRecord | None = None
+        if rnd % self.settings.evaluate_every == 0 or rnd == self.settings.num_rounds:
+            eval_messages = self.strategy.configure_evaluate(
+                rnd, new_arrays, eval_config, self.grid
+            )
+            site_metrics = self.strategy.aggregate_evaluate(
+                rnd, send_and_receive(self.grid, eval_messages, timeout)
+            )
+        log.info(
+            "round %d timing: send train %.2f s, wait for train replies %.2f s, "
+            "screen+aggregate+central evaluation+publish %.2f s, evaluate phase %.2f s",
+            rnd,
+            t_sent - t0,
+            t_replies - t_sent,
+            t_server - t_replies,
+            time.perf_counter() - t_server,
+        )
+        summary = RoundSummary(
+            server_round=rnd,
+            seconds=time.perf_counter() - t0,
+            accepted=sum(c.accepted for c in contributions),
+            dropped=sum(not c.accepted for c in contributions),
+            examples=sum(c.num_examples for c in contributions if c.accepted),
+            central=central,
+            sites={
+                k: float(v)
+                for k, v in (site_metrics or MetricRecord()).items()
+                if not isinstance(v, list)
+            },
+            bytes_down=arrays.count_bytes() * len(messages),
+            bytes_up=sum(
+                next(iter(m.content.array_records.values())).count_bytes()
+                for m in replies
+                if m.has_content() and m.content.array_records
+            ),
+            update_norms=tuple(
+                v.delta_norm for v in self.strategy.rounds[rnd] if v.accepted
+            ),
+        )
+        log.info(
+            "round %d: %d site(s) aggregated, %d dropped; central AUC %.4f FNR %.4f "
+            "(threshold %.3f); %.1f s",
+            rnd,
+            summary.accepted,
+            summary.dropped,
+            central.auc,
+            central.fnr,
+            central.threshold,
+            summary.seconds,
+        )
+        self.result.rounds.append(summary)
+        return new_arrays, candidate
+
+    def _contributions(self, rnd: int) -> list[Contribution]:
+        names = _site_names(self.grid)
+        return [
+            Contribution(
+                site=names.get(v.node_id, f"node {v.node_id}"),
+                num_examples=int(v.num_examples)
+                if math.isfinite(v.num_examples)
+                else 0,
+                accepted=v.accepted,
+                reason=v.reason,
+            )
+            for v in self.strategy.rounds[rnd]
+        ]
+
+    def _publish(
+        self,
+        rnd: int,
+        previous: ClassScorer,
+        candidate: ClassScorer,
+        central: task.Evaluation,
+        contributions: list[Contribution],
+    ) -> None:
+        candidate.name = f"{previous.name.split('@')[0]}@federated-r{rnd}"
+        candidate.info = {
+            **candidate.info,
+            "federation": {
+                "server_round": rnd,
+                "run_id": self.info["run_id"],
+                "strategy": self.info["strategy"],
+                "sites": sum(c.accepted for c in contributions),
+                "central_validation": evaluation_dict(central),
+            },
+        }
+        if self.registry is None:
+            return
+        version = self.registry.publish(
+            lambda path: _save(candidate, path),
+            server_round=rnd,
+            metrics=evaluation_dict(central),
+            contributions=contributions,
+            run=self.info,
+        )
+        self.result.versions.append(version)
+
+
+def _save(scorer: ClassScorer, path: Path) -> None:
+    save_scorer(scorer, path)
