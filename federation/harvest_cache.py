@@ -22,7 +22,7 @@ write them (it is a pickle). Default folder: ``$XDG_CACHE_HOME/cryodiscovery/har
 Within one process (the site worker, the in-process tests) the last harvests are also
 kept in memory, checked against the same manifest. ``cache_dir: null`` turns both off.
 
-Public API: ``cached_harvest(config, finder=None) -> Harvest``, ``forget_memory()``,
+Public API: ``cached_harvest(config, finder=None, *, store=True) -> Harvest``, ``forget_memory()``,
 ``manifest(roots) -> Manifest``, ``CACHE_SUFFIXES``.
 """
 
@@ -131,13 +131,16 @@ def forget_memory() -> None:
     _MEMORY.clear()
 
 
-def cached_harvest(config: FacilityConfig, finder: Finder | None = None) -> Harvest:
+def cached_harvest(
+    config: FacilityConfig, finder: Finder | None = None, *, store: bool = True
+) -> Harvest:
     """:func:`~.harvest.harvest`, reused while the data are unchanged: from this
     process's memory, else from the cache file.
 
     Every call lists the data files (the manifest), so new, removed or changed jobs are
     always seen. A cache that cannot be written (read-only home, full disk) is logged and
-    skipped: the harvest itself never fails because of the cache.
+    skipped: the harvest itself never fails because of the cache. ``store=False`` reads
+    the cache but writes nothing (``federation check`` changes nothing on disk).
     """
     folder = config.cache_dir
     if folder is None:
@@ -153,6 +156,8 @@ def cached_harvest(config: FacilityConfig, finder: Finder | None = None) -> Harv
         log.info("harvest reused from %s (%d files unchanged)", path, len(current))
     else:
         result = _timed_harvest(config, finder)
+        if not store:
+            return result
         try:
             _store(path, current, result)
         except OSError as err:

@@ -37,7 +37,7 @@ EVALUATE_METRICS = ("num-examples", "loss", "auc", "balanced-accuracy", "fnr")
 
 
 def _used_lines(config: FacilityConfig) -> list[str]:
-    data = cached_harvest(config)
+    data = cached_harvest(config, store=False)  # check writes nothing
     lines = [
         "Would be used (stays at this site):",
         f"  {'kind':<10} {'job':<22} {'selected':>8} {'rejected':>8} "

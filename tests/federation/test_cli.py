@@ -78,6 +78,18 @@ def test_check_prints_use_and_send_and_nothing_else(
     assert "local DP: off; SecAgg+: not required" in out
 
 
+def test_check_writes_no_harvest_cache(
+    site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = yaml.safe_load(site.read_text())
+    config["cache_dir"] = str(tmp_path / "cache")
+    copy = tmp_path / "federation.yaml"
+    copy.write_text(yaml.safe_dump(config))
+    assert _run(["check", "--config", str(copy)]) == 0
+    assert "total:" in capsys.readouterr().out
+    assert not (tmp_path / "cache").exists()
+
+
 def test_pull_from_a_folder_installs_then_reports_up_to_date(
     registry: ModelRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -86,6 +86,18 @@ def test_within_a_process_the_harvest_is_kept_in_memory(tmp_path: Path) -> None:
     assert cached_harvest(cfg, finder) is first and finder.calls == 1
 
 
+def test_store_false_reads_the_cache_but_writes_nothing(tmp_path: Path) -> None:
+    cfg, finder = _config(tmp_path, tmp_path / "cache"), CountingFinder()
+    cached_harvest(cfg, finder, store=False)
+    assert not (tmp_path / "cache").exists()
+    cached_harvest(cfg, finder, store=False)  # nor kept in memory
+    assert finder.calls == 2
+    stored = cached_harvest(cfg, finder)
+    forget_memory()
+    assert _prints(cached_harvest(cfg, finder, store=False)) == _prints(stored)
+    assert finder.calls == 3
+
+
 @pytest.mark.parametrize("change", ["touch", "add", "remove"])
 def test_a_changed_file_under_the_roots_means_a_fresh_harvest(
     tmp_path: Path, change: str
