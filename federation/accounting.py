@@ -9,12 +9,23 @@ adding, and ``eps = min_alpha R alpha / (2 sigma^2) + log(1/delta) / (alpha - 1)
 (eps, delta)-DP guarantee for everything the site sent in ``R`` rounds (Prop. 3). No
 subsampling amplification is claimed (a site takes part in every round it is asked).
 
-Public API: ``rdp_epsilon(noise_multiplier, rounds, delta=1e-5) -> float``.
+Releases at different noise levels (a facility's runs over the years) compose the same
+way: the RDP of order ``alpha`` is ``alpha / 2 * sum_i 1 / sigma_i^2``
+(:func:`rdp_epsilon_of`). Central DP (the server adds the noise to the sum of clipped
+site updates) has the same per-round mechanism for any one site, so the server's
+running eps uses the same function.
+
+Public API: ``DP_DELTA``, ``rdp_epsilon(noise_multiplier, rounds, delta=1e-5) -> float``,
+``rdp_epsilon_of(noise_multipliers, delta=1e-5) -> float``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+
+#: The delta of every (eps, delta) this package reports for DP.
+DP_DELTA = 1e-5
 
 #: Renyi orders searched (the optimum for practical settings lies well inside).
 ORDERS: tuple[float, ...] = tuple(
@@ -37,5 +48,28 @@ def rdp_epsilon(noise_multiplier: float, rounds: int, delta: float = 1e-5) -> fl
         return 0.0
     if noise_multiplier == 0:
         return math.inf
-    per_order = rounds / (2 * noise_multiplier**2)
+    return _epsilon(rounds / noise_multiplier**2, delta)
+
+
+def rdp_epsilon_of(noise_multipliers: Sequence[float], delta: float = 1e-5) -> float:
+    """(eps, ``delta``)-DP of one Gaussian release per entry of ``noise_multipliers``
+    (each the noise std over the sensitivity); ``inf`` if any is 0.
+
+    Raises
+    ------
+    ValueError
+        A negative noise multiplier, or ``delta`` not in (0, 1).
+    """
+    if any(s < 0 for s in noise_multipliers) or not 0 < delta < 1:
+        raise ValueError("need noise multipliers >= 0 and 0 < delta < 1")
+    if not noise_multipliers:
+        return 0.0
+    if min(noise_multipliers) == 0:
+        return math.inf
+    return _epsilon(sum(1 / s**2 for s in noise_multipliers), delta)
+
+
+def _epsilon(inverse_variance_sum: float, delta: float) -> float:
+    """min over orders of ``alpha / 2 * inverse_variance_sum + log(1/delta)/(alpha-1)``."""
+    per_order = inverse_variance_sum / 2
     return min(a * per_order + math.log(1 / delta) / (a - 1) for a in ORDERS)

@@ -37,7 +37,7 @@ import torch
 from cryodiscovery.core.checkpoint import ClassScorer, load_scorer
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.federation import gate, task
-from cryodiscovery.federation.accounting import rdp_epsilon
+from cryodiscovery.federation.accounting import DP_DELTA
 from cryodiscovery.federation.config import (
     NODE_CONFIG_KEY,
     FacilityConfig,
@@ -45,6 +45,11 @@ from cryodiscovery.federation.config import (
 )
 from cryodiscovery.federation.harvest import Harvest
 from cryodiscovery.federation.harvest_cache import cached_harvest
+from cryodiscovery.federation.ledger import (
+    BudgetExceeded,
+    check_privacy_budget,
+    record_release,
+)
 from cryodiscovery.federation.logsetup import ensure_logging, process_age_s
 from cryodiscovery.federation.secagg import is_secagg_message, legacy_train
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -57,11 +62,6 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 log = logging.getLogger(__name__)
-
-#: DP failure probability used to express the noise multiplier through LocalDpMod.
-DP_DELTA = 1e-5
-#: This app's record in the node's context state (kept by the SuperNode for a run).
-STATE_KEY = "cryodiscovery"
 
 
 class SiteRefusal(RuntimeError):
@@ -104,6 +104,9 @@ def _guard_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     except SiteRefusal as err:
         log.warning("refused %s message: %s", msg.metadata.message_type, err)
         reason = str(err)
+    except BudgetExceeded as err:
+        log.warning("refused %s message: %s", msg.metadata.message_type, err)
+        reason = "this site's privacy budget is spent"
     except InputError as err:
         log.error("site data or configuration error: %s", err)
         reason = "site data or configuration error (see the site's log)"
@@ -130,6 +133,7 @@ def _privacy_mod(
     chain = call_next
     dp = cfg.privacy.dp
     if dp is not None:
+        check_privacy_budget(dp)
         # LocalDpMod's noise std is sensitivity * sqrt(2 ln(1.25/delta)) / epsilon; this
         # epsilon makes it noise_multiplier * clipping_norm.
         epsilon = (
@@ -145,24 +149,8 @@ def _privacy_mod(
         else chain(msg, context)
     )
     if dp is not None and not reply.has_error():
-        _account(context, dp.noise_multiplier)
+        record_release(dp, msg.metadata.run_id, _int(config, "server-round", 0))
     return reply
-
-
-def _account(context: Context, noise_multiplier: float) -> None:
-    """Count this run's noised updates (in the node's context state) and log the
-    site-level privacy spent so far (:mod:`accounting`)."""
-    record = context.state.config_records.get(STATE_KEY, ConfigRecord())
-    released = int(record.get("dp-releases", 0)) + 1  # type: ignore[arg-type]
-    record["dp-releases"] = released
-    context.state.config_records[STATE_KEY] = record
-    log.info(
-        "local DP: %d noised update(s) sent in this run; site-level eps %.3g "
-        "(delta %g, RDP composition)",
-        released,
-        rdp_epsilon(noise_multiplier, released, DP_DELTA),
-        DP_DELTA,
-    )
 
 
 def _bind(mod: LocalDpMod, inner: ClientAppCallable) -> ClientAppCallable:

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 from cryodiscovery.core.errors import InputError
+from cryodiscovery.federation.ledger import default_ledger_path
 
 #: Node-config key of a SuperNode holding the path of the facility's ``federation.yaml``
 #: (``flower-supernode --node-config 'facility-config="..."'``).
@@ -60,6 +61,9 @@ privacy:
   dp:                                # optional: clip each update and add Gaussian noise
     clipping_norm: 1.0               # L2 bound on the weights delta of one round
     noise_multiplier: 0.5            # noise std = noise_multiplier * clipping_norm
+    max_epsilon: 10                  # optional budget (delta 1e-5) over all runs
+    # ledger: /var/lib/cryodiscovery/privacy-ledger.jsonl   # every noised update sent;
+    #                                # default ~/.local/state/cryodiscovery/...
   secagg: false                      # SecAgg+ (the server must run with secagg too)
 """
 
@@ -94,10 +98,14 @@ class Caps:
 @dataclass(frozen=True)
 class DPOptions:
     """Local differential privacy: clip the round's weights delta to ``clipping_norm``
-    (L2) and add Gaussian noise of std ``noise_multiplier * clipping_norm``."""
+    (L2) and add Gaussian noise of std ``noise_multiplier * clipping_norm``; every noised
+    update is recorded in ``ledger`` and the site stops sending once the total eps
+    would pass ``max_epsilon`` (no budget: ``None``; see :mod:`ledger`)."""
 
     clipping_norm: float
     noise_multiplier: float
+    ledger: Path = field(default_factory=default_ledger_path)
+    max_epsilon: float | None = None
 
 
 @dataclass(frozen=True)
@@ -356,12 +364,20 @@ def _socket_path(top: _Reader) -> Path | None:
 def _privacy(reader: _Reader) -> PrivacyOptions:
     dp = None
     if reader.data.get("dp") is not None:
-        sub = reader.sub("dp", ("clipping_norm", "noise_multiplier"))
+        sub = reader.sub(
+            "dp", ("clipping_norm", "noise_multiplier", "max_epsilon", "ledger")
+        )
         for key in ("clipping_norm", "noise_multiplier"):
             if key not in sub.data:
                 raise sub.bad(key, "is required when privacy.dp is given")
         dp = DPOptions(
             clipping_norm=sub.number("clipping_norm", 1.0, 1e-6, 1e6),
             noise_multiplier=sub.number("noise_multiplier", 0.0, 0.0, 1e3),
+            ledger=sub.path("ledger", must_exist=False) or default_ledger_path(),
+            max_epsilon=(
+                sub.number("max_epsilon", 0.0, 1e-3, 1e6)
+                if sub.data.get("max_epsilon") is not None
+                else None
+            ),
         )
     return PrivacyOptions(dp=dp, secagg=reader.boolean("secagg", False))

@@ -24,10 +24,11 @@ from cryodiscovery.core.checkpoint import ClassScorer, load_scorer
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.outputs import atomic_path, sha256_file
 from cryodiscovery.federation import gate, task
-from cryodiscovery.federation.accounting import rdp_epsilon
-from cryodiscovery.federation.client_app import DP_DELTA, current_model
-from cryodiscovery.federation.config import FacilityConfig
+from cryodiscovery.federation.accounting import DP_DELTA, rdp_epsilon
+from cryodiscovery.federation.client_app import current_model
+from cryodiscovery.federation.config import DPOptions, FacilityConfig
 from cryodiscovery.federation.harvest_cache import cached_harvest
+from cryodiscovery.federation.ledger import Ledger, LedgerError
 from cryodiscovery.federation.registry import download_version, list_versions
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,17 @@ def _used_lines(config: FacilityConfig) -> list[str]:
     return lines
 
 
+def _ledger_line(dp: DPOptions) -> str:
+    """What the privacy ledger says this site has spent (read only)."""
+    budget = f"{dp.max_epsilon:g}" if dp.max_epsilon is not None else "none"
+    try:
+        ledger = Ledger(dp.ledger)
+        spent = f"{len(ledger.entries())} noised update(s), eps {ledger.epsilon(DP_DELTA):.3g}"
+    except LedgerError as err:
+        spent = f"UNREADABLE ({err})"
+    return f"spent so far ({dp.ledger}): {spent}; budget max_epsilon {budget}"
+
+
 def _sent_lines(
     config: FacilityConfig, model: ClassScorer | None, origin: str
 ) -> list[str]:
@@ -75,6 +87,8 @@ def _sent_lines(
         if dp is not None
         else "local DP: off"
     )
+    if dp is not None:
+        privacy += "; " + _ledger_line(dp)
     privacy += (
         "; SecAgg+: required" if config.privacy.secagg else "; SecAgg+: not required"
     )

@@ -25,6 +25,7 @@ from typing import Any
 
 from cryodiscovery.core.checkpoint import ClassScorer, save_scorer
 from cryodiscovery.federation import task
+from cryodiscovery.federation.accounting import DP_DELTA, rdp_epsilon
 from cryodiscovery.federation.polling import send_and_receive
 from cryodiscovery.federation.registry import Contribution, ModelRegistry, ModelVersion
 from cryodiscovery.federation.secagg import DeltaFedAvg, run_secagg_rounds
@@ -317,26 +318,54 @@ class FederationRun:
         contributions: list[Contribution],
     ) -> None:
         candidate.name = f"{previous.name.split('@')[0]}@federated-r{rnd}"
-        candidate.info = {
-            **candidate.info,
-            "federation": {
-                "server_round": rnd,
-                "run_id": self.info["run_id"],
-                "strategy": self.info["strategy"],
-                "sites": sum(c.accepted for c in contributions),
-                "central_validation": evaluation_dict(central),
-            },
+        federation: dict[str, Any] = {
+            "server_round": rnd,
+            "run_id": self.info["run_id"],
+            "strategy": self.info["strategy"],
+            "sites": sum(c.accepted for c in contributions),
+            "central_validation": evaluation_dict(central),
         }
+        metrics = evaluation_dict(central)
+        privacy = self._central_dp(rnd)
+        if privacy is not None:
+            federation["central_dp"] = privacy
+            metrics["central_dp_epsilon"] = privacy["epsilon"]
+        candidate.info = {**candidate.info, "federation": federation}
         if self.registry is None:
             return
         version = self.registry.publish(
             lambda path: _save(candidate, path),
             server_round=rnd,
-            metrics=evaluation_dict(central),
+            metrics=metrics,
             contributions=contributions,
             run=self.info,
         )
         self.result.versions.append(version)
+
+
+    def _central_dp(self, rnd: int) -> dict[str, float] | None:
+        """Central DP spent by this run after ``rnd`` rounds (site-level, per run; no
+        sampling amplification claimed), logged; ``None`` without central DP."""
+        opts = self.settings.strategy
+        if not opts.dp:
+            return None
+        eps = rdp_epsilon(opts.dp_noise_multiplier, rnd, DP_DELTA)
+        log.info(
+            "central DP: %d noised round(s) in this run; site-level eps %.3g at "
+            "delta %g (noise multiplier %g, clipping norm %g)",
+            rnd,
+            eps,
+            DP_DELTA,
+            opts.dp_noise_multiplier,
+            opts.dp_clipping_norm,
+        )
+        return {
+            "noise_multiplier": opts.dp_noise_multiplier,
+            "clipping_norm": opts.dp_clipping_norm,
+            "rounds": float(rnd),
+            "delta": DP_DELTA,
+            "epsilon": eps,
+        }
 
 
 def _save(scorer: ClassScorer, path: Path) -> None:

@@ -39,6 +39,7 @@ from cryodiscovery.core.checkpoint import ClassScorer
 from cryodiscovery.federation import task
 from cryodiscovery.federation.config import FacilityConfig
 from cryodiscovery.federation.harvest import Harvest
+from cryodiscovery.federation.ledger import check_privacy_budget, record_release
 from cryodiscovery.federation.validation import UpdateBounds, check_update
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common import (
@@ -88,6 +89,9 @@ def legacy_train(msg: Message, cfg: FacilityConfig, data: Harvest) -> Message:
     spec = conf.get("model-spec")
     if not isinstance(spec, str):
         raise ValueError("the server sent no model spec")
+    dp = cfg.privacy.dp
+    if dp is not None:
+        check_privacy_budget(dp)
     scorer, arrays = _named(spec, parameters_to_ndarrays(fitins.parameters))
     options = task.LocalTrainOptions(
         epochs=max(1, min(int(conf.get("local-epochs", 1)), cfg.caps.local_epochs)),
@@ -98,10 +102,10 @@ def legacy_train(msg: Message, cfg: FacilityConfig, data: Harvest) -> Message:
     result = task.train_locally(scorer, data.train, data.validation, options)
     trained = task.scorer_to_arrays(result.scorer)
     delta = [trained[k].numpy() - arrays[k].numpy() for k in arrays]
-    dp = cfg.privacy.dp
     if dp is not None:  # Flower's own clipping and noise, on the delta
         clip_inputs_inplace(delta, dp.clipping_norm)
         add_gaussian_noise_inplace(delta, dp.noise_multiplier * dp.clipping_norm)
+        record_release(dp, msg.metadata.run_id, int(conf.get("server-round", 0)))
     fitres = FitRes(
         Status(Code.OK, ""),
         ndarrays_to_parameters(delta),

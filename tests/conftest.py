@@ -11,15 +11,19 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache_home() -> Iterator[None]:
-    """Caches (the facility harvest cache) go to a throw-away folder, never to the
-    user's ``~/.cache``; subprocesses started by tests inherit it."""
-    saved = os.environ.get("XDG_CACHE_HOME")
-    with tempfile.TemporaryDirectory(prefix="cryodiscovery-test-cache-") as tmp:
-        os.environ["XDG_CACHE_HOME"] = tmp
+    """Caches (the facility harvest cache) and state (the privacy ledger) go to
+    throw-away folders, never to the user's ``~/.cache`` or ``~/.local/state``;
+    subprocesses started by tests inherit them."""
+    names = ("XDG_CACHE_HOME", "XDG_STATE_HOME")
+    saved = {name: os.environ.get(name) for name in names}
+    with tempfile.TemporaryDirectory(prefix="cryodiscovery-test-home-") as tmp:
+        for name in names:
+            os.environ[name] = os.path.join(tmp, name.lower())
         try:
             yield
         finally:
-            if saved is None:
-                os.environ.pop("XDG_CACHE_HOME", None)
-            else:
-                os.environ["XDG_CACHE_HOME"] = saved
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value

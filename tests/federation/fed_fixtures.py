@@ -15,7 +15,8 @@ from cryodiscovery.federation import client_app, server_app
 from cryodiscovery.federation.client_app import NODE_CONFIG_KEY
 from cryodiscovery.federation.loopback import Handler, LoopbackGrid, run_server_app
 from cryodiscovery.federation.sites import NON_IID_SITES, write_site
-from flwr.app import UserConfig
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict, UserConfig
+from flwr.supercore.task_identity import TaskIdentity
 
 TINY = NetConfig(in_size=32, stem=4, widths=(8, 16), meta_hidden=8)
 
@@ -105,3 +106,17 @@ def save_initial(path: Path, members: int = 1) -> Path:
     """Save a tiny untrained model as the federation's initial model."""
     save_scorer(tiny_scorer(members), path)
     return path
+
+
+def train_message(arrays: ArrayRecord, config: dict[str, Any] | None = None) -> Message:
+    """A server's train message for node 1 of run 1, as a ClientApp receives it."""
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = 1, 1, 0
+    try:
+        return Message(
+            RecordDict({"arrays": arrays, "config": ConfigRecord(config or {})}),
+            dst_node_id=1,
+            message_type="train",
+        )
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved

@@ -20,6 +20,7 @@ from cryodiscovery.federation import cli, gate, task
 from cryodiscovery.federation.accounting import rdp_epsilon
 from cryodiscovery.federation.config import load_facility_config
 from cryodiscovery.federation.harvest import harvest
+from cryodiscovery.federation.ledger import Ledger
 from cryodiscovery.federation.registry import ModelRegistry
 from fed_fixtures import make_sites, tiny_scorer
 
@@ -204,10 +205,25 @@ def test_check_states_the_privacy_cost_of_local_dp(
     site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = yaml.safe_load(site.read_text())
-    data["privacy"] = {"dp": {"clipping_norm": 1.0, "noise_multiplier": 2.0}}
+    ledger = tmp_path / "ledger.jsonl"
+    data["privacy"] = {
+        "dp": {
+            "clipping_norm": 1.0,
+            "noise_multiplier": 2.0,
+            "ledger": str(ledger),
+            "max_epsilon": 20,
+        }
+    }
     with_dp = site.with_name("with-dp.yaml")
     with_dp.write_text(yaml.safe_dump(data))
     assert _run(["check", "--config", str(with_dp)]) == 0
     out = capsys.readouterr().out
     expected = "/".join(f"{rdp_epsilon(2.0, r, 1e-5):.3g}" for r in (1, 10, 100))
     assert f"(eps, delta=1e-05) over 1/10/100 rounds: {expected}" in out
+    assert f"spent so far ({ledger}): 0 noised update(s), eps 0; budget" in out
+    for rnd in (1, 2, 3):
+        Ledger(ledger).record(5, rnd, 2.0, 1.0)
+    assert _run(["check", "--config", str(with_dp)]) == 0
+    out = capsys.readouterr().out
+    spent = f"3 noised update(s), eps {rdp_epsilon(2.0, 3, 1e-5):.3g}"
+    assert f"{spent}; budget max_epsilon 20" in out

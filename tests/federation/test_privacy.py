@@ -14,11 +14,13 @@ import torch
 from cryodiscovery.core.checkpoint import load_scorer
 from cryodiscovery.core.classes import METADATA_FIELDS
 from cryodiscovery.federation import task
+from cryodiscovery.federation.accounting import rdp_epsilon
 from cryodiscovery.federation.config import load_facility_config
 from cryodiscovery.federation.harvest import harvest
+from cryodiscovery.federation.ledger import Ledger
 from cryodiscovery.federation.registry import ModelRegistry
 from cryodiscovery.federation.validation import delta_norm
-from fed_fixtures import make_sites, run_apps, save_initial
+from fed_fixtures import make_sites, run_apps, save_initial, train_message
 
 ALLOWED_METRICS = {
     "train": {"num-examples", "loss"},
@@ -38,7 +40,15 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         3,
         n_classes=30,
         extra={
-            1: {"privacy": {"dp": {"clipping_norm": 0.2, "noise_multiplier": 0.01}}},
+            1: {
+                "privacy": {
+                    "dp": {
+                        "clipping_norm": 0.2,
+                        "noise_multiplier": 0.01,
+                        "ledger": str(root / "ledger.jsonl"),
+                    }
+                }
+            },
             3: {"privacy": {"secagg": True}},
         },
     )
@@ -140,25 +150,21 @@ def test_updates_are_clipped_for_central_dp_and_noised_locally(
     (version,) = ModelRegistry(run.root / "registry").versions()
     accepted = sorted(c.site for c in version.contributions if c.accepted)
     assert accepted == ["node 1", "node 2"]
-    # the local-DP site counts its noised releases (for its privacy accounting)
-    state = run.grid.node_context(1).state.config_records["cryodiscovery"]
-    assert state["dp-releases"] == 1
-    assert "cryodiscovery" not in run.grid.node_context(2).state.config_records
+    # the server accounts for its central DP: one noised round at multiplier 0.1
+    assert version.metrics["central_dp_epsilon"] == rdp_epsilon(0.1, 1, 1e-5)
+    recorded = load_scorer(version.checkpoint).info["federation"]["central_dp"]
+    assert recorded["rounds"] == 1 and recorded["noise_multiplier"] == 0.1
+    assert recorded["clipping_norm"] == CLIP
+    # the local-DP site recorded its one noised update in its privacy ledger
+    (entry,) = Ledger(run.root / "ledger.jsonl").entries()
+    assert entry.server_round == 1 and entry.noise_multiplier == 0.01
+    assert entry.run_id == run.grid.run.run_id and entry.clipping_norm == 0.2
 
 
 def test_local_dp_adds_noise_beyond_clipping(tmp_path: Path) -> None:
     """The facility's DP mod perturbs every exchanged value (Flower's LocalDpMod)."""
     from cryodiscovery.federation import client_app
-    from flwr.app import (
-        Array,
-        ArrayRecord,
-        ConfigRecord,
-        Context,
-        Message,
-        MetricRecord,
-        RecordDict,
-    )
-    from flwr.supercore.task_identity import TaskIdentity
+    from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 
     sites = make_sites(
         tmp_path,
@@ -172,16 +178,7 @@ def test_local_dp_adds_noise_beyond_clipping(tmp_path: Path) -> None:
         1, 1, {client_app.NODE_CONFIG_KEY: str(sites[1])}, RecordDict(), {}
     )
     arrays = task.scorer_to_arrays(load_scorer(save_initial(tmp_path / "i.pt")))
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = 1, 1, 0
-    try:
-        msg = Message(
-            RecordDict({"arrays": arrays, "config": ConfigRecord({})}),
-            dst_node_id=1,
-            message_type="train",
-        )
-    finally:
-        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+    msg = train_message(arrays)
 
     def echo(m: Message, c: Context) -> Message:  # a tiny update (Flower's clipping
         moved = {k: Array(a.numpy() + np.float32(1e-3)) for k, a in arrays.items()}

@@ -1,0 +1,181 @@
+"""The facility's privacy ledger: every noised update the site ever sent, across runs.
+
+Local DP's guarantee is about everything a site releases, not one run: a facility that
+takes part in ten federations has spent ten runs' worth of privacy. So each noised
+update (plain or SecAgg+) appends one JSON line to the ledger *before* it leaves the
+site::
+
+    {"time": "2026-11-21T20:41:07Z", "run_id": 123, "server_round": 4,
+     "noise_multiplier": 1.0, "clipping_norm": 5.0}
+
+and the site-level (eps, delta) spent so far is the RDP composition of all of them
+(:func:`~.accounting.rdp_epsilon_of`). With ``privacy.dp.max_epsilon`` set, a site
+whose next update would take the total over the budget refuses to train, before any
+work. The ledger is never reset by the software; a ledger that cannot be read or written
+stops training too (accounting must not silently start again at zero).
+
+Concurrent writers (a SuperNode's ClientApp processes, a site worker) are serialised with
+an exclusive ``flock`` on the ledger file. Default location:
+``$XDG_STATE_HOME/cryodiscovery/privacy-ledger.jsonl`` (``~/.local/state/...``), shared by
+every facility configuration of the user: over-counting, never under-counting.
+
+Public API: ``Ledger(path)`` with ``.entries()``, ``.epsilon(delta)``,
+``.check_budget(noise_multiplier, max_epsilon, delta)``, ``.record(...)``;
+``default_ledger_path()``; ``BudgetExceeded``, ``LedgerError``;
+``check_privacy_budget(dp) -> float`` and ``record_release(dp, run_id, server_round)``
+(what a site calls around each noised update).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryodiscovery.federation.accounting import DP_DELTA, rdp_epsilon_of
+
+if TYPE_CHECKING:
+    from cryodiscovery.federation.config import DPOptions
+
+log = logging.getLogger(__name__)
+
+
+class LedgerError(RuntimeError):
+    """The ledger cannot be read or written (names the file and the problem)."""
+
+
+class BudgetExceeded(RuntimeError):
+    """The next noised update would take the site over its privacy budget."""
+
+
+def default_ledger_path() -> Path:
+    """``$XDG_STATE_HOME/cryodiscovery/privacy-ledger.jsonl``, else under
+    ``~/.local/state``."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "cryodiscovery" / "privacy-ledger.jsonl"
+
+
+@dataclass(frozen=True)
+class Release:
+    """One noised update the site sent."""
+
+    time: str
+    run_id: int
+    server_round: int
+    noise_multiplier: float
+    clipping_norm: float
+
+
+class Ledger:
+    """The append-only record of this site's noised updates (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def entries(self) -> list[Release]:
+        """Every recorded release; ``LedgerError`` if a line is not one."""
+        try:
+            text = self.path.read_text() if self.path.exists() else ""
+        except OSError as err:
+            raise LedgerError(
+                f"{self.path}: cannot read the privacy ledger: {err}"
+            ) from err
+        return [self._parse(n, line) for n, line in _lines(text)]
+
+    def epsilon(self, delta: float) -> float:
+        """Site-level eps (at ``delta``) of everything recorded so far."""
+        return rdp_epsilon_of([e.noise_multiplier for e in self.entries()], delta)
+
+    def check_budget(
+        self, noise_multiplier: float, max_epsilon: float | None, delta: float
+    ) -> float:
+        """eps after one more release at ``noise_multiplier``; ``BudgetExceeded`` if
+        that is over ``max_epsilon`` (no budget: ``None``)."""
+        past = [e.noise_multiplier for e in self.entries()]
+        after = rdp_epsilon_of([*past, noise_multiplier], delta)
+        if max_epsilon is not None and after > max_epsilon:
+            raise BudgetExceeded(
+                f"privacy budget spent: {len(past)} noised update(s) in {self.path} "
+                f"give eps {rdp_epsilon_of(past, delta):.3g}, one more would give "
+                f"{after:.3g} > privacy.dp.max_epsilon {max_epsilon:g}"
+            )
+        return after
+
+    def record(
+        self,
+        run_id: int,
+        server_round: int,
+        noise_multiplier: float,
+        clipping_norm: float,
+    ) -> int:
+        """Append one release (under an exclusive lock); returns the number recorded."""
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "run_id": int(run_id),
+            "server_round": int(server_round),
+            "noise_multiplier": float(noise_multiplier),
+            "clipping_norm": float(clipping_norm),
+        }
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "r+") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                count = sum(1 for _ in _lines(f.read()))
+                f.write(json.dumps(entry) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            raise LedgerError(
+                f"{self.path}: cannot write the privacy ledger: {err}"
+            ) from err
+        return count + 1
+
+    def _parse(self, number: int, line: str) -> Release:
+        try:
+            raw: Any = json.loads(line)
+            entry = Release(
+                time=str(raw["time"]),
+                run_id=int(raw["run_id"]),
+                server_round=int(raw["server_round"]),
+                noise_multiplier=float(raw["noise_multiplier"]),
+                clipping_norm=float(raw["clipping_norm"]),
+            )
+        except (ValueError, KeyError, TypeError) as err:
+            raise LedgerError(
+                f"{self.path}: line {number} is not a ledger entry ({err})"
+            ) from err
+        if entry.noise_multiplier < 0:
+            raise LedgerError(f"{self.path}: line {number} has a negative noise")
+        return entry
+
+
+def check_privacy_budget(dp: DPOptions) -> float:
+    """Before training: eps after one more update of this site; ``BudgetExceeded`` if
+    that passes ``dp.max_epsilon``, ``LedgerError`` if the ledger is unreadable."""
+    return Ledger(dp.ledger).check_budget(dp.noise_multiplier, dp.max_epsilon, DP_DELTA)
+
+
+def record_release(dp: DPOptions, run_id: int, server_round: int) -> None:
+    """Record one noised update (before it leaves the site) and log the total spent."""
+    ledger = Ledger(dp.ledger)
+    count = ledger.record(run_id, server_round, dp.noise_multiplier, dp.clipping_norm)
+    budget = f"{dp.max_epsilon:g}" if dp.max_epsilon is not None else "none"
+    log.info(
+        "local DP: update recorded in %s (%d noised update(s) in all); site-level "
+        "eps %.3g at delta %g (budget %s)",
+        ledger.path,
+        count,
+        ledger.epsilon(DP_DELTA),
+        DP_DELTA,
+        budget,
+    )
+
+
+def _lines(text: str) -> list[tuple[int, str]]:
+    return [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
