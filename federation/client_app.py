@@ -14,7 +14,8 @@ and refuses to work while ``enabled`` is false.
   ``model_path`` only if it is not worse than the current one (or the shipped default)
   by more than ``acceptance.tolerance``; otherwise the site keeps its model and logs why.
 - **privacy**: with ``privacy.dp`` the update delta is clipped and noised on the site by
-  Flower's ``LocalDpMod``; when the server asks for central DP (its config carries a
+  Flower's ``LocalDpMod``, then the BatchNorm running statistics are reset to the
+  received global ones (post-processing: noise can make a variance negative); when the server asks for central DP (its config carries a
   clipping norm) Flower's ``fixedclipping_mod`` clips last. When the server runs SecAgg+,
   Flower's ``secaggplus_mod`` masks the update (the weights delta, see :mod:`secagg`); a
   site with ``privacy.secagg: true`` refuses to send an update any other way.
@@ -52,6 +53,7 @@ from cryodiscovery.federation.ledger import (
 )
 from cryodiscovery.federation.logsetup import ensure_logging, process_age_s
 from cryodiscovery.federation.secagg import is_secagg_message, legacy_train
+from cryodiscovery.federation.wire import is_packed, keep_statistics
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.client.mod import secaggplus_mod
@@ -149,7 +151,21 @@ def _privacy_mod(
         else chain(msg, context)
     )
     if dp is not None and not reply.has_error():
+        reply = _keep_statistics(msg, reply, config)
         record_release(dp, msg.metadata.run_id, _int(config, "server-round", 0))
+    return reply
+
+
+def _keep_statistics(msg: Message, reply: Message, config: ConfigRecord) -> Message:
+    """After local DP: the reply's BatchNorm running statistics are the received global
+    ones (the noise could make a variance negative; see :func:`wire.keep_statistics`)."""
+    spec = config.get("model-spec")
+    (received,) = msg.content.array_records.values()
+    (key, noised), *_ = reply.content.array_records.items()
+    if not isinstance(spec, str) or not (is_packed(noised) and is_packed(received)):
+        return reply
+    layout = task.named_arrays(task.scorer_shell(spec))
+    reply.content.array_records[key] = keep_statistics(noised, received, layout)
     return reply
 
 

@@ -37,6 +37,7 @@ from cryodiscovery.federation.strategy import (
     wait_for_sites,
 )
 from cryodiscovery.federation.validation import model_problem
+from cryodiscovery.federation.wire import keep_statistics
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
@@ -116,7 +117,7 @@ def secagg_rounds(
         return {
             "model-spec": task.model_spec(state["scorer"]),
             "local-epochs": settings.local_epochs,
-            "learning-rate": settings.learning_rate,
+            "learning-rate": settings.round_learning_rate(rnd),
             "seed": settings.seed,
             "server-round": rnd,
         }
@@ -214,7 +215,7 @@ class FederationRun:
             {
                 "model-spec": task.model_spec(scorer),
                 "local-epochs": self.settings.local_epochs,
-                "learning-rate": self.settings.learning_rate,
+                "learning-rate": self.settings.round_learning_rate(rnd),
                 "seed": self.settings.seed,
             }
         )
@@ -228,6 +229,8 @@ class FederationRun:
         if new_arrays is None:  # the guard raises before this; kept for type narrowing
             raise RuntimeError(f"round {rnd}: no aggregated model")
         where = f"round {rnd} (strategy {self.settings.strategy.name})"
+        if self.settings.strategy.dp:  # the noise reaches BatchNorm statistics too
+            new_arrays = keep_statistics(new_arrays, arrays, task.named_arrays(scorer))
         candidate, central = task.recalibrate(
             usable_aggregate(scorer, new_arrays, where),
             self.val,
@@ -341,7 +344,6 @@ class FederationRun:
             run=self.info,
         )
         self.result.versions.append(version)
-
 
     def _central_dp(self, rnd: int) -> dict[str, float] | None:
         """Central DP spent by this run after ``rnd`` rounds (site-level, per run; no

@@ -357,12 +357,11 @@ def update_bounds(options: StrategyOptions, reference: ArrayRecord) -> UpdateBou
 
 
 def _restore(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
-    """Cast the aggregate back to the model's dtypes; keep BN variances non-negative."""
+    """Cast the aggregate back to the model's dtypes (a usable model is checked by the
+    round driver, which knows the layout: :func:`~.rounds.usable_aggregate`)."""
     out = ArrayRecord()
     for key, ref in reference.items():
         value = np.asarray(arrays[key].numpy(), dtype=ref.dtype)
-        if key.endswith("running_var"):
-            value = np.maximum(value, 0)
         if not np.isfinite(value).all():
             raise RuntimeError(f"aggregated '{key}' is not finite")
         out[key] = Array(np.ascontiguousarray(value))

@@ -11,7 +11,8 @@ FedProx, FedAdam, FedYogi, trimmed mean and median work element-wise, Krum on th
 update's distances, update screening on its values and norm.
 
 Public API: ``PACKED_KEY``, ``pack(named) -> ArrayRecord``, ``is_packed(arrays)``,
-``unpack(packed, layout) -> ArrayRecord``.
+``unpack(packed, layout) -> ArrayRecord``, ``BN_STATISTICS``,
+``keep_statistics(packed, source, layout) -> ArrayRecord``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from flwr.app import Array, ArrayRecord
 
 #: The one key of a packed ArrayRecord.
 PACKED_KEY = "packed-weights"
+#: Name endings of BatchNorm's running statistics (set by data, not by gradients).
+BN_STATISTICS: tuple[str, ...] = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def pack(named: ArrayRecord) -> ArrayRecord:
@@ -61,3 +64,26 @@ def unpack(packed: ArrayRecord, layout: ArrayRecord) -> ArrayRecord:
         out[name] = Array(value.astype(np.dtype(ref.dtype), copy=True))
         offset += n
     return out
+
+
+def keep_statistics(
+    packed: ArrayRecord, source: ArrayRecord, layout: ArrayRecord
+) -> ArrayRecord:
+    """``packed`` with every BatchNorm running statistic (:data:`BN_STATISTICS`) taken
+    from ``source``; both packed with ``layout``.
+
+    Under DP the noise lands on the running statistics too and can make a variance
+    negative; keeping the previous global statistics is post-processing (no privacy
+    cost) and sends no data-dependent statistics at all.
+    """
+    unpack(packed, layout)  # both must fit the layout
+    unpack(source, layout)
+    vector = packed[PACKED_KEY].numpy().copy()
+    kept = source[PACKED_KEY].numpy()
+    offset = 0
+    for name, ref in layout.items():
+        n = int(np.prod(ref.shape, dtype=np.int64))
+        if name.endswith(BN_STATISTICS):
+            vector[offset : offset + n] = kept[offset : offset + n]
+        offset += n
+    return ArrayRecord({PACKED_KEY: Array(vector)})

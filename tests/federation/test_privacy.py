@@ -13,7 +13,7 @@ import pytest
 import torch
 from cryodiscovery.core.checkpoint import load_scorer
 from cryodiscovery.core.classes import METADATA_FIELDS
-from cryodiscovery.federation import task
+from cryodiscovery.federation import task, wire
 from cryodiscovery.federation.accounting import rdp_epsilon
 from cryodiscovery.federation.config import load_facility_config
 from cryodiscovery.federation.harvest import harvest
@@ -150,6 +150,14 @@ def test_updates_are_clipped_for_central_dp_and_noised_locally(
     (version,) = ModelRegistry(run.root / "registry").versions()
     accepted = sorted(c.site for c in version.contributions if c.accepted)
     assert accepted == ["node 1", "node 2"]
+    # after its local noise, the DP site sends the global BatchNorm statistics back
+    layout = task.named_arrays(run.initial)
+    (sent,) = trains[1].message.content.array_records.values()
+    sent_named = wire.unpack(sent, layout)
+    stats = [k for k in layout if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    for key in stats:
+        np.testing.assert_array_equal(sent_named[key].numpy(), layout[key].numpy())
     # the server accounts for its central DP: one noised round at multiplier 0.1
     assert version.metrics["central_dp_epsilon"] == rdp_epsilon(0.1, 1, 1e-5)
     recorded = load_scorer(version.checkpoint).info["federation"]["central_dp"]
@@ -196,3 +204,27 @@ def test_local_dp_adds_noise_beyond_clipping(tmp_path: Path) -> None:
         [(noisy[k].numpy() - arrays[k].numpy()).ravel() for k in arrays]
     )
     assert np.std(diff) == pytest.approx(1e6 * 1e-3, rel=0.1)
+
+
+def test_central_dp_noise_does_not_break_batchnorm(
+    run: SimpleNamespace, tmp_path: Path
+) -> None:
+    """Noise this strong makes BatchNorm variances negative; the server keeps the
+    global statistics (post-processing) and publishes a usable model."""
+    config = {
+        "num-rounds": 1,
+        "min-sites": 2,
+        "registry": str(tmp_path / "registry"),
+        "initial-model": str(run.root / "initial.pt"),
+        "validation-seeds": "3",
+        "validation-classes": 20,
+        "dp-clipping-norm": 1.0,
+        "dp-noise-multiplier": 1000.0,
+    }
+    run_apps(run.sites, config)
+    (version,) = ModelRegistry(tmp_path / "registry").versions()
+    published = task.named_arrays(load_scorer(version.checkpoint))
+    initial = task.named_arrays(run.initial)
+    for key in initial:
+        same = np.array_equal(published[key].numpy(), initial[key].numpy())
+        assert same == key.endswith(("running_mean", "running_var")), key

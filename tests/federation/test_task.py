@@ -68,6 +68,26 @@ def test_arrays_that_do_not_fit_the_spec_are_refused() -> None:
         task.scorer_from_spec(json.dumps({"net_config": {}}), arrays)
 
 
+def test_keep_statistics_replaces_only_batchnorm_statistics() -> None:
+    base, other = tiny_scorer(seed=1), tiny_scorer(seed=2)
+    layout = task.named_arrays(base)
+    named_noise = ArrayRecord(
+        {k: Array(a.numpy() - 5.0) for k, a in task.named_arrays(other).items()}
+    )
+    noised = wire.pack(named_noise)  # every value moved, variances negative
+    kept = wire.unpack(
+        wire.keep_statistics(noised, task.scorer_to_arrays(base), layout), layout
+    )
+    stats = [k for k in layout if k.endswith(("running_mean", "running_var"))]
+    assert stats and len(stats) < len(layout)
+    for key in layout:
+        want = (layout if key in stats else named_noise)[key].numpy()
+        np.testing.assert_array_equal(kept[key].numpy(), want)
+    short = ArrayRecord({wire.PACKED_KEY: Array(noised[wire.PACKED_KEY].numpy()[:-1])})
+    with pytest.raises(ValueError, match="the model needs float32"):
+        wire.keep_statistics(short, task.scorer_to_arrays(base), layout)
+
+
 def test_local_training_keeps_the_structure_and_learns(data) -> None:  # type: ignore[no-untyped-def]
     train, val = data
     scorer = tiny_scorer(members=3, seed=2)
