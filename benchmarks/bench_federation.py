@@ -46,6 +46,7 @@ from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.nets import ClassNet, NetConfig
 from cryodiscovery.core.preprocess import PreprocessConfig
 from cryodiscovery.federation import client_app, task
+from cryodiscovery.federation.accounting import DP_DELTA, rdp_epsilon
 from cryodiscovery.federation.client_app import NODE_CONFIG_KEY
 from cryodiscovery.federation.config import load_facility_config
 from cryodiscovery.federation.harvest import Harvest, harvest
@@ -81,7 +82,9 @@ def _initial(args: argparse.Namespace) -> ClassScorer:
         return load_scorer(None)
     torch.manual_seed(args.seed)
     net = (
-        NetConfig() if args.net == "default" else NetConfig(stem=8, widths=(16, 32, 64))
+        NetConfig(norm=args.norm)
+        if args.net == "default"
+        else NetConfig(stem=8, widths=(16, 32, 64), norm=args.norm)
     )
     return ClassScorer(
         [ClassNet(net)],
@@ -130,6 +133,7 @@ def _federated(
         "min-sites": len(sites),
         "local-epochs": args.local_epochs,
         "learning-rate": args.lr,
+        "lr-decay": args.lr_decay,
         "seed": args.seed,
         "registry": str(work / f"registry-{mode}"),
         "strategy": mode if mode in ("fedprox", "fedadam") else "fedavg",
@@ -181,6 +185,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lr", type=float, default=3e-4, help="local AdamW rate (fine-tuning)"
     )
+    parser.add_argument(
+        "--lr-decay",
+        choices=("none", "cosine"),
+        default="none",
+        help="federated arms: local rate across rounds (run config lr-decay)",
+    )
     parser.add_argument("--batch", type=int, default=16, help="batch size everywhere")
     parser.add_argument(
         "--mu", type=float, default=0.01, help="FedProx proximal weight"
@@ -200,6 +210,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--net", choices=("small", "default"), default="small", help="with --init fresh"
+    )
+    parser.add_argument(
+        "--norm",
+        choices=("batch", "group"),
+        default="batch",
+        help="with --init fresh: BatchNorm or GroupNorm layers",
     )
     parser.add_argument(
         "--personalise",
@@ -255,7 +271,8 @@ def _benchmark(args: argparse.Namespace, modes: list[str], work: Path) -> int:
         f"# {len(specs)} sites x {args.jobs} jobs x {args.classes} classes; test: "
         f"{args.test_jobs} held-out jobs per site; net {initial.name} "
         f"({sum(p.numel() for p in initial.members[0].parameters())} parameters, "
-        f"from {'the shipped default' if args.init == 'default' else 'fresh weights'}); "
+        f"from {'the shipped default' if args.init == 'default' else 'fresh weights'}, "
+        f"{initial.net_config.norm} norm); "
         f"{args.rounds} rounds x {args.local_epochs} local epochs; data {time.perf_counter() - t0:.0f} s"
     )
     for name, h in data.items():
@@ -316,6 +333,13 @@ def _benchmark(args: argparse.Namespace, modes: list[str], work: Path) -> int:
             f"{statistics.mean(secs) - compute:.2f} other); "
             f"{nbytes / 2**20:.2f} MiB/round/site (down+up)"
         )
+        if mode == "fedavg-dp":
+            timing[mode] += (
+                f"; central DP: clipping norm {args.dp_clip:.4g}, noise multiplier "
+                f"{args.dp_noise:g}, site-level (eps, delta=1e-5) after "
+                f"{len(result.rounds)} rounds = "
+                f"{rdp_epsilon(args.dp_noise, len(result.rounds), DP_DELTA):.3g}"
+            )
     _report(columns, results, local_models, timing, time.perf_counter() - t0)
     for mode, aucs in personal.items():
         better = [n for n in aucs if aucs[n] > local_models[n][n].auc]

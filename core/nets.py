@@ -38,6 +38,11 @@ class NetConfig:
         Width of the metadata MLP.
     dropout:
         Dropout before the last layer.
+    norm:
+        ``"batch"`` (BatchNorm, the shipped model) or ``"group"`` (GroupNorm, up to 8
+        groups; no running statistics, so a model averaged across sites whose batches
+        come from different distributions normalises the same way at training and
+        scoring time).
     """
 
     in_size: int = 64
@@ -46,6 +51,7 @@ class NetConfig:
     meta_features: int = N_META
     meta_hidden: int = 32
     dropout: float = 0.2
+    norm: str = "batch"
 
     def __post_init__(self) -> None:
         if not self.widths or min(self.widths) < 1 or self.stem < 1:
@@ -56,6 +62,8 @@ class NetConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for a checkpoint."""
@@ -74,19 +82,30 @@ class NetConfig:
         return cls(**vals)
 
 
-class ResidualBlock(nn.Module):
-    """Two 3x3 conv-BN layers with a (strided 1x1 when needed) shortcut."""
+NORMS = ("batch", "group")
 
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """BatchNorm, or GroupNorm with the largest group count <= 8 dividing ``channels``."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    groups = max(g for g in range(1, 9) if channels % g == 0)
+    return nn.GroupNorm(groups, channels)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv-norm layers with a (strided 1x1 when needed) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: str = "batch") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
+        self.bn1 = norm_layer(norm, c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
+        self.bn2 = norm_layer(norm, c_out)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), norm_layer(norm, c_out)
             )
         self.act = nn.ReLU(inplace=True)
 
@@ -111,13 +130,13 @@ class ClassNet(nn.Module):
         cfg = self.config
         self.stem = nn.Sequential(
             nn.Conv2d(1, cfg.stem, 5, 2, 2, bias=False),
-            nn.BatchNorm2d(cfg.stem),
+            norm_layer(cfg.norm, cfg.stem),
             nn.ReLU(inplace=True),
         )
         stages: list[nn.Module] = []
         c_in = cfg.stem
         for width in cfg.widths:
-            stages.append(ResidualBlock(c_in, width, stride=2))
+            stages.append(ResidualBlock(c_in, width, stride=2, norm=cfg.norm))
             c_in = width
         self.stages = nn.Sequential(*stages[:-1])
         self.cam_layer: nn.Module = stages[-1]

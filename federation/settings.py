@@ -19,6 +19,9 @@ local-epochs                1          epochs per round (a site may cap it lower
 evaluate-every              1          sites evaluate the new global model every N rounds
                                        (and always after the last, for their gate)
 learning-rate               0.001      local learning rate
+lr-decay                    "none"     "cosine": the rate sent in round r falls from
+                                       learning-rate to 5% of it over num-rounds
+                                       (:meth:`ServerSettings.round_learning_rate`)
 proximal-mu                 0.01       FedProx proximal weight
 server-lr, tau              0.01,1e-3  FedAdam/FedYogi server step and adaptivity
 trim-beta                   0.2        trimmed mean: fraction cut from each tail
@@ -47,6 +50,7 @@ Public API (server_app, tests, benchmarks, the deployment's app config; keep it 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +68,7 @@ class ServerSettings:
     local_epochs: int = 1
     evaluate_every: int = 1
     learning_rate: float = 1e-3
+    lr_decay: str = "none"
     seed: int = 0
     registry: Path | None = None
     initial_model: Path | None = None
@@ -73,6 +78,25 @@ class ServerSettings:
     secagg: bool = False
     secagg_clipping_range: float = 1.0
 
+    def round_learning_rate(self, server_round: int) -> float:
+        """The local learning rate sent to sites in ``server_round`` (1-based).
+
+        Each site's local training runs its own one-cycle schedule, so without a decay
+        across rounds every round ends with the sites at their own local optima, and the
+        global model never takes small steps. ``"cosine"`` anneals the rate over the run
+        (to 5% in the last round), as centralised training anneals over its epochs.
+        """
+        if self.lr_decay == "none" or self.num_rounds == 1:
+            return self.learning_rate
+        progress = (server_round - 1) / (self.num_rounds - 1)
+        floor = 0.05 * self.learning_rate
+        return floor + (self.learning_rate - floor) * 0.5 * (
+            1 + math.cos(math.pi * progress)
+        )
+
+
+#: Learning-rate schedules across rounds (run config ``lr-decay``).
+LR_DECAYS: tuple[str, ...] = ("none", "cosine")
 
 # run-config key -> (field of StrategyOptions or ServerSettings, type)
 _STRATEGY_KEYS: dict[str, tuple[str, type]] = {
@@ -97,6 +121,7 @@ _SERVER_KEYS: dict[str, tuple[str, type]] = {
     "local-epochs": ("local_epochs", int),
     "evaluate-every": ("evaluate_every", int),
     "learning-rate": ("learning_rate", float),
+    "lr-decay": ("lr_decay", str),
     "seed": ("seed", int),
     "registry": ("registry", str),
     "initial-model": ("initial_model", str),
@@ -160,6 +185,7 @@ def settings_from_run_config(run_config: Mapping[str, Any]) -> ServerSettings:
         "local-epochs": settings.local_epochs >= 1,
         "evaluate-every": settings.evaluate_every >= 1,
         "learning-rate": settings.learning_rate > 0,
+        "lr-decay": settings.lr_decay in LR_DECAYS,
         "validation-seeds": len(settings.validation_seeds) >= 1,
         "validation-classes": settings.validation_classes >= 4,
         "target-fnr": 0 <= settings.target_fnr < 1,
@@ -169,10 +195,9 @@ def settings_from_run_config(run_config: Mapping[str, Any]) -> ServerSettings:
     }
     for key, ok in checks.items():
         if not ok:
-            why = (
-                " (SecAgg+ runs with strategy fedavg and no central DP)"
-                if key == "secagg"
-                else ""
-            )
+            why = {
+                "secagg": " (SecAgg+ runs with strategy fedavg and no central DP)",
+                "lr-decay": f" (one of {', '.join(LR_DECAYS)})",
+            }.get(key, "")
             raise ValueError(f"run config '{key}' has a bad value{why}")
     return settings

@@ -54,3 +54,23 @@ def test_config_round_trip_and_checks() -> None:
         NetConfig(in_size=60)
     with pytest.raises(ValueError):
         NetConfig(dropout=1.0)
+
+
+def test_group_norm_option_round_trips_and_is_batch_independent() -> None:
+    cfg = NetConfig(stem=8, widths=(12, 16), norm="group")
+    assert NetConfig.from_dict(cfg.to_dict()) == cfg
+    # checkpoints written before the option existed have no "norm": BatchNorm
+    old = {k: v for k, v in NetConfig().to_dict().items() if k != "norm"}
+    assert NetConfig.from_dict(old).norm == "batch"
+    with pytest.raises(ValueError, match="norm"):
+        NetConfig(norm="layer")
+    torch.manual_seed(0)
+    net = ClassNet(cfg)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    # 8 and 16 channels: 8 groups; 12 channels: the largest count <= 8 dividing 12
+    assert sorted({m.num_groups for m in norms}) == [6, 8]
+    assert not list(net.buffers())  # nothing to average but the weights
+    net.eval()
+    x, meta = torch.randn(6, 1, 64, 64), torch.randn(6, N_META)
+    torch.testing.assert_close(net(x[:2], meta[:2]), net(x, meta)[:2])

@@ -233,7 +233,7 @@ def test_secure_aggregation_hides_every_site_update(
             assert len(record) == 0
 
 
-def test_sites_evaluate_every_n_rounds_and_after_the_last(
+def test_sites_evaluate_every_n_rounds_and_the_rate_decays(
     federation: SimpleNamespace, tmp_path: Path
 ) -> None:
     config = run_config(
@@ -241,6 +241,8 @@ def test_sites_evaluate_every_n_rounds_and_after_the_last(
         **{
             "num-rounds": 3,
             "evaluate-every": 2,
+            "lr-decay": "cosine",
+            "learning-rate": 0.01,
             "local-epochs": 1,
             "initial-model": str(federation.root / "initial.pt"),
         },
@@ -258,6 +260,13 @@ def test_sites_evaluate_every_n_rounds_and_after_the_last(
         t for t in grid.traffic if t.direction == "down" and t.message_type == "train"
     ]
     assert len(trained) == 3 * 3
+    rates = {
+        int(c["server-round"]): float(c["learning-rate"])
+        for c in (
+            next(iter(t.message.content.config_records.values())) for t in trained
+        )
+    }
+    assert rates == {1: 0.01, 2: pytest.approx(0.00525), 3: pytest.approx(0.0005)}
     assert [
         v.server_round for v in ModelRegistry(tmp_path / "registry").versions()
     ] == [

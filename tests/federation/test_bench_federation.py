@@ -37,13 +37,20 @@ def test_all_arms_start_from_the_shipped_default_model() -> None:
 
 def test_fresh_start_uses_the_requested_architecture_reproducibly() -> None:
     bench = _bench()
-    args = argparse.Namespace(init="fresh", net="small", seed=3)
+    args = argparse.Namespace(init="fresh", net="small", seed=3, norm="batch")
     first, second = bench._initial(args), bench._initial(args)
     assert first.net_config.widths == (16, 32, 64)
+    assert first.net_config.norm == "batch"
     assert first.net_config != load_scorer(None).net_config
     w1 = next(iter(first.members[0].parameters()))
     w2 = next(iter(second.members[0].parameters()))
     assert torch.equal(w1, w2)
+    grouped = bench._initial(argparse.Namespace(**{**vars(args), "norm": "group"}))
+    assert grouped.net_config.norm == "group"
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in grouped.members[0].modules())
+    assert not any(
+        isinstance(m, torch.nn.BatchNorm2d) for m in grouped.members[0].modules()
+    )
 
 
 def test_default_command_line_starts_from_the_shipped_model() -> None:

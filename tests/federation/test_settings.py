@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,7 @@ def test_defaults_and_conversion() -> None:
             "SecAgg+ runs with strategy fedavg",
         ),
         ({"strategy": "fedsgd"}, "'strategy' must be one of"),
+        ({"lr-decay": "step"}, "'lr-decay' has a bad value (one of none, cosine"),
     ],
 )
 def test_bad_run_config_names_the_key(config: dict[str, object], message: str) -> None:
@@ -49,3 +51,15 @@ def test_bad_run_config_names_the_key(config: dict[str, object], message: str) -
         ValueError, match=message.replace("(", r"\(").replace("+", r"\+")
     ):
         settings_from_run_config(config)
+
+
+def test_cosine_decay_anneals_the_rate_over_the_run() -> None:
+    s = settings_from_run_config(
+        {"num-rounds": 5, "learning-rate": 0.002, "lr-decay": "cosine"}
+    )
+    rates = [s.round_learning_rate(r) for r in range(1, 6)]
+    assert rates[0] == 0.002 and rates[-1] == pytest.approx(0.0001)
+    assert all(a > b for a, b in itertools.pairwise(rates))
+    assert rates[2] == pytest.approx((0.002 + 0.0001) / 2)
+    flat = settings_from_run_config({"num-rounds": 5, "learning-rate": 0.002})
+    assert {flat.round_learning_rate(r) for r in range(1, 6)} == {0.002}
