@@ -29,11 +29,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import pwd
 import re
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,11 +38,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import torch
-from cryodiscovery.core.checkpoint import ClassScorer, save_scorer
-from cryodiscovery.core.nets import ClassNet, NetConfig
-from cryodiscovery.core.preprocess import PreprocessConfig
-from cryodiscovery.federation import control, deploy, gateway
+from cryodiscovery.federation import control, deploy, gateway, testbed
 from cryodiscovery.federation.sites import NON_IID_SITES, write_site
 
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
@@ -63,57 +55,10 @@ HARVESTED = re.compile(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _model(kind: str, path: Path) -> Path | None:
-    """The initial model: a tiny CNN (the size the stock-Flower figure was taken
-    with) or None for the shipped default model."""
-    if kind == "default":
-        return None
-    torch.manual_seed(0)
-    net = NetConfig(in_size=32, stem=8, widths=(16, 32))
-    scorer = ClassScorer([ClassNet(net)], net, PreprocessConfig(size=32), "single", 0.5)
-    scorer.name = "tiny"
-    save_scorer(scorer, path)
-    return path
-
-
-def _server(
-    root: Path, daemons: list[deploy.Daemon]
-) -> tuple[control.CliConnection, str, Path]:
-    """Start the SuperLink (+ nginx); the operator connection, the fleet address, CA."""
-    ca, ca_key = gateway.make_ca(root / "tls")
-    crt, key = gateway.make_server_certificate(root / "tls", ca, ca_key, ["127.0.0.1"])
-    link = deploy.SuperLinkSpec(ca, crt, key, root / "superlink", port=_free_port())
-    address = f"127.0.0.1:{link.port}"
-    conn = control.CliConnection(root / "operator", address, ca)
-    control.write_cli_config(conn)
-    daemons += deploy.start_superlink(link)
-    nginx = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
-    if nginx is None:
-        return conn, address, ca
-    front = f"127.0.0.1:{_free_port()}"
-    user = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None
-    site = gateway.NginxSite(front, crt, key, ca, root / "nginx", address, user=user)
-    (root / "nginx").mkdir()
-    (root / "nginx" / "nginx.conf").write_text(gateway.nginx_config(site))
-    daemons.append(deploy.start_nginx(root / "nginx" / "nginx.conf", root / "nginx"))
-    return conn, front, ca
-
-
 def _sites(
     args: argparse.Namespace,
     root: Path,
-    conn: control.CliConnection,
-    fleet: str,
-    ca: Path,
-    daemons: list[deploy.Daemon],
+    server: testbed.LocalServer,
 ) -> list[int]:
     nodes = []
     for i, spec in enumerate(NON_IID_SITES[: args.sites]):
@@ -127,9 +72,9 @@ def _sites(
             site,
             spec,
             100 + i,
-            ca_certificate=ca,
+            ca_certificate=server.ca,
             node_private_key=site / "node_key",
-            superlink=fleet,
+            superlink=server.fleet,
             extra={
                 "caps": {
                     "local_epochs": args.local_epochs,
@@ -144,11 +89,11 @@ def _sites(
                 ),
             },
         )
-        nodes.append(control.register_node(conn, public_key))
-        daemons += deploy.start_supernode(
-            deploy.supernode_spec(yaml_path, site / "state", _free_port(), 120.0)
+        nodes.append(control.register_node(server.conn, public_key))
+        server.daemons += deploy.start_supernode(
+            deploy.supernode_spec(yaml_path, site / "state", testbed.free_port(), 120.0)
         )
-    control.wait_for_nodes(conn, nodes)
+    control.wait_for_nodes(server.conn, nodes)
     return nodes
 
 
@@ -240,7 +185,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    daemons: list[deploy.Daemon] = []
+    server: testbed.LocalServer | None = None
     with (
         tempfile.TemporaryDirectory(prefix="bench-deployment-") as tmp,
         tempfile.TemporaryDirectory(prefix="cdw-", dir="/tmp") as sockets,
@@ -248,12 +193,18 @@ def main(argv: list[str] | None = None) -> int:
         root, args.sockets = Path(tmp), Path(sockets)
         try:
             t0 = time.perf_counter()
-            conn, fleet, ca = _server(root, daemons)
-            _sites(args, root, conn, fleet, ca, daemons)
+            server = testbed.start_local_server(root / "server")
+            conn, daemons = server.conn, server.daemons
+            _sites(args, root, server)
             print(
-                f"# deployment up in {time.perf_counter() - t0:.1f} s (fleet via {fleet})"
+                f"# deployment up in {time.perf_counter() - t0:.1f} s "
+                f"(fleet via {server.fleet})"
             )
-            model = _model(args.model, root / "tiny.pt")
+            model = (
+                testbed.write_tiny_model(root / "tiny.pt")
+                if args.model == "tiny"
+                else None
+            )
             config: dict[str, str | int | float] = {
                 "num-rounds": args.rounds,
                 "min-sites": args.sites,
@@ -279,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"run failed: {status.details}", file=sys.stderr)
                 return 1
         finally:
-            deploy.stop_all(daemons)
+            if server is not None:
+                deploy.stop_all(server.daemons)
     _report(args, total, rounds, parts)
     for line in server_log:
         print("  ServerApp: " + line)

@@ -12,11 +12,8 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import itertools
-import os
-import pwd
 import shutil
 import signal
-import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -25,11 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from cryodiscovery.core.checkpoint import ClassScorer, load_scorer, save_scorer
-from cryodiscovery.core.nets import ClassNet, NetConfig
-from cryodiscovery.core.preprocess import PreprocessConfig
-from cryodiscovery.federation import control, deploy, gateway, task
+from cryodiscovery.core.checkpoint import load_scorer
+from cryodiscovery.federation import control, deploy, gateway, task, testbed
 from cryodiscovery.federation.config import load_facility_config
 from cryodiscovery.federation.harvest import harvest
 from cryodiscovery.federation.registry import (
@@ -40,6 +34,12 @@ from cryodiscovery.federation.registry import (
 )
 from cryodiscovery.federation.server_app import generated_validation
 from cryodiscovery.federation.sites import NON_IID_SITES, SiteSpec, write_site
+from cryodiscovery.federation.testbed import (
+    LocalServer,
+    free_port,
+    nginx_binary,
+    write_tiny_model,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -48,38 +48,15 @@ pytestmark = [
     ),
 ]
 
-NGINX = shutil.which("nginx") or next(
-    (p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None
-)
 needs_nginx = pytest.mark.skipif(
-    NGINX is None, reason="nginx is not installed (apt-get install nginx-light)"
+    nginx_binary() is None,
+    reason="nginx is not installed (apt-get install nginx-light)",
 )
 
 #: Three contrasting facilities (molecules, SNR ranges, junk mixes, box sizes).
 SITES: dict[str, SiteSpec] = {spec.name: spec for spec in NON_IID_SITES[:3]}
 VALIDATION = {"validation-seeds": "4242", "validation-classes": 40}
 RUN_TIMEOUT_S = 600.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    """The server side: SuperLink (+ nginx) and the operator's CLI connection."""
-
-    root: Path
-    ca: Path
-    crt: Path
-    key: Path
-    conn: control.CliConnection
-    fleet: str  # what facilities connect to: nginx, or the SuperLink without nginx
-    nginx: str | None
-    registry: Path  # the model registry (served by nginx under /registry/)
-    daemons: list[deploy.Daemon] = field(default_factory=list)
 
 
 @dataclass
@@ -90,22 +67,13 @@ class Site:
     daemons: list[deploy.Daemon] = field(default_factory=list)
 
 
-def _tiny_model(path: Path) -> Path:
-    torch.manual_seed(0)
-    net = NetConfig(in_size=32, stem=8, widths=(16, 32))
-    scorer = ClassScorer([ClassNet(net)], net, PreprocessConfig(size=32), "single", 0.5)
-    scorer.name = "tiny"
-    save_scorer(scorer, path)
-    return path
-
-
 #: This facility runs the long-running site worker (the others handle each message in
 #: the process Flower starts for it).
 WORKER_SITE = NON_IID_SITES[0].name
 
 
 def _facility(
-    root: Path, spec: SiteSpec, seed: int, server: Server, worker: bool = False
+    root: Path, spec: SiteSpec, seed: int, server: LocalServer, worker: bool = False
 ) -> Path:
     """A facility folder: its RELION project, node key and federation.yaml."""
     key = root / "node_key"
@@ -134,36 +102,11 @@ def _dump_logs(daemons: list[deploy.Daemon]) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """SuperLink (+ nginx, serving the model registry) and the operator's connection."""
     root = tmp_path_factory.mktemp("server")
-    ca, ca_key = gateway.make_ca(root / "tls")
-    crt, key = gateway.make_server_certificate(root / "tls", ca, ca_key, ["127.0.0.1"])
-    link = deploy.SuperLinkSpec(ca, crt, key, root / "superlink", port=_free_port())
-    address = f"127.0.0.1:{link.port}"
-    conn = control.CliConnection(root / "operator", address, ca)
-    control.write_cli_config(conn)
-    srv = Server(root, ca, crt, key, conn, address, None, root / "registry")
+    srv = testbed.start_local_server(root, registry=root / "registry")
     try:
-        srv.daemons += deploy.start_superlink(link)
-        if NGINX is not None:
-            srv.nginx = f"127.0.0.1:{_free_port()}"
-            user = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None
-            site = gateway.NginxSite(
-                srv.nginx,
-                crt,
-                key,
-                ca,
-                root / "nginx",
-                address,
-                user=user,
-                registry=srv.registry,
-            )
-            (root / "nginx").mkdir()
-            (root / "nginx" / "nginx.conf").write_text(gateway.nginx_config(site))
-            srv.daemons.append(
-                deploy.start_nginx(root / "nginx" / "nginx.conf", root / "nginx")
-            )
-            srv.fleet = srv.nginx
         yield srv
     finally:
         deploy.stop_all(srv.daemons)
@@ -171,7 +114,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def sites(
-    server: Server, tmp_path_factory: pytest.TempPathFactory
+    server: LocalServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Site]]:
     out: dict[str, Site] = {}
     try:
@@ -180,7 +123,7 @@ def sites(
             yaml_path = _facility(
                 root, spec, 100 + i, server, worker=name == WORKER_SITE
             )
-            spec = deploy.supernode_spec(yaml_path, root / "state", _free_port(), 120.0)
+            spec = deploy.supernode_spec(yaml_path, root / "state", free_port(), 120.0)
             node_id = control.register_node(server.conn, root / "node_key.pub")
             out[name] = Site(name, spec, node_id)
             out[name].daemons += deploy.start_supernode(spec)
@@ -192,10 +135,12 @@ def sites(
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt")
+    return write_tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt")
 
 
-def _run(server: Server, run_config: dict[str, str | int | float]) -> control.RunStatus:
+def _run(
+    server: LocalServer, run_config: dict[str, str | int | float]
+) -> control.RunStatus:
     started = time.monotonic()
     run_id = control.start_run(server.conn, run_config)
     status = control.wait_for_run(server.conn, run_id, RUN_TIMEOUT_S)
@@ -215,9 +160,10 @@ def _versions(registry: Path, run_id: int) -> list[ModelVersion]:
 
 
 def test_two_rounds_over_tls_with_node_auth_improve_the_global_model(
-    server: Server, sites: dict[str, Site], tiny_model: Path, tmp_path: Path
+    server: LocalServer, sites: dict[str, Site], tiny_model: Path, tmp_path: Path
 ) -> None:
     registry = server.registry
+    assert registry is not None
     config = {
         "num-rounds": 2,
         "min-sites": 3,
@@ -297,7 +243,7 @@ def _https(address: str, ca: Path, method: str, path: str) -> int:
 
 @needs_nginx
 def test_outside_clients_reach_only_the_fleet_api_through_nginx(
-    server: Server, tmp_path: Path
+    server: LocalServer, tmp_path: Path
 ) -> None:
     assert server.nginx is not None
     direct = server.conn.address
@@ -332,10 +278,10 @@ def test_outside_clients_reach_only_the_fleet_api_through_nginx(
 
 
 def test_supernode_without_a_registered_key_is_refused(
-    server: Server, tmp_path: Path
+    server: LocalServer, tmp_path: Path
 ) -> None:
     yaml_path = _facility(tmp_path, SITES["filaments"], 7, server)
-    spec = deploy.supernode_spec(yaml_path, tmp_path / "state", _free_port(), 20.0)
+    spec = deploy.supernode_spec(yaml_path, tmp_path / "state", free_port(), 20.0)
     before = control.node_statuses(server.conn)
     daemons = deploy.start_supernode(spec)
     try:
@@ -349,13 +295,13 @@ def test_supernode_without_a_registered_key_is_refused(
 
 
 def test_supernode_trusting_another_ca_cannot_connect(
-    server: Server, tmp_path: Path
+    server: LocalServer, tmp_path: Path
 ) -> None:
     other_ca, _ = gateway.make_ca(tmp_path / "other-ca", common_name="someone else")
     yaml_path = _facility(tmp_path, SITES["filaments"], 8, server)
     pub = tmp_path / "node_key.pub"
     node_id = control.register_node(server.conn, pub)  # only TLS can stop it
-    spec = deploy.supernode_spec(yaml_path, tmp_path / "state", _free_port(), 10.0)
+    spec = deploy.supernode_spec(yaml_path, tmp_path / "state", free_port(), 10.0)
     spec = dataclasses.replace(spec, ca_cert=other_ca)
     daemons = deploy.start_supernode(spec)
     try:
@@ -371,7 +317,7 @@ def test_supernode_trusting_another_ca_cannot_connect(
 
 
 def test_supernodes_come_back_after_a_superlink_restart(
-    server: Server, sites: dict[str, Site]
+    server: LocalServer, sites: dict[str, Site]
 ) -> None:
     """The SuperLink keeps registered keys in its --database: after a restart the
     running SuperNodes reconnect by themselves, nothing is registered again."""
@@ -407,12 +353,14 @@ def _kill_when_training(victim: Site, timeout_s: float = 300.0) -> None:
 
 @pytest.fixture
 def victim(
-    server: Server, sites: dict[str, Site], tmp_path_factory: pytest.TempPathFactory
+    server: LocalServer,
+    sites: dict[str, Site],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Site]:
     """A fourth SuperNode that a test kills."""
     root = tmp_path_factory.mktemp("victim")
     yaml_path = _facility(root, SITES["globular-clean"], 11, server)
-    spec = deploy.supernode_spec(yaml_path, root / "state", _free_port(), 60.0)
+    spec = deploy.supernode_spec(yaml_path, root / "state", free_port(), 60.0)
     site = Site(
         "victim", spec, control.register_node(server.conn, root / "node_key.pub")
     )
@@ -426,7 +374,7 @@ def victim(
 
 @pytest.mark.parametrize("min_sites", [3, 4])
 def test_supernode_killed_mid_round(
-    server: Server,
+    server: LocalServer,
     sites: dict[str, Site],
     victim: Site,
     tiny_model: Path,
