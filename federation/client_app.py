@@ -7,7 +7,9 @@ and refuses to work while ``enabled`` is false.
 
 - **train**: rebuild the global model from the received arrays and the server's model
   spec, fine-tune it locally (:func:`task.train_locally`, at most ``caps.local_epochs``),
-  reply with one ArrayRecord of weights and one MetricRecord ``num-examples``, ``loss``.
+  reply with one ArrayRecord of weights and one MetricRecord ``num-examples``, ``loss``
+  (plus ``received-*`` metrics of the received model on the local validation split, when
+  the config asks with ``evaluate-received``; see :mod:`evaluation`).
 - **evaluate**: metrics of the global model on the local validation split
   (``num-examples``, ``loss``, ``auc``, ``balanced-accuracy``, ``fnr``). On the last round
   the *acceptance gate* runs: the global model replaces the site's model at
@@ -43,6 +45,11 @@ from cryodiscovery.federation.config import (
     NODE_CONFIG_KEY,
     FacilityConfig,
     load_facility_config,
+)
+from cryodiscovery.federation.evaluation import (
+    EVALUATE_RECEIVED,
+    RECEIVED_PREFIX,
+    site_metrics,
 )
 from cryodiscovery.federation.harvest import Harvest
 from cryodiscovery.federation.harvest_cache import cached_harvest
@@ -220,6 +227,10 @@ def train(msg: Message, context: Context) -> Message:
         return reply
     config = _config(msg)
     scorer = _global_model(msg)
+    received: dict[str, float] = {}
+    if config.get(EVALUATE_RECEIVED) is True:  # the last round's model, before training
+        ev = task.evaluate_scorer(scorer, data.validation)
+        received = site_metrics(ev, RECEIVED_PREFIX)
     options = task.LocalTrainOptions(
         epochs=max(1, min(_int(config, "local-epochs", 1), cfg.caps.local_epochs)),
         batch_size=cfg.caps.batch_size,
@@ -239,7 +250,9 @@ def train(msg: Message, context: Context) -> Message:
         result.seconds,
         result.loss,
     )
-    metrics = MetricRecord({"num-examples": result.num_examples, "loss": result.loss})
+    metrics = MetricRecord(
+        {"num-examples": result.num_examples, "loss": result.loss, **received}
+    )
     content = RecordDict(
         {"arrays": task.scorer_to_arrays(result.scorer), "metrics": metrics}
     )
@@ -257,15 +270,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     server_round = _int(config, "server-round", 0)
     if server_round >= _int(config, "num-rounds", 1 << 30):
         _gate(cfg, candidate, data, server_round)
-    metrics = MetricRecord(
-        {
-            "num-examples": ev.n,
-            "loss": ev.loss,
-            "auc": ev.auc,
-            "balanced-accuracy": ev.balanced_accuracy,
-            "fnr": ev.fnr,
-        }
-    )
+    metrics = MetricRecord(site_metrics(ev))
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 

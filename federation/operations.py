@@ -27,14 +27,16 @@ from cryodiscovery.federation import gate, task
 from cryodiscovery.federation.accounting import DP_DELTA, rdp_epsilon
 from cryodiscovery.federation.client_app import current_model
 from cryodiscovery.federation.config import DPOptions, FacilityConfig
+from cryodiscovery.federation.evaluation import (
+    EVALUATE_METRICS,
+    RECEIVED_PREFIX,
+    TRAIN_METRICS,
+)
 from cryodiscovery.federation.harvest_cache import cached_harvest
 from cryodiscovery.federation.ledger import Ledger, LedgerError
 from cryodiscovery.federation.registry import download_version, list_versions
 
 log = logging.getLogger(__name__)
-
-TRAIN_METRICS = ("num-examples", "loss")
-EVALUATE_METRICS = ("num-examples", "loss", "auc", "balanced-accuracy", "fnr")
 
 
 def _used_lines(config: FacilityConfig) -> list[str]:
@@ -94,7 +96,9 @@ def _sent_lines(
     )
     lines = [
         f"Would be sent (to {config.superlink or 'the SuperLink'}, nothing else):",
-        f"  train reply:    the parameter arrays below + metrics {', '.join(TRAIN_METRICS)}",
+        f"  train reply:    the parameter arrays below + metrics {', '.join(TRAIN_METRICS)}"
+        f" (+ {RECEIVED_PREFIX}{', '.join(EVALUATE_METRICS[1:])} of the received model,"
+        " when the server asks)",
         f"  evaluate reply: metrics {', '.join(EVALUATE_METRICS)}",
         f"  {privacy}",
     ]

@@ -19,13 +19,14 @@ import hashlib
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from cryodiscovery.core.checkpoint import ClassScorer, save_scorer
 from cryodiscovery.federation import task
 from cryodiscovery.federation.accounting import DP_DELTA, rdp_epsilon
+from cryodiscovery.federation.evaluation import EVALUATE_RECEIVED, received_metrics
 from cryodiscovery.federation.polling import send_and_receive
 from cryodiscovery.federation.registry import Contribution, ModelRegistry, ModelVersion
 from cryodiscovery.federation.secagg import DeltaFedAvg, run_secagg_rounds
@@ -38,7 +39,14 @@ from cryodiscovery.federation.strategy import (
 )
 from cryodiscovery.federation.validation import model_problem
 from cryodiscovery.federation.wire import keep_statistics
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 
 log = logging.getLogger(__name__)
@@ -217,6 +225,8 @@ class FederationRun:
                 "local-epochs": self.settings.local_epochs,
                 "learning-rate": self.settings.round_learning_rate(rnd),
                 "seed": self.settings.seed,
+                EVALUATE_RECEIVED: rnd > 1
+                and (rnd - 1) % self.settings.evaluate_every == 0,
             }
         )
         messages = list(
@@ -225,6 +235,7 @@ class FederationRun:
         t_sent = time.perf_counter()
         replies = send_and_receive(self.grid, messages, timeout)
         t_replies = time.perf_counter()
+        self._record_received(rnd, replies)
         new_arrays, _ = self.strategy.aggregate_train(rnd, replies)
         if new_arrays is None:  # the guard raises before this; kept for type narrowing
             raise RuntimeError(f"round {rnd}: no aggregated model")
@@ -246,7 +257,7 @@ class FederationRun:
         )
         t_server = time.perf_counter()
         site_metrics: MetricRecord | None = None
-        if rnd % self.settings.evaluate_every == 0 or rnd == self.settings.num_rounds:
+        if rnd == self.settings.num_rounds:  # earlier models: on the next train message
             eval_messages = self.strategy.configure_evaluate(
                 rnd, new_arrays, eval_config, self.grid
             )
@@ -297,6 +308,23 @@ class FederationRun:
         )
         self.result.rounds.append(summary)
         return new_arrays, candidate
+
+    def _record_received(self, rnd: int, replies: list[Message]) -> None:
+        """The sites' metrics of the previous round's model (carried by this round's
+        train replies when asked), into that round's summary."""
+        metrics = received_metrics(replies)
+        if metrics is None or rnd < 2 or len(self.result.rounds) < rnd - 1:
+            return
+        sites = {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
+        previous = self.result.rounds[rnd - 2]
+        self.result.rounds[rnd - 2] = replace(previous, sites=sites)
+        log.info(
+            "round %d model on the sites' validation splits (from round %d's train "
+            "replies): %s",
+            rnd - 1,
+            rnd,
+            ", ".join(f"{k} {v:.4g}" for k, v in sorted(sites.items())),
+        )
 
     def _contributions(self, rnd: int) -> list[Contribution]:
         names = _site_names(self.grid)

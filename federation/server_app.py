@@ -3,12 +3,15 @@ evaluates each global model on a server-held generated validation set and publis
 every version to the model registry.
 
 Each round: sites train (``train`` messages carry the global arrays and a ConfigRecord
-with ``model-spec``, ``local-epochs``, ``learning-rate``, ``seed``); the guarded strategy
-drops bad updates and aggregates the rest (:mod:`strategy`); the new global model's
-threshold is recalibrated for ``target-fnr`` on the generated validation set, where it is
-also evaluated; the version is published to the registry with its metrics and the
-contribution of every site; then sites evaluate it (``evaluate`` messages; on the last
-round each site's acceptance gate decides whether its scoring switches to it).
+with ``model-spec``, ``local-epochs``, ``learning-rate``, ``seed`` and
+``evaluate-received``: whether to report metrics of the received model, the previous
+round's, on the site's validation split first); the guarded strategy drops bad updates
+and aggregates the rest (:mod:`strategy`); the new global model's threshold is
+recalibrated for ``target-fnr`` on the generated validation set, where it is also
+evaluated; the version is published to the registry with its metrics and the
+contribution of every site. After the last round sites evaluate the final model
+(``evaluate`` messages), and each site's acceptance gate decides whether its scoring
+switches to it.
 
 Run config: see :mod:`cryodiscovery.federation.settings` (every key, default and meaning).
 The round drivers (plain and SecAgg+) are in :mod:`cryodiscovery.federation.rounds`.

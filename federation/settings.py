@@ -16,8 +16,11 @@ fraction-train              1.0        fraction of connected sites asked to trai
 round-timeout               600        seconds to wait for replies per phase
 wait-for-sites              300        seconds to wait for min-sites to connect
 local-epochs                1          epochs per round (a site may cap it lower)
-evaluate-every              1          sites evaluate the new global model every N rounds
-                                       (and always after the last, for their gate)
+evaluate-every              1          sites evaluate the global model of every Nth round
+                                       on their validation split, before training on it
+                                       in the next round (one message per site and round;
+                                       see :mod:`evaluation`); the last round's model in
+                                       an evaluate message (where their gate runs)
 learning-rate               0.001      local learning rate
 lr-decay                    "none"     "cosine": the rate sent in round r falls from
                                        learning-rate to 5% of it over num-rounds

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from cryodiscovery.federation.evaluation import aggregate_metrics
 from cryodiscovery.federation.validation import (
     NUM_EXAMPLES,
     UpdateBounds,
@@ -324,7 +325,7 @@ class GuardedStrategy(Strategy):
                 )
         if not good:
             return None
-        return _aggregate_metrics([m.content for m in good], NUM_EXAMPLES)
+        return aggregate_metrics([m.content for m in good], NUM_EXAMPLES)
 
 
 def wait_for_sites(grid: Grid, minimum: int, seconds: float) -> list[int]:
@@ -368,31 +369,6 @@ def _restore(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
     return out
 
 
-def _aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Example-weighted mean of each scalar metric over the replies where it is finite
-    (NaN where none is), plus the total example count under ``weight_key``."""
-    total = 0.0
-    sums: dict[str, list[float]] = {}
-    for record in records:
-        metrics = next(iter(record.metric_records.values()))
-        weight = float(metrics.get(weight_key, 0.0))  # type: ignore[arg-type]
-        if not math.isfinite(weight) or weight <= 0:
-            continue
-        total += weight
-        for key, value in metrics.items():
-            if key == weight_key or isinstance(value, list):
-                continue
-            if math.isfinite(float(value)):
-                acc = sums.setdefault(key, [0.0, 0.0])
-                acc[0] += weight * float(value)
-                acc[1] += weight
-    out = MetricRecord(
-        {k: (s / w if w > 0 else math.nan) for k, (s, w) in sums.items()}
-    )
-    out[weight_key] = total
-    return out
-
-
 def build_strategy(options: StrategyOptions) -> GuardedStrategy:
     """The configured Flower strategy, DP-wrapped if asked, inside the guard."""
     common: dict[str, Any] = {
@@ -401,8 +377,8 @@ def build_strategy(options: StrategyOptions) -> GuardedStrategy:
         "min_train_nodes": options.min_sites,
         "min_evaluate_nodes": 1,
         "min_available_nodes": options.min_sites,
-        "train_metrics_aggr_fn": _aggregate_metrics,
-        "evaluate_metrics_aggr_fn": _aggregate_metrics,
+        "train_metrics_aggr_fn": aggregate_metrics,
+        "evaluate_metrics_aggr_fn": aggregate_metrics,
     }
     inner: Strategy
     name = options.name

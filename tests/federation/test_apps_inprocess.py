@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -90,7 +91,11 @@ def test_sites_send_weights_and_scalar_metrics_only(
 ) -> None:
     expected = list(task.scorer_to_arrays(federation.initial).keys())
     up = [t for t in federation.grid.traffic if t.direction == "up"]
-    assert len(up) == 2 * 2 * 3  # rounds x (train, evaluate) x sites
+    # per site: a train reply in each of the 2 rounds, an evaluate reply after the last
+    assert sorted(t.message_type for t in up) == ["evaluate"] * 3 + ["train"] * 6
+    received = {f"received-{k}" for k in ("num-examples", "loss", "auc", "fnr")}
+    received.add("received-balanced-accuracy")
+    trains: dict[int, int] = {}
     for transfer in up:
         content = transfer.message.content
         assert not content.config_records
@@ -98,7 +103,10 @@ def test_sites_send_weights_and_scalar_metrics_only(
         if transfer.message_type == "train":
             (arrays,) = content.array_records.values()
             assert list(arrays.keys()) == expected
-            assert set(metrics.keys()) == {"num-examples", "loss"}
+            trains[transfer.node_id] = trains.get(transfer.node_id, 0) + 1
+            # round 2's replies also evaluate the round-1 model they received
+            extra = received if trains[transfer.node_id] == 2 else set()
+            assert set(metrics.keys()) == {"num-examples", "loss"} | extra
         else:
             assert not content.array_records
             assert set(metrics.keys()) == {
@@ -234,8 +242,10 @@ def test_secure_aggregation_hides_every_site_update(
 
 
 def test_sites_evaluate_every_n_rounds_and_the_rate_decays(
-    federation: SimpleNamespace, tmp_path: Path
+    federation: SimpleNamespace, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Round 2's model is evaluated on round 3's train messages (one message per site
+    and round), the last model by evaluate messages; the local rate decays."""
     config = run_config(
         tmp_path,
         **{
@@ -247,7 +257,8 @@ def test_sites_evaluate_every_n_rounds_and_the_rate_decays(
             "initial-model": str(federation.root / "initial.pt"),
         },
     )
-    grid = run_apps(federation.sites, config)
+    with caplog.at_level(logging.INFO, logger="cryodiscovery.federation.rounds"):
+        grid = run_apps(federation.sites, config)
     evaluated = sorted(
         {
             int(next(iter(t.message.content.config_records.values()))["server-round"])
@@ -255,11 +266,27 @@ def test_sites_evaluate_every_n_rounds_and_the_rate_decays(
             if t.direction == "down" and t.message_type == "evaluate"
         }
     )
-    assert evaluated == [2, 3]
+    assert evaluated == [3]
     trained = [
         t for t in grid.traffic if t.direction == "down" and t.message_type == "train"
     ]
     assert len(trained) == 3 * 3
+    asked = sorted(
+        int(c["server-round"])
+        for c in (
+            next(iter(t.message.content.config_records.values())) for t in trained
+        )
+        if c["evaluate-received"]
+    )
+    assert asked == [3, 3, 3]
+    lines = [
+        r.getMessage() for r in caplog.records if "validation splits" in r.getMessage()
+    ]
+    assert len(lines) == 1 and lines[0].startswith("round 2 model on the sites'")
+    n_validation = sum(
+        harvest(load_facility_config(p)).n_validation for p in federation.sites.values()
+    )
+    assert f"num-examples {n_validation:.4g}" in lines[0] and "auc " in lines[0]
     rates = {
         int(c["server-round"]): float(c["learning-rate"])
         for c in (
