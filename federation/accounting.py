@@ -15,14 +15,22 @@ way: the RDP of order ``alpha`` is ``alpha / 2 * sum_i 1 / sigma_i^2``
 site updates) has the same per-round mechanism for any one site, so the server's
 running eps uses the same function.
 
-Public API: ``DP_DELTA``, ``rdp_epsilon(noise_multiplier, rounds, delta=1e-5) -> float``,
+A model's central-DP record (:func:`central_dp_record`, stored in the model's info)
+also carries the inverse-variance sum of its whole lineage: a run that starts from a
+model made by an earlier DP run adds to that run's; one that starts from a model made by
+a federated run *without* central DP has no central guarantee for that earlier data
+(lineage eps ``inf``).
+
+Public API: ``DP_DELTA``, ``central_dp_record(noise_multiplier, clipping_norm, rounds,
+initial_info) -> dict``, ``rdp_epsilon(noise_multiplier, rounds, delta=1e-5) -> float``,
 ``rdp_epsilon_of(noise_multipliers, delta=1e-5) -> float``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 #: The delta of every (eps, delta) this package reports for DP.
 DP_DELTA = 1e-5
@@ -67,6 +75,44 @@ def rdp_epsilon_of(noise_multipliers: Sequence[float], delta: float = 1e-5) -> f
     if min(noise_multipliers) == 0:
         return math.inf
     return _epsilon(sum(1 / s**2 for s in noise_multipliers), delta)
+
+
+def central_dp_record(
+    noise_multiplier: float,
+    clipping_norm: float,
+    rounds: int,
+    initial_info: Mapping[str, Any],
+) -> dict[str, float]:
+    """What a model published after ``rounds`` central-DP rounds of this run spent.
+
+    ``initial_info`` is the info of the model the run started from. Returns
+    ``noise_multiplier``, ``clipping_norm``, ``rounds`` (this run), ``delta``,
+    ``epsilon`` (this run), ``inverse_variance_sum`` and ``lineage_epsilon`` (this run
+    and every DP run the starting model came from; ``inf`` if it came from a federated
+    run without central DP).
+    """
+    prior = 0.0
+    federation = initial_info.get("federation")
+    if isinstance(federation, Mapping):
+        record = federation.get("central_dp")
+        prior = (
+            float(record.get("inverse_variance_sum", math.inf))
+            if isinstance(record, Mapping)
+            else math.inf
+        )
+    this_run = rounds / noise_multiplier**2 if noise_multiplier > 0 else math.inf
+    total = prior + this_run
+    return {
+        "noise_multiplier": noise_multiplier,
+        "clipping_norm": clipping_norm,
+        "rounds": float(rounds),
+        "delta": DP_DELTA,
+        "epsilon": rdp_epsilon(noise_multiplier, rounds, DP_DELTA),
+        "inverse_variance_sum": total,
+        "lineage_epsilon": _epsilon(total, DP_DELTA)
+        if math.isfinite(total)
+        else math.inf,
+    }
 
 
 def _epsilon(inverse_variance_sum: float, delta: float) -> float:

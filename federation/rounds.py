@@ -25,7 +25,7 @@ from typing import Any
 
 from cryodiscovery.core.checkpoint import ClassScorer, save_scorer
 from cryodiscovery.federation import task
-from cryodiscovery.federation.accounting import DP_DELTA, rdp_epsilon
+from cryodiscovery.federation.accounting import DP_DELTA, central_dp_record
 from cryodiscovery.federation.evaluation import EVALUATE_RECEIVED, received_metrics
 from cryodiscovery.federation.polling import send_and_receive
 from cryodiscovery.federation.registry import Contribution, ModelRegistry, ModelVersion
@@ -212,6 +212,7 @@ class FederationRun:
             "initial_model_sha256": result.scorer.sha256,
             "settings": repr(settings),
         }
+        self.initial_info = dict(result.scorer.info)  # for the DP lineage
 
     def round(
         self, rnd: int, arrays: ArrayRecord, scorer: ClassScorer
@@ -361,6 +362,7 @@ class FederationRun:
         if privacy is not None:
             federation["central_dp"] = privacy
             metrics["central_dp_epsilon"] = privacy["epsilon"]
+            metrics["central_dp_lineage_epsilon"] = privacy["lineage_epsilon"]
         candidate.info = {**candidate.info, "federation": federation}
         if self.registry is None:
             return
@@ -374,28 +376,23 @@ class FederationRun:
         self.result.versions.append(version)
 
     def _central_dp(self, rnd: int) -> dict[str, float] | None:
-        """Central DP spent by this run after ``rnd`` rounds (site-level, per run; no
-        sampling amplification claimed), logged; ``None`` without central DP."""
+        """Central DP spent after ``rnd`` rounds (see :func:`central_dp_record`),
+        logged; ``None`` without central DP."""
         opts = self.settings.strategy
         if not opts.dp:
             return None
-        eps = rdp_epsilon(opts.dp_noise_multiplier, rnd, DP_DELTA)
-        log.info(
-            "central DP: %d noised round(s) in this run; site-level eps %.3g at "
-            "delta %g (noise multiplier %g, clipping norm %g)",
-            rnd,
-            eps,
-            DP_DELTA,
-            opts.dp_noise_multiplier,
-            opts.dp_clipping_norm,
+        record = central_dp_record(
+            opts.dp_noise_multiplier, opts.dp_clipping_norm, rnd, self.initial_info
         )
-        return {
-            "noise_multiplier": opts.dp_noise_multiplier,
-            "clipping_norm": opts.dp_clipping_norm,
-            "rounds": float(rnd),
-            "delta": DP_DELTA,
-            "epsilon": eps,
-        }
+        log.info(
+            "central DP: %d noised round(s) in this run, site-level eps %.3g at delta "
+            "%g (%.3g with the runs the starting model came from)",
+            rnd,
+            record["epsilon"],
+            DP_DELTA,
+            record["lineage_epsilon"],
+        )
+        return record
 
 
 def _save(scorer: ClassScorer, path: Path) -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
-from cryodiscovery.federation.accounting import rdp_epsilon
+from cryodiscovery.federation.accounting import (
+    central_dp_record,
+    rdp_epsilon,
+    rdp_epsilon_of,
+)
 
 
 def _closed_form(sigma: float, rounds: int, delta: float) -> float:
@@ -39,3 +43,17 @@ def test_edge_cases() -> None:
     for bad in ((-1.0, 1, 1e-5), (1.0, -1, 1e-5), (1.0, 1, 0.0), (1.0, 1, 1.0)):
         with pytest.raises(ValueError):
             rdp_epsilon(*bad)
+
+
+def test_central_dp_record_composes_the_model_lineage() -> None:
+    fresh = central_dp_record(2.0, 1.5, 3, {})  # e.g. the shipped default model
+    assert fresh["epsilon"] == fresh["lineage_epsilon"] == rdp_epsilon(2.0, 3)
+    assert fresh["inverse_variance_sum"] == pytest.approx(3 / 4)
+    continued = central_dp_record(4.0, 1.5, 2, {"federation": {"central_dp": fresh}})
+    assert continued["epsilon"] == rdp_epsilon(4.0, 2)
+    assert continued["lineage_epsilon"] == pytest.approx(
+        rdp_epsilon_of([2.0] * 3 + [4.0] * 2)
+    )
+    # a starting model from a federated run without central DP: no lineage guarantee
+    plain = central_dp_record(2.0, 1.5, 1, {"federation": {"server_round": 4}})
+    assert plain["lineage_epsilon"] == math.inf and math.isfinite(plain["epsilon"])

@@ -163,6 +163,7 @@ def test_updates_are_clipped_for_central_dp_and_noised_locally(
     recorded = load_scorer(version.checkpoint).info["federation"]["central_dp"]
     assert recorded["rounds"] == 1 and recorded["noise_multiplier"] == 0.1
     assert recorded["clipping_norm"] == CLIP
+    assert recorded["lineage_epsilon"] == recorded["epsilon"]  # from a fresh model
     # the local-DP site recorded its one noised update in its privacy ledger
     (entry,) = Ledger(run.root / "ledger.jsonl").entries()
     assert entry.server_round == 1 and entry.noise_multiplier == 0.01
