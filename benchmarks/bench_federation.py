@@ -223,6 +223,9 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="also fine-tune each federated model at every site for N epochs",
     )
+    parser.add_argument(
+        "--personalise-lr", type=float, default=0.0, help="0: the --lr rate"
+    )
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -360,7 +363,10 @@ def _personalised(
     """Each site fine-tunes the federated model on its own data (``cryodiscovery train
     --init``), recalibrates on its validation split; AUC on its own test jobs."""
     options = task.LocalTrainOptions(
-        epochs=args.personalise, batch_size=args.batch, lr=args.lr, seed=args.seed
+        epochs=args.personalise,
+        batch_size=args.batch,
+        lr=args.personalise_lr or args.lr,
+        seed=args.seed,
     )
     out = {}
     for name, h in data.items():

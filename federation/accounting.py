@@ -1,19 +1,24 @@
-"""What local differential privacy costs over many rounds.
+"""What differential privacy costs over many rounds.
 
-With ``privacy.dp`` a site clips each round's weights delta to L2 norm ``C`` and adds
-Gaussian noise of std ``sigma * C`` (Flower's ``LocalDpMod``). One such release is the
-Gaussian mechanism with sensitivity ``C`` for the site's whole update (site-level
-privacy: neighbouring inputs are any two sets of the site's data). Its Renyi DP of order
-``alpha`` is ``alpha / (2 sigma^2)`` (Mironov 2017, Prop. 7); ``R`` releases compose by
-adding, and ``eps = min_alpha R alpha / (2 sigma^2) + log(1/delta) / (alpha - 1)`` is an
-(eps, delta)-DP guarantee for everything the site sent in ``R`` rounds (Prop. 3). No
-subsampling amplification is claimed (a site takes part in every round it is asked).
+**Local DP** (``privacy.dp``): a site clips each round's weights delta to L2 norm ``C``
+and adds Gaussian noise of std ``sigma * C`` (Flower's ``LocalDpMod``). Neighbouring
+inputs are any two sets of the site's data (site-level privacy), so two clipped deltas
+differ by up to ``2 C``: one release is the Gaussian mechanism with noise multiplier
+``sigma / 2`` over that sensitivity (:func:`local_dp_epsilon`). Its Renyi DP of order
+``alpha`` is ``alpha / (2 (sigma/2)^2)`` (Mironov 2017, Prop. 7); releases compose by
+adding, and ``eps = min_alpha RDP(alpha) + log(1/delta) / (alpha - 1)`` is an
+(eps, delta)-DP guarantee for the weights the site sent (Prop. 3). No subsampling
+amplification is claimed (a site takes part in every round it is asked). The scalar
+metrics a site sends are not noised and not covered.
+
+**Central DP** (run config ``dp-clipping-norm``/``dp-noise-multiplier``): sites clip to
+``C``, the server averages ``m`` updates with equal weights and adds noise of std
+``sigma * C / m``; adding or removing one site moves the mean by at most ``C / m``, so
+each round is the Gaussian mechanism with multiplier ``sigma`` (:func:`rdp_epsilon`).
 
 Releases at different noise levels (a facility's runs over the years) compose the same
 way: the RDP of order ``alpha`` is ``alpha / 2 * sum_i 1 / sigma_i^2``
-(:func:`rdp_epsilon_of`). Central DP (the server adds the noise to the sum of clipped
-site updates) has the same per-round mechanism for any one site, so the server's
-running eps uses the same function.
+(:func:`rdp_epsilon_of`).
 
 A model's central-DP record (:func:`central_dp_record`, stored in the model's info)
 also carries the inverse-variance sum of its whole lineage: a run that starts from a
@@ -21,7 +26,8 @@ model made by an earlier DP run adds to that run's; one that starts from a model
 a federated run *without* central DP has no central guarantee for that earlier data
 (lineage eps ``inf``).
 
-Public API: ``DP_DELTA``, ``central_dp_record(noise_multiplier, clipping_norm, rounds,
+Public API: ``DP_DELTA``, ``local_dp_epsilon(noise_multipliers, delta) -> float``,
+``central_dp_record(noise_multiplier, clipping_norm, rounds,
 initial_info) -> dict``, ``rdp_epsilon(noise_multiplier, rounds, delta=1e-5) -> float``,
 ``rdp_epsilon_of(noise_multipliers, delta=1e-5) -> float``.
 """
@@ -75,6 +81,14 @@ def rdp_epsilon_of(noise_multipliers: Sequence[float], delta: float = 1e-5) -> f
     if min(noise_multipliers) == 0:
         return math.inf
     return _epsilon(sum(1 / s**2 for s in noise_multipliers), delta)
+
+
+def local_dp_epsilon(
+    noise_multipliers: Sequence[float], delta: float = DP_DELTA
+) -> float:
+    """Site-level eps of local-DP releases at these noise multipliers (sensitivity
+    ``2 C``, see the module docstring)."""
+    return rdp_epsilon_of([s / 2 for s in noise_multipliers], delta)
 
 
 def central_dp_record(

@@ -16,9 +16,12 @@ and refuses to work while ``enabled`` is false.
   ``model_path`` only if it is not worse than the current one (or the shipped default)
   by more than ``acceptance.tolerance``; otherwise the site keeps its model and logs why.
 - **privacy**: with ``privacy.dp`` the update delta is clipped and noised on the site by
-  Flower's ``LocalDpMod``, then the BatchNorm running statistics are reset to the
-  received global ones (post-processing: noise can make a variance negative); when the server asks for central DP (its config carries a
-  clipping norm) Flower's ``fixedclipping_mod`` clips last. When the server runs SecAgg+,
+  Flower's ``LocalDpMod``; when the server asks for central DP (its config carries a
+  clipping norm) Flower's ``fixedclipping_mod`` then clips the (noised) delta. Under
+  either, the update's BatchNorm running statistics are the received global ones (before
+  clipping and after the noise). The DP guarantee covers the weights; the scalar
+  metrics (``num-examples``, ``loss``, validation metrics) are not noised. When the
+  server runs SecAgg+,
   Flower's ``secaggplus_mod`` masks the update (the weights delta, see :mod:`secagg`); a
   site with ``privacy.secagg: true`` refuses to send an update any other way.
 - **errors** reach the server as one generic line (no paths, no data); the details stay in
@@ -130,7 +133,12 @@ def _guard_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
 def _privacy_mod(
     msg: Message, context: Context, call_next: ClientAppCallable
 ) -> Message:
-    """Apply the site's local DP and the server's client-side clipping to train replies."""
+    """Apply the site's local DP and the server's client-side clipping to train replies.
+
+    Under either, the update's BatchNorm running statistics are the received global ones
+    before clipping (the clipping budget goes to the weights) and again after the noise
+    (which could make a variance negative); see :func:`wire.keep_statistics`.
+    """
     if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, context)
     cfg = facility_config(context)
@@ -139,8 +147,15 @@ def _privacy_mod(
     config = _config(msg)
     if cfg.privacy.secagg:
         raise SiteRefusal("this site sends updates only under secure aggregation")
-    chain = call_next
     dp = cfg.privacy.dp
+    central = KEY_CLIPPING_NORM in config
+    if dp is None and not central:
+        return call_next(msg, context)
+
+    def trained(m: Message, c: Context) -> Message:
+        return _keep_statistics(m, call_next(m, c), config)
+
+    chain: ClientAppCallable = trained
     if dp is not None:
         check_privacy_budget(dp)
         # LocalDpMod's noise std is sensitivity * sqrt(2 ln(1.25/delta)) / epsilon; this
@@ -151,12 +166,8 @@ def _privacy_mod(
             else math.inf
         )
         local_dp = LocalDpMod(dp.clipping_norm, dp.clipping_norm, epsilon, DP_DELTA)
-        chain = _bind(local_dp, call_next)
-    reply = (
-        fixedclipping_mod(msg, context, chain)
-        if KEY_CLIPPING_NORM in config
-        else chain(msg, context)
-    )
+        chain = _bind(local_dp, trained)
+    reply = fixedclipping_mod(msg, context, chain) if central else chain(msg, context)
     if dp is not None and not reply.has_error():
         reply = _keep_statistics(msg, reply, config)
         record_release(dp, msg.metadata.run_id, _int(config, "server-round", 0))
@@ -164,15 +175,17 @@ def _privacy_mod(
 
 
 def _keep_statistics(msg: Message, reply: Message, config: ConfigRecord) -> Message:
-    """After local DP: the reply's BatchNorm running statistics are the received global
-    ones (the noise could make a variance negative; see :func:`wire.keep_statistics`)."""
+    """The reply with the received global BatchNorm running statistics (unchanged when
+    it is an error or not a packed model)."""
     spec = config.get("model-spec")
+    if reply.has_error() or not isinstance(spec, str):
+        return reply
     (received,) = msg.content.array_records.values()
-    (key, noised), *_ = reply.content.array_records.items()
-    if not isinstance(spec, str) or not (is_packed(noised) and is_packed(received)):
+    (key, sent), *_ = reply.content.array_records.items()
+    if not (is_packed(sent) and is_packed(received)):
         return reply
     layout = task.named_arrays(task.scorer_shell(spec))
-    reply.content.array_records[key] = keep_statistics(noised, received, layout)
+    reply.content.array_records[key] = keep_statistics(sent, received, layout)
     return reply
 
 

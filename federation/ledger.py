@@ -9,7 +9,8 @@ site::
      "noise_multiplier": 1.0, "clipping_norm": 5.0}
 
 and the site-level (eps, delta) spent so far is the RDP composition of all of them
-(:func:`~.accounting.rdp_epsilon_of`). With ``privacy.dp.max_epsilon`` set, a site
+(:func:`~.accounting.local_dp_epsilon`; it covers the weights the site sent, not the
+scalar metrics). With ``privacy.dp.max_epsilon`` set, a site
 whose next update would take the total over the budget refuses to train, before any
 work. The ledger is never reset by the software; a ledger that cannot be read or written
 stops training too (accounting must not silently start again at zero).
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryodiscovery.federation.accounting import DP_DELTA, rdp_epsilon_of
+from cryodiscovery.federation.accounting import DP_DELTA, local_dp_epsilon
 
 if TYPE_CHECKING:
     from cryodiscovery.federation.config import DPOptions
@@ -78,33 +79,30 @@ class Ledger:
         self.path = path
 
     def entries(self) -> list[Release]:
-        """Every recorded release; ``LedgerError`` if a line is not one."""
+        """Every recorded release (read under a shared lock); ``LedgerError`` if a line
+        is not one."""
+        if not self.path.exists():
+            return []
         try:
-            text = self.path.read_text() if self.path.exists() else ""
+            with self.path.open() as f:
+                fcntl.flock(f, fcntl.LOCK_SH)
+                text = f.read()
         except OSError as err:
             raise LedgerError(
                 f"{self.path}: cannot read the privacy ledger: {err}"
             ) from err
-        return [self._parse(n, line) for n, line in _lines(text)]
+        return self._releases(text)
 
     def epsilon(self, delta: float) -> float:
         """Site-level eps (at ``delta``) of everything recorded so far."""
-        return rdp_epsilon_of([e.noise_multiplier for e in self.entries()], delta)
+        return local_dp_epsilon([e.noise_multiplier for e in self.entries()], delta)
 
     def check_budget(
         self, noise_multiplier: float, max_epsilon: float | None, delta: float
     ) -> float:
         """eps after one more release at ``noise_multiplier``; ``BudgetExceeded`` if
         that is over ``max_epsilon`` (no budget: ``None``)."""
-        past = [e.noise_multiplier for e in self.entries()]
-        after = rdp_epsilon_of([*past, noise_multiplier], delta)
-        if max_epsilon is not None and after > max_epsilon:
-            raise BudgetExceeded(
-                f"privacy budget spent: {len(past)} noised update(s) in {self.path} "
-                f"give eps {rdp_epsilon_of(past, delta):.3g}, one more would give "
-                f"{after:.3g} > privacy.dp.max_epsilon {max_epsilon:g}"
-            )
-        return after
+        return self._after(self.entries(), noise_multiplier, max_epsilon, delta)
 
     def record(
         self,
@@ -112,8 +110,12 @@ class Ledger:
         server_round: int,
         noise_multiplier: float,
         clipping_norm: float,
+        max_epsilon: float | None = None,
+        delta: float = DP_DELTA,
     ) -> int:
-        """Append one release (under an exclusive lock); returns the number recorded."""
+        """Append one release; returns the number recorded. Under an exclusive lock the
+        budget is checked again against what is recorded then (another process may have
+        recorded since :meth:`check_budget`): ``BudgetExceeded`` and nothing written."""
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "run_id": int(run_id),
@@ -126,7 +128,8 @@ class Ledger:
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             with os.fdopen(fd, "r+") as f:
                 fcntl.flock(f, fcntl.LOCK_EX)
-                count = sum(1 for _ in _lines(f.read()))
+                past = self._releases(f.read())
+                self._after(past, noise_multiplier, max_epsilon, delta)
                 f.write(json.dumps(entry) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
@@ -134,7 +137,27 @@ class Ledger:
             raise LedgerError(
                 f"{self.path}: cannot write the privacy ledger: {err}"
             ) from err
-        return count + 1
+        return len(past) + 1
+
+    def _after(
+        self,
+        past: list[Release],
+        noise_multiplier: float,
+        max_epsilon: float | None,
+        delta: float,
+    ) -> float:
+        sigmas = [e.noise_multiplier for e in past]
+        after = local_dp_epsilon([*sigmas, noise_multiplier], delta)
+        if max_epsilon is not None and after > max_epsilon:
+            raise BudgetExceeded(
+                f"privacy budget spent: {len(past)} noised update(s) in {self.path} "
+                f"give eps {local_dp_epsilon(sigmas, delta):.3g}, one more would give "
+                f"{after:.3g} > privacy.dp.max_epsilon {max_epsilon:g}"
+            )
+        return after
+
+    def _releases(self, text: str) -> list[Release]:
+        return [self._parse(n, line) for n, line in _lines(text)]
 
     def _parse(self, number: int, line: str) -> Release:
         try:
@@ -162,9 +185,13 @@ def check_privacy_budget(dp: DPOptions) -> float:
 
 
 def record_release(dp: DPOptions, run_id: int, server_round: int) -> None:
-    """Record one noised update (before it leaves the site) and log the total spent."""
+    """Record one noised update (before it leaves the site) and log the total spent;
+    ``BudgetExceeded`` (nothing recorded, nothing must be sent) if another process used
+    the budget since :func:`check_privacy_budget`."""
     ledger = Ledger(dp.ledger)
-    count = ledger.record(run_id, server_round, dp.noise_multiplier, dp.clipping_norm)
+    count = ledger.record(
+        run_id, server_round, dp.noise_multiplier, dp.clipping_norm, dp.max_epsilon
+    )
     budget = f"{dp.max_epsilon:g}" if dp.max_epsilon is not None else "none"
     log.info(
         "local DP: update recorded in %s (%d noised update(s) in all); site-level "

@@ -24,7 +24,7 @@ from cryodiscovery.core.checkpoint import ClassScorer, load_scorer
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.outputs import atomic_path, sha256_file
 from cryodiscovery.federation import gate, task
-from cryodiscovery.federation.accounting import DP_DELTA, rdp_epsilon
+from cryodiscovery.federation.accounting import DP_DELTA, local_dp_epsilon
 from cryodiscovery.federation.client_app import current_model
 from cryodiscovery.federation.config import DPOptions, FacilityConfig
 from cryodiscovery.federation.evaluation import (
@@ -84,7 +84,8 @@ def _sent_lines(
         f"std {dp.noise_multiplier * dp.clipping_norm:g} per value; site-level "
         f"(eps, delta={DP_DELTA:g}) over 1/10/100 rounds: "
         + "/".join(
-            f"{rdp_epsilon(dp.noise_multiplier, r, DP_DELTA):.3g}" for r in (1, 10, 100)
+            f"{local_dp_epsilon([dp.noise_multiplier] * r, DP_DELTA):.3g}"
+            for r in (1, 10, 100)
         )
         if dp is not None
         else "local DP: off"
@@ -97,8 +98,8 @@ def _sent_lines(
     lines = [
         f"Would be sent (to {config.superlink or 'the SuperLink'}, nothing else):",
         f"  train reply:    the parameter arrays below + metrics {', '.join(TRAIN_METRICS)}"
-        f" (+ {RECEIVED_PREFIX}{', '.join(EVALUATE_METRICS[1:])} of the received model,"
-        " when the server asks)",
+        f" (+ {', '.join(RECEIVED_PREFIX + k for k in EVALUATE_METRICS)}: the received"
+        " model on the local validation split, when the server asks)",
         f"  evaluate reply: metrics {', '.join(EVALUATE_METRICS)}",
         f"  {privacy}",
     ]

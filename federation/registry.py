@@ -111,8 +111,9 @@ class ModelVersion:
         entry = asdict(self)
         path = self.checkpoint
         entry["checkpoint"] = str(path.relative_to(root) if root else path)
-        entry["metrics"] = {
-            k: (None if not math.isfinite(v) else v) for k, v in self.metrics.items()
+        entry["metrics"] = {  # JSON has no inf/nan: "inf", "-inf", null (nan)
+            k: v if math.isfinite(v) else (None if math.isnan(v) else str(v))
+            for k, v in self.metrics.items()
         }
         return entry
 
@@ -127,7 +128,7 @@ class ModelVersion:
             created_utc=str(entry["created_utc"]),
             server_round=int(entry["server_round"]),
             metrics={
-                str(k): (math.nan if v is None else float(v))
+                str(k): (math.nan if v is None else float(v))  # float("inf") too
                 for k, v in dict(entry.get("metrics", {})).items()
             },
             contributions=tuple(

@@ -41,7 +41,7 @@ from cryodiscovery.federation.config import FacilityConfig
 from cryodiscovery.federation.harvest import Harvest
 from cryodiscovery.federation.ledger import check_privacy_budget, record_release
 from cryodiscovery.federation.validation import UpdateBounds, check_update
-from cryodiscovery.federation.wire import BN_STATISTICS
+from cryodiscovery.federation.wire import statistics_mask
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common import (
     Code,
@@ -104,11 +104,11 @@ def legacy_train(msg: Message, cfg: FacilityConfig, data: Harvest) -> Message:
     trained = task.scorer_to_arrays(result.scorer)
     delta = [trained[k].numpy() - arrays[k].numpy() for k in arrays]
     if dp is not None:  # Flower's own clipping and noise, on the delta
+        stats = statistics_mask(task.named_arrays(scorer))  # kept global (see wire)
+        delta[0][stats] = 0
         clip_inputs_inplace(delta, dp.clipping_norm)
         add_gaussian_noise_inplace(delta, dp.noise_multiplier * dp.clipping_norm)
-        for d, key in zip(delta, arrays.keys(), strict=True):
-            if key.endswith(BN_STATISTICS):  # keep the global statistics (see wire)
-                d[...] = 0
+        delta[0][stats] = 0
         record_release(dp, msg.metadata.run_id, int(conf.get("server-round", 0)))
     fitres = FitRes(
         Status(Code.OK, ""),

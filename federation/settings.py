@@ -19,7 +19,8 @@ local-epochs                1          epochs per round (a site may cap it lower
 evaluate-every              1          sites evaluate the global model of every Nth round
                                        on their validation split, before training on it
                                        in the next round (one message per site and round;
-                                       see :mod:`evaluation`); the last round's model in
+                                       see :mod:`evaluation`; sites not sampled for
+                                       training do not report); the last round's model in
                                        an evaluate message (where their gate runs)
 learning-rate               0.001      local learning rate
 lr-decay                    "none"     "cosine": the rate sent in round r falls from
@@ -33,7 +34,9 @@ max-update-norm             0.0        L2 bound on a site's weights delta (0: re
 max-relative-update         1.0        bound = this x ||global weights|| when 0 above
 max-examples                1000000    largest num-examples a site may claim
 dp-noise-multiplier         0.0        central DP noise (with dp-clipping-norm > 0)
-dp-clipping-norm            0.0        sites clip their delta to this L2 norm
+dp-clipping-norm            0.0        sites clip their delta to this L2 norm; central
+                                       DP runs fedavg or fedprox, every site's update
+                                       weighted equally
 seed                        0          training seed base
 registry                    ""         model registry folder ("" = none)
 initial-model               ""         start model; "" = registry's latest, else the
@@ -98,6 +101,8 @@ class ServerSettings:
         )
 
 
+#: Strategies central DP may use (an equally weighted mean of clipped updates).
+CENTRAL_DP_STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox")
 #: Learning-rate schedules across rounds (run config ``lr-decay``).
 LR_DECAYS: tuple[str, ...] = ("none", "cosine")
 
@@ -195,12 +200,17 @@ def settings_from_run_config(run_config: Mapping[str, Any]) -> ServerSettings:
         "secagg-clipping-range": settings.secagg_clipping_range > 0,
         "secagg": not settings.secagg
         or (settings.strategy.name == "fedavg" and not settings.strategy.dp),
+        "dp-clipping-norm": not settings.strategy.dp
+        or settings.strategy.name in CENTRAL_DP_STRATEGIES,
     }
     for key, ok in checks.items():
         if not ok:
             why = {
                 "secagg": " (SecAgg+ runs with strategy fedavg and no central DP)",
                 "lr-decay": f" (one of {', '.join(LR_DECAYS)})",
+                "dp-clipping-norm": " (central DP runs with strategy "
+                f"{' or '.join(CENTRAL_DP_STRATEGIES)}: its accounting assumes an "
+                "equally weighted mean)",
             }.get(key, "")
             raise ValueError(f"run config '{key}' has a bad value{why}")
     return settings

@@ -281,6 +281,9 @@ class GuardedStrategy(Strategy):
             len(accepted),
             len(verdicts) - len(accepted),
         )
+        if self.options.dp:  # equal weights: what the DP noise (sigma C / m) assumes
+            for msg in accepted:
+                next(iter(msg.content.metric_records.values()))[NUM_EXAMPLES] = 1.0
         arrays, metrics = self.inner.aggregate_train(server_round, accepted)
         if arrays is None:
             raise RuntimeError(f"round {server_round}: the strategy produced no model")

@@ -12,7 +12,8 @@ update's distances, update screening on its values and norm.
 
 Public API: ``PACKED_KEY``, ``pack(named) -> ArrayRecord``, ``is_packed(arrays)``,
 ``unpack(packed, layout) -> ArrayRecord``, ``BN_STATISTICS``,
-``keep_statistics(packed, source, layout) -> ArrayRecord``.
+``keep_statistics(packed, source, layout) -> ArrayRecord``,
+``statistics_mask(layout) -> np.ndarray``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,16 @@ def unpack(packed: ArrayRecord, layout: ArrayRecord) -> ArrayRecord:
     return out
 
 
+def statistics_mask(layout: ArrayRecord) -> np.ndarray:
+    """Boolean mask over the packed vector of ``layout``: True at the BatchNorm running
+    statistics (:data:`BN_STATISTICS`)."""
+    parts = [
+        np.full(int(np.prod(ref.shape, dtype=np.int64)), name.endswith(BN_STATISTICS))
+        for name, ref in layout.items()
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+
 def keep_statistics(
     packed: ArrayRecord, source: ArrayRecord, layout: ArrayRecord
 ) -> ArrayRecord:
@@ -79,11 +90,6 @@ def keep_statistics(
     unpack(packed, layout)  # both must fit the layout
     unpack(source, layout)
     vector = packed[PACKED_KEY].numpy().copy()
-    kept = source[PACKED_KEY].numpy()
-    offset = 0
-    for name, ref in layout.items():
-        n = int(np.prod(ref.shape, dtype=np.int64))
-        if name.endswith(BN_STATISTICS):
-            vector[offset : offset + n] = kept[offset : offset + n]
-        offset += n
+    mask = statistics_mask(layout)
+    vector[mask] = source[PACKED_KEY].numpy()[mask]
     return ArrayRecord({PACKED_KEY: Array(vector)})

@@ -73,7 +73,9 @@ def test_check_prints_use_and_send_and_nothing_else(
     assert f"{source.n_selected:>8} {source.n_rejected:>8}" in out
     assert f"total: {data.n_train} for training" in out
     assert (
-        "train reply:    the parameter arrays below + metrics num-examples, loss" in out
+        "train reply:    the parameter arrays below + metrics num-examples, loss (+ "
+        "received-num-examples, received-loss, received-auc, received-balanced-accuracy,"
+        " received-fnr: the received model on the local validation split" in out
     )
     assert "m0.stem.0.weight" in out and "bytes" in out and "per update" in out
     assert "local DP: off; SecAgg+: not required" in out
@@ -218,12 +220,13 @@ def test_check_states_the_privacy_cost_of_local_dp(
     with_dp.write_text(yaml.safe_dump(data))
     assert _run(["check", "--config", str(with_dp)]) == 0
     out = capsys.readouterr().out
-    expected = "/".join(f"{rdp_epsilon(2.0, r, 1e-5):.3g}" for r in (1, 10, 100))
+    # local DP: sensitivity 2C (any two data sets of the site), so sigma / 2
+    expected = "/".join(f"{rdp_epsilon(1.0, r, 1e-5):.3g}" for r in (1, 10, 100))
     assert f"(eps, delta=1e-05) over 1/10/100 rounds: {expected}" in out
     assert f"spent so far ({ledger}): 0 noised update(s), eps 0; budget" in out
     for rnd in (1, 2, 3):
         Ledger(ledger).record(5, rnd, 2.0, 1.0)
     assert _run(["check", "--config", str(with_dp)]) == 0
     out = capsys.readouterr().out
-    spent = f"3 noised update(s), eps {rdp_epsilon(2.0, 3, 1e-5):.3g}"
+    spent = f"3 noised update(s), eps {rdp_epsilon(1.0, 3, 1e-5):.3g}"
     assert f"{spent}; budget max_epsilon 20" in out

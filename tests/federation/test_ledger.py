@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from cryodiscovery.core.errors import InputError
 from cryodiscovery.federation import client_app, task
 from cryodiscovery.federation.accounting import (
     DP_DELTA,
+    local_dp_epsilon,
     rdp_epsilon,
     rdp_epsilon_of,
 )
@@ -36,15 +38,17 @@ def test_entries_compose_into_one_epsilon(tmp_path: Path) -> None:
     ledger.record(8, 1, 4.0, 1.5)
     assert [e.server_round for e in ledger.entries()] == [1, 2, 3, 1]
     # three releases at sigma 2 and one at sigma 4: sum of 1/sigma^2 = 0.8125
-    assert ledger.epsilon(DP_DELTA) == rdp_epsilon_of([2.0, 2.0, 2.0, 4.0])
-    assert rdp_epsilon(2.0, 3) < ledger.epsilon(DP_DELTA) < rdp_epsilon(2.0, 4)
+    assert ledger.epsilon(DP_DELTA) == local_dp_epsilon([2.0, 2.0, 2.0, 4.0])
+    # sensitivity 2C: the same as multipliers halved
+    assert ledger.epsilon(DP_DELTA) == rdp_epsilon_of([1.0, 1.0, 1.0, 2.0])
+    assert rdp_epsilon(1.0, 3) < ledger.epsilon(DP_DELTA) < rdp_epsilon(1.0, 4)
     assert oct(ledger.path.stat().st_mode & 0o777) == oct(0o600)
     assert ledger.path.parent.stat().st_mode & 0o077 == 0
 
 
 def test_the_budget_refuses_the_update_that_would_pass_it(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger.jsonl")
-    budget = rdp_epsilon(1.0, 3) + 1e-9
+    budget = local_dp_epsilon([1.0] * 3) + 1e-9
     for rnd in (1, 2):
         ledger.check_budget(1.0, budget, DP_DELTA)
         ledger.record(1, rnd, 1.0, 1.0)
@@ -68,22 +72,43 @@ def test_a_damaged_ledger_stops_accounting_loudly(tmp_path: Path) -> None:
         Ledger(folder).record(1, 1, 1.0, 1.0)
 
 
-def _append(path: str, n: int) -> None:
+def _append(path: str, n: int, budget: float | None, out: Any) -> None:
     ledger = Ledger(Path(path))
     for k in range(n):
-        ledger.record(2, k, 1.0, 1.0)
+        try:
+            out.put(ledger.record(2, k, 1.0, 1.0, budget))
+        except BudgetExceeded:
+            out.put(0)
 
 
-def test_concurrent_writers_lose_no_entry(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.jsonl"
+def _race(path: Path, budget: float | None) -> list[int]:
+    """Three processes recording 40 releases each; the counts ``record`` returned."""
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_append, args=(str(path), 40)) for _ in range(3)]
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_append, args=(str(path), 40, budget, out)) for _ in range(3)
+    ]
     for p in procs:
         p.start()
+    counts = [out.get(timeout=60) for _ in range(120)]
     for p in procs:
         p.join(30)
     assert [p.exitcode for p in procs] == [0, 0, 0]
-    assert len(Ledger(path).entries()) == 120
+    return counts
+
+
+def test_concurrent_writers_are_serialised(tmp_path: Path) -> None:
+    counts = _race(tmp_path / "ledger.jsonl", None)
+    assert sorted(counts) == list(range(1, 121))  # each saw all the earlier ones
+    assert len(Ledger(tmp_path / "ledger.jsonl").entries()) == 120
+
+
+def test_concurrent_writers_cannot_overspend_the_budget(tmp_path: Path) -> None:
+    budget = local_dp_epsilon([1.0] * 50) + 1e-9
+    counts = _race(tmp_path / "ledger.jsonl", budget)
+    assert sorted(c for c in counts if c) == list(range(1, 51))
+    assert counts.count(0) == 70
+    assert Ledger(tmp_path / "ledger.jsonl").epsilon(DP_DELTA) <= budget
 
 
 def test_federation_yaml_ledger_and_budget_keys(tmp_path: Path) -> None:
@@ -108,7 +133,7 @@ def test_federation_yaml_ledger_and_budget_keys(tmp_path: Path) -> None:
 def test_a_site_over_its_budget_refuses_before_training(tmp_path: Path) -> None:
     ledger_path = tmp_path / "ledger.jsonl"
     dp = {"clipping_norm": 1.0, "noise_multiplier": 1.0, "ledger": str(ledger_path)}
-    dp["max_epsilon"] = (rdp_epsilon(1.0, 1) + rdp_epsilon(1.0, 2)) / 2  # one, not two
+    dp["max_epsilon"] = (local_dp_epsilon([1.0]) + local_dp_epsilon([1.0] * 2)) / 2
     sites = make_sites(tmp_path, 1, n_classes=12, extra={1: {"privacy": {"dp": dp}}})
     context = Context(
         1, 1, {client_app.NODE_CONFIG_KEY: str(sites[1])}, RecordDict(), {}

@@ -14,8 +14,9 @@ import torch
 from cryodiscovery.core.checkpoint import load_scorer
 from cryodiscovery.core.classes import METADATA_FIELDS
 from cryodiscovery.federation import task, wire
-from cryodiscovery.federation.accounting import rdp_epsilon
+from cryodiscovery.federation.accounting import local_dp_epsilon, rdp_epsilon
 from cryodiscovery.federation.config import load_facility_config
+from cryodiscovery.federation.evaluation import EVALUATE_METRICS
 from cryodiscovery.federation.harvest import harvest
 from cryodiscovery.federation.ledger import Ledger
 from cryodiscovery.federation.registry import ModelRegistry
@@ -23,7 +24,7 @@ from cryodiscovery.federation.validation import delta_norm
 from fed_fixtures import make_sites, run_apps, save_initial, train_message
 
 ALLOWED_METRICS = {
-    "train": {"num-examples", "loss"},
+    "train": {"num-examples", "loss"} | {f"received-{k}" for k in EVALUATE_METRICS},
     "evaluate": {"num-examples", "loss", "auc", "balanced-accuracy", "fnr"},
 }
 CLIP = 0.05
@@ -222,10 +223,48 @@ def test_central_dp_noise_does_not_break_batchnorm(
         "dp-clipping-norm": 1.0,
         "dp-noise-multiplier": 1000.0,
     }
-    run_apps(run.sites, config)
+    plain = run.sites[2]  # no local DP: the module's ledger stays as it was
+    run_apps({1: plain, 2: plain}, config)
     (version,) = ModelRegistry(tmp_path / "registry").versions()
     published = task.named_arrays(load_scorer(version.checkpoint))
     initial = task.named_arrays(run.initial)
     for key in initial:
         same = np.array_equal(published[key].numpy(), initial[key].numpy())
         assert same == key.endswith(("running_mean", "running_var")), key
+
+
+def test_secagg_local_dp_sends_no_statistics_and_records_each_update(
+    tmp_path: Path,
+) -> None:
+    """SecAgg+'s training step: the noised delta's BatchNorm statistics are zero (the
+    global ones are kept), every noised update is in the ledger, the budget holds."""
+    from cryodiscovery.federation.ledger import BudgetExceeded
+    from cryodiscovery.federation.secagg import legacy_train
+    from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    ledger = tmp_path / "ledger.jsonl"
+    dp = {"clipping_norm": 1.0, "noise_multiplier": 3.0, "ledger": str(ledger)}
+    dp["max_epsilon"] = (local_dp_epsilon([3.0]) + local_dp_epsilon([3.0] * 2)) / 2
+    sites = make_sites(tmp_path, 1, n_classes=16, extra={1: {"privacy": {"dp": dp}}})
+    cfg = load_facility_config(sites[1])
+    scorer = load_scorer(save_initial(tmp_path / "i.pt"))
+    packed = task.scorer_to_arrays(scorer)
+    fitins = FitIns(
+        ndarrays_to_parameters([a.numpy() for a in packed.values()]),
+        {"model-spec": task.model_spec(scorer), "local-epochs": 1, "server-round": 1},
+    )
+    msg = train_message(packed)
+    msg.content = compat.fitins_to_recorddict(fitins, keep_input=True)
+    reply = legacy_train(msg, cfg, harvest(cfg))
+    (delta,) = parameters_to_ndarrays(
+        compat.recorddict_to_fitres(reply.content, False).parameters
+    )
+    stats = wire.statistics_mask(task.named_arrays(scorer))
+    assert stats.any() and (delta[stats] == 0).all()
+    assert np.std(delta[~stats]) == pytest.approx(3.0, rel=0.1)  # sigma x C
+    (entry,) = Ledger(ledger).entries()
+    assert entry.noise_multiplier == 3.0 and entry.server_round == 1
+    with pytest.raises(BudgetExceeded):  # a second update would pass the budget
+        legacy_train(msg, cfg, harvest(cfg))
+    assert len(Ledger(ledger).entries()) == 1

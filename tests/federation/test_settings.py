@@ -43,6 +43,10 @@ def test_defaults_and_conversion() -> None:
             "SecAgg+ runs with strategy fedavg",
         ),
         ({"strategy": "fedsgd"}, "'strategy' must be one of"),
+        (
+            {"dp-clipping-norm": 1.0, "strategy": "krum"},
+            "'dp-clipping-norm' has a bad value (central DP runs with strategy fedavg",
+        ),
         ({"lr-decay": "step"}, "'lr-decay' has a bad value (one of none, cosine"),
     ],
 )

@@ -251,6 +251,24 @@ def test_central_dp_rejects_sites_that_do_not_clip() -> None:
     assert np.linalg.norm(delta) == pytest.approx(0.05, rel=1e-3)
 
 
+def test_central_dp_weights_every_site_equally() -> None:
+    """The DP noise std (multiplier x clip / sites) assumes an unweighted mean: a site
+    claiming more examples must not move the model further than C / sites."""
+
+    def down(a: dict[str, np.ndarray], c: Context) -> dict[str, np.ndarray]:
+        return {k: 2.0 - v for k, v in _clipping_site(a, c).items()}  # mirrored step
+
+    sites = {1: _site(_clipping_site, n=30), 2: _site(down, n=10)}
+    options = StrategyOptions(
+        min_sites=2, dp_clipping_norm=0.05, dp_noise_multiplier=0.0
+    )
+    strategy, result, _ = _run(sites, options, rounds=1)
+    assert all(v.accepted for v in strategy.rounds[1])
+    for value in _final(result).values():  # +step and -step cancel out
+        np.testing.assert_allclose(value, 1.0, atol=1e-6)
+    assert sorted(v.num_examples for v in strategy.rounds[1]) == [10, 30]
+
+
 def test_central_dp_adds_noise_of_the_documented_size() -> None:
     sites = {i: _site(_clipping_site) for i in (1, 2)}
     options = StrategyOptions(
