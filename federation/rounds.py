@@ -1,16 +1,16 @@
-"""The federation's round drivers: one round of train, screen, aggregate, central
-evaluation, publish and site evaluation (:class:`FederationRun`), and the same rounds
-under SecAgg+ (:func:`secagg_rounds`, Flower's legacy workflow, see :mod:`secagg`).
-:mod:`server_app` sets a run up and calls them.
+"""The federation's round driver: one round of train, screen, aggregate, central
+evaluation, publish and site evaluation (:class:`FederationRun`); the same rounds under
+SecAgg+ are driven by :mod:`secagg_rounds`. :mod:`server_app` sets a run up and calls
+them.
 
 Public API (server_app, tests, benchmarks; keep it stable)::
 
     FederationRun(grid, settings, val, result).round(rnd, arrays, scorer)
         -> (arrays, scorer)
-    secagg_rounds(run, context, arrays, scorer) -> ClassScorer
     FederationResult(scorer, rounds: list[RoundSummary], versions, initial_metrics)
     RoundSummary; evaluation_dict(evaluation) -> dict[str, float]
     usable_aggregate(scorer, arrays, where) -> ClassScorer   # RuntimeError if unusable
+    site_names(grid) -> dict[int, str]        # node id -> label (name, key fingerprint)
 """
 
 from __future__ import annotations
@@ -29,23 +29,17 @@ from cryodiscovery.federation.accounting import DP_DELTA, central_dp_record
 from cryodiscovery.federation.evaluation import EVALUATE_RECEIVED, received_metrics
 from cryodiscovery.federation.polling import send_and_receive
 from cryodiscovery.federation.registry import Contribution, ModelRegistry, ModelVersion
-from cryodiscovery.federation.secagg import DeltaFedAvg, run_secagg_rounds
 from cryodiscovery.federation.settings import ServerSettings
 from cryodiscovery.federation.strategy import (
-    NotEnoughSitesError,
     build_strategy,
-    update_bounds,
-    wait_for_sites,
 )
 from cryodiscovery.federation.validation import model_problem
 from cryodiscovery.federation.wire import keep_statistics
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
-    Context,
     Message,
     MetricRecord,
-    RecordDict,
 )
 from flwr.serverapp import Grid
 
@@ -78,7 +72,7 @@ class FederationResult:
     initial_metrics: task.Evaluation
 
 
-def _site_names(grid: Grid) -> dict[int, str]:
+def site_names(grid: Grid) -> dict[int, str]:
     """``node id -> label`` with the registered name and key fingerprint when known."""
     names: dict[int, str] = {}
     try:
@@ -103,78 +97,6 @@ def evaluation_dict(ev: task.Evaluation) -> dict[str, float]:
         "threshold": ev.threshold,
         "n": float(ev.n),
     }
-
-
-def secagg_rounds(
-    run: FederationRun,
-    context: Context | None,
-    arrays: ArrayRecord,
-    scorer: ClassScorer,
-) -> ClassScorer:
-    """The rounds under SecAgg+ (see :mod:`secagg`): same evaluation and registry."""
-    settings = run.settings
-    opts = settings.strategy
-    nodes = wait_for_sites(run.grid, opts.min_sites, opts.wait_for_sites_s)
-    if len(nodes) < opts.min_sites:
-        raise NotEnoughSitesError(
-            f"{len(nodes)} site(s) connected, min-sites is {opts.min_sites}"
-        )
-    state: dict[str, Any] = {"scorer": scorer, "t0": time.perf_counter()}
-
-    def fit_config(rnd: int) -> dict[str, Any]:
-        return {
-            "model-spec": task.model_spec(state["scorer"]),
-            "local-epochs": settings.local_epochs,
-            "learning-rate": settings.round_learning_rate(rnd),
-            "seed": settings.seed,
-            "server-round": rnd,
-        }
-
-    def on_round(rnd: int, new: ArrayRecord, sites: list[tuple[int, int]]) -> None:
-        names = _site_names(run.grid)
-        contributions = [
-            Contribution(names.get(n, f"node {n}"), k, True) for n, k in sites
-        ]
-        candidate, central = task.recalibrate(
-            usable_aggregate(state["scorer"], new, f"round {rnd} (SecAgg+)"),
-            run.val,
-            settings.target_fnr,
-        )
-        run._publish(rnd, state["scorer"], candidate, central, contributions)
-        seconds = time.perf_counter() - state["t0"]
-        run.result.rounds.append(
-            RoundSummary(
-                rnd, seconds, len(sites), 0, sum(k for _, k in sites), central, {}, 0, 0
-            )
-        )
-        log.info(
-            "round %d (SecAgg+): %d site(s); central AUC %.4f FNR %.4f; %.1f s",
-            rnd,
-            len(sites),
-            central.auc,
-            central.fnr,
-            seconds,
-        )
-        state.update(scorer=candidate, t0=time.perf_counter())
-
-    strategy = DeltaFedAvg(
-        arrays, update_bounds(opts, arrays), fit_config, on_round, opts.min_sites
-    )
-    ctx = context or Context(run.grid.run.run_id, 0, {}, RecordDict(), {})
-    run_secagg_rounds(
-        run.grid,
-        ctx,
-        strategy,
-        settings.num_rounds,
-        opts.round_timeout_s,
-        settings.secagg_clipping_range,
-    )
-    if len(run.result.rounds) < settings.num_rounds:
-        raise RuntimeError(
-            f"SecAgg+ stopped after {len(run.result.rounds)} of {settings.num_rounds} "
-            "round(s) (too few sites completed the protocol; see the log)"
-        )
-    return state["scorer"]
 
 
 def usable_aggregate(
@@ -217,53 +139,40 @@ class FederationRun:
     def round(
         self, rnd: int, arrays: ArrayRecord, scorer: ClassScorer
     ) -> tuple[ArrayRecord, ClassScorer]:
-        """Train, screen, aggregate, evaluate centrally, publish, evaluate on sites."""
+        """Train, screen, aggregate, evaluate centrally, publish; after the last round,
+        sites evaluate the final model."""
         t0 = time.perf_counter()
         timeout = self.settings.strategy.round_timeout_s
-        train_config = ConfigRecord(
-            {
-                "model-spec": task.model_spec(scorer),
-                "local-epochs": self.settings.local_epochs,
-                "learning-rate": self.settings.round_learning_rate(rnd),
-                "seed": self.settings.seed,
-                EVALUATE_RECEIVED: rnd > 1
-                and (rnd - 1) % self.settings.evaluate_every == 0,
-            }
-        )
         messages = list(
-            self.strategy.configure_train(rnd, arrays, train_config, self.grid)
+            self.strategy.configure_train(
+                rnd, arrays, self._train_config(rnd, scorer), self.grid
+            )
         )
         t_sent = time.perf_counter()
         replies = send_and_receive(self.grid, messages, timeout)
         t_replies = time.perf_counter()
         self._record_received(rnd, replies)
-        new_arrays, _ = self.strategy.aggregate_train(rnd, replies)
-        if new_arrays is None:  # the guard raises before this; kept for type narrowing
-            raise RuntimeError(f"round {rnd}: no aggregated model")
-        where = f"round {rnd} (strategy {self.settings.strategy.name})"
-        if self.settings.strategy.dp:  # the noise reaches BatchNorm statistics too
-            new_arrays = keep_statistics(new_arrays, arrays, task.named_arrays(scorer))
-        candidate, central = task.recalibrate(
-            usable_aggregate(scorer, new_arrays, where),
-            self.val,
-            self.settings.target_fnr,
-        )
+        new_arrays, candidate, central = self._aggregate(rnd, arrays, scorer, replies)
         contributions = self._contributions(rnd)
         self._publish(rnd, scorer, candidate, central, contributions)
-        eval_config = ConfigRecord(
-            {
-                "model-spec": task.model_spec(candidate),
-                "num-rounds": self.settings.num_rounds,
-            }
-        )
         t_server = time.perf_counter()
         site_metrics: MetricRecord | None = None
         if rnd == self.settings.num_rounds:  # earlier models: on the next train message
-            eval_messages = self.strategy.configure_evaluate(
-                rnd, new_arrays, eval_config, self.grid
+            config = ConfigRecord(
+                {
+                    "model-spec": task.model_spec(candidate),
+                    "num-rounds": self.settings.num_rounds,
+                }
             )
             site_metrics = self.strategy.aggregate_evaluate(
-                rnd, send_and_receive(self.grid, eval_messages, timeout)
+                rnd,
+                send_and_receive(
+                    self.grid,
+                    self.strategy.configure_evaluate(
+                        rnd, new_arrays, config, self.grid
+                    ),
+                    timeout,
+                ),
             )
         log.info(
             "round %d timing: send train %.2f s, wait for train replies %.2f s, "
@@ -296,19 +205,56 @@ class FederationRun:
                 v.delta_norm for v in self.strategy.rounds[rnd] if v.accepted
             ),
         )
+        self._log_round(summary)
+        self.result.rounds.append(summary)
+        return new_arrays, candidate
+
+    def _train_config(self, rnd: int, scorer: ClassScorer) -> ConfigRecord:
+        settings = self.settings
+        return ConfigRecord(
+            {
+                "model-spec": task.model_spec(scorer),
+                "local-epochs": settings.local_epochs,
+                "learning-rate": settings.round_learning_rate(rnd),
+                "seed": settings.seed,
+                EVALUATE_RECEIVED: rnd > 1 and (rnd - 1) % settings.evaluate_every == 0,
+            }
+        )
+
+    def _aggregate(
+        self,
+        rnd: int,
+        arrays: ArrayRecord,
+        scorer: ClassScorer,
+        replies: list[Message],
+    ) -> tuple[ArrayRecord, ClassScorer, task.Evaluation]:
+        """Screened aggregate, checked and recalibrated: (arrays, model, central)."""
+        new_arrays, _ = self.strategy.aggregate_train(rnd, replies)
+        if new_arrays is None:  # the guard raises before this; kept for type narrowing
+            raise RuntimeError(f"round {rnd}: no aggregated model")
+        if self.settings.strategy.dp:  # the noise reaches BatchNorm statistics too
+            new_arrays = keep_statistics(new_arrays, arrays, task.named_arrays(scorer))
+        where = f"round {rnd} (strategy {self.settings.strategy.name})"
+        candidate, central = task.recalibrate(
+            usable_aggregate(scorer, new_arrays, where),
+            self.val,
+            self.settings.target_fnr,
+        )
+        return new_arrays, candidate, central
+
+    @staticmethod
+    def _log_round(summary: RoundSummary) -> None:
         log.info(
             "round %d: %d site(s) aggregated, %d dropped; central AUC %.4f FNR %.4f "
             "(threshold %.3f); %.1f s",
-            rnd,
+            summary.server_round,
             summary.accepted,
             summary.dropped,
-            central.auc,
-            central.fnr,
-            central.threshold,
+            summary.central.auc,
+            summary.central.fnr,
+            summary.central.threshold,
             summary.seconds,
         )
-        self.result.rounds.append(summary)
-        return new_arrays, candidate
 
     def _record_received(self, rnd: int, replies: list[Message]) -> None:
         """The sites' metrics of the previous round's model (carried by this round's
@@ -328,7 +274,7 @@ class FederationRun:
         )
 
     def _contributions(self, rnd: int) -> list[Contribution]:
-        names = _site_names(self.grid)
+        names = site_names(self.grid)
         return [
             Contribution(
                 site=names.get(v.node_id, f"node {v.node_id}"),

@@ -14,7 +14,7 @@ contribution of every site. After the last round sites evaluate the final model
 switches to it.
 
 Run config: see :mod:`cryodiscovery.federation.settings` (every key, default and meaning).
-The round drivers (plain and SecAgg+) are in :mod:`cryodiscovery.federation.rounds`.
+The round drivers are in :mod:`~.rounds` (plain) and :mod:`~.secagg_rounds` (SecAgg+).
 
 Public API (tests, benchmarks; keep it stable)::
 
@@ -46,11 +46,11 @@ from cryodiscovery.federation.rounds import (  # FederationResult, RoundSummary 
 from cryodiscovery.federation.rounds import (
     FederationRun,
     evaluation_dict,
-    secagg_rounds,
 )
 from cryodiscovery.federation.rounds import (
     RoundSummary as RoundSummary,
 )
+from cryodiscovery.federation.secagg_rounds import secagg_rounds
 from cryodiscovery.federation.settings import (  # re-exported: the deployment code uses them
     _SERVER_KEYS as _SERVER_KEYS,
 )
