@@ -35,35 +35,28 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from cryodiscovery.core.checkpoint import ClassScorer, load_scorer
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.nets import ClassNet, NetConfig
 from cryodiscovery.core.preprocess import PreprocessConfig
-from cryodiscovery.federation import client_app, task
+from cryodiscovery.federation import task
 from cryodiscovery.federation.accounting import DP_DELTA, rdp_epsilon
-from cryodiscovery.federation.client_app import NODE_CONFIG_KEY
 from cryodiscovery.federation.config import load_facility_config
 from cryodiscovery.federation.harvest import Harvest, harvest
-from cryodiscovery.federation.loopback import LoopbackGrid, server_identity
-from cryodiscovery.federation.server_app import (
-    FederationResult,
-    generated_validation,
-    run_federation,
-    settings_from_run_config,
-)
+from cryodiscovery.federation.loopback import InProcessRun, run_inprocess
+from cryodiscovery.federation.server_app import generated_validation
 from cryodiscovery.federation.sites import (
     NON_IID_SITES,
     SiteSpec,
     site_classes,
     write_site,
 )
-from flwr.app import Context, Message
 
 MODES = ("local", "central", "fedavg", "fedprox", "fedadam", "fedavg-dp")
 
@@ -106,20 +99,6 @@ def _evaluate(
     return out
 
 
-class _Timed:
-    """A ClientApp wrapper that records the seconds each site spends per message."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[int, float] = defaultdict(float)
-
-    def __call__(self, msg: Message, context: Context) -> Message:
-        start = time.perf_counter()
-        try:
-            return client_app.app(msg, context)
-        finally:
-            self.seconds[context.node_id] += time.perf_counter() - start
-
-
 def _federated(
     mode: str,
     args: argparse.Namespace,
@@ -127,8 +106,8 @@ def _federated(
     initial: ClassScorer,
     validation: Sequence[ClassAverages],
     work: Path,
-) -> tuple[FederationResult, LoopbackGrid, _Timed]:
-    config: dict[str, object] = {
+) -> InProcessRun:
+    config: dict[str, str | int | float | bool] = {
         "num-rounds": args.rounds,
         "min-sites": len(sites),
         "local-epochs": args.local_epochs,
@@ -146,20 +125,7 @@ def _federated(
         config.update(
             {"dp-clipping-norm": args.dp_clip, "dp-noise-multiplier": args.dp_noise}
         )
-    timed = _Timed()
-    grid = LoopbackGrid(
-        {n: timed for n in sites},
-        {n: {NODE_CONFIG_KEY: str(p)} for n, p in sites.items()},
-    )
-    with server_identity(grid.run.run_id):
-        result = run_federation(
-            grid,
-            settings_from_run_config(config),
-            validation=validation,
-            initial=initial,
-        )
-    grid.close()
-    return result, grid, timed
+    return run_inprocess(config, sites, initial=initial, validation=validation)
 
 
 def _converged(aucs: list[float]) -> int:
@@ -172,63 +138,39 @@ def _row(name: str, evals: dict[str, task.Evaluation], columns: list[str]) -> st
     return f"{name:<22}" + "".join(f"{c:>18}" for c in cells)
 
 
+#: Options: (flag, type, default, help); a tuple type means choices of str.
+_OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
+    ("--sites", int, 5, "2-5 generated facilities"),
+    ("--jobs", int, 3, "Class2D jobs per site"),
+    ("--classes", int, 40, "classes per job"),
+    ("--test-jobs", int, 2, "held-out jobs per site"),
+    ("--rounds", int, 10, "federated rounds (x local epochs: every arm's epochs)"),
+    ("--local-epochs", int, 2, "local epochs per round"),
+    ("--lr", float, 3e-4, "local AdamW rate (fine-tuning)"),
+    ("--lr-decay", ("none", "cosine"), "none", "federated arms: run config lr-decay"),
+    ("--batch", int, 16, "batch size everywhere"),
+    ("--mu", float, 0.01, "FedProx proximal weight"),
+    ("--dp-clip", float, 0.0, "0: median round-1 FedAvg delta norm"),
+    ("--dp-noise", float, 0.01, "central DP noise multiplier (fedavg-dp)"),
+    ("--server-lr", float, 0.01, "FedAdam server step"),
+    ("--init", ("default", "fresh"), "default", "shipped default or fresh --net"),
+    ("--net", ("small", "default"), "small", "architecture with --init fresh"),
+    ("--norm", ("batch", "group"), "batch", "normalisation with --init fresh"),
+    ("--personalise", int, 0, "also fine-tune each federated model N epochs per site"),
+    ("--personalise-lr", float, 0.0, "0: the --lr rate"),
+    ("--modes", str, ",".join(MODES), "comma-separated arms"),
+    ("--seed", int, 0, "training seed"),
+    ("--threads", int, 2, "torch threads"),
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sites", type=int, default=5, choices=range(2, 6))
-    parser.add_argument("--jobs", type=int, default=3, help="Class2D jobs per site")
-    parser.add_argument("--classes", type=int, default=40, help="classes per job")
-    parser.add_argument(
-        "--test-jobs", type=int, default=2, help="held-out jobs per site"
-    )
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--local-epochs", type=int, default=2)
-    parser.add_argument(
-        "--lr", type=float, default=3e-4, help="local AdamW rate (fine-tuning)"
-    )
-    parser.add_argument(
-        "--lr-decay",
-        choices=("none", "cosine"),
-        default="none",
-        help="federated arms: local rate across rounds (run config lr-decay)",
-    )
-    parser.add_argument("--batch", type=int, default=16, help="batch size everywhere")
-    parser.add_argument(
-        "--mu", type=float, default=0.01, help="FedProx proximal weight"
-    )
-    parser.add_argument(
-        "--dp-clip", type=float, default=0.0, help="0: median round-1 FedAvg delta norm"
-    )
-    parser.add_argument("--dp-noise", type=float, default=0.01)
-    parser.add_argument(
-        "--server-lr", type=float, default=0.01, help="FedAdam server step"
-    )
-    parser.add_argument(
-        "--init",
-        choices=("default", "fresh"),
-        default="default",
-        help="start every arm from the shipped default model, or fresh --net weights",
-    )
-    parser.add_argument(
-        "--net", choices=("small", "default"), default="small", help="with --init fresh"
-    )
-    parser.add_argument(
-        "--norm",
-        choices=("batch", "group"),
-        default="batch",
-        help="with --init fresh: BatchNorm or GroupNorm layers",
-    )
-    parser.add_argument(
-        "--personalise",
-        type=int,
-        default=0,
-        help="also fine-tune each federated model at every site for N epochs",
-    )
-    parser.add_argument(
-        "--personalise-lr", type=float, default=0.0, help="0: the --lr rate"
-    )
-    parser.add_argument("--modes", default=",".join(MODES))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    for flag, kind, default, text in _OPTIONS:
+        if isinstance(kind, tuple):
+            parser.add_argument(flag, choices=kind, default=default, help=text)
+        else:
+            parser.add_argument(flag, type=kind, default=default, help=text)
     return parser
 
 
@@ -243,106 +185,140 @@ def main(argv: list[str] | None = None) -> int:
         return _benchmark(args, modes, Path(tmp))
 
 
-def _benchmark(args: argparse.Namespace, modes: list[str], work: Path) -> int:
+@dataclass
+class _Bench:
+    """The generated facilities, their harvests and test jobs, and the start model."""
+
+    sites: dict[int, Path]  # node id -> federation.yaml
+    data: dict[str, Harvest]
+    tests: dict[str, list[ClassAverages]]
+    validation: list[ClassAverages]  # the server's generated validation set
+    initial: ClassScorer
+
+
+def _setup(args: argparse.Namespace, work: Path) -> _Bench:
     t0 = time.perf_counter()
-    specs = _specs(args)
     (work / "ca.crt").write_text("placeholder\n")
     (work / "node_key").write_text("placeholder\n")
-    sites: dict[int, Path] = {}
-    tests: dict[str, list[ClassAverages]] = {}
-    for i, spec in enumerate(specs):
+    caps = {"local_epochs": args.local_epochs, "batch_size": args.batch}
+    sites, tests = {}, {}
+    for i, spec in enumerate(_specs(args)):
         sites[i + 1] = write_site(
             work / spec.name,
             spec,
             seed=1000 + i,
             ca_certificate=work / "ca.crt",
             node_private_key=work / "node_key",
-            extra={
-                "caps": {"local_epochs": args.local_epochs, "batch_size": args.batch},
-                "model_path": None,
-            },
+            extra={"caps": caps, "model_path": None},
         )
-        tests[spec.name] = site_classes(
-            replace(spec, n_jobs=args.test_jobs), seed=5000 + i
-        )
-    data: dict[str, Harvest] = {
-        s.name: harvest(load_facility_config(sites[i + 1])) for i, s in enumerate(specs)
+        tests[spec.name] = site_classes(replace(spec, n_jobs=args.test_jobs), 5000 + i)
+    data = {
+        name: harvest(load_facility_config(sites[i + 1]))
+        for i, name in enumerate(tests)
     }
-    validation = generated_validation((424242, 424243), 60)
-    initial = _initial(args)
+    bench = _Bench(
+        sites, data, tests, generated_validation((424242, 424243), 60), _initial(args)
+    )
+    origin = "the shipped default" if args.init == "default" else "fresh weights"
     print(
-        f"# {len(specs)} sites x {args.jobs} jobs x {args.classes} classes; test: "
-        f"{args.test_jobs} held-out jobs per site; net {initial.name} "
-        f"({sum(p.numel() for p in initial.members[0].parameters())} parameters, "
-        f"from {'the shipped default' if args.init == 'default' else 'fresh weights'}, "
-        f"{initial.net_config.norm} norm); "
-        f"{args.rounds} rounds x {args.local_epochs} local epochs; data {time.perf_counter() - t0:.0f} s"
+        f"# {len(sites)} sites x {args.jobs} jobs x {args.classes} classes; test: "
+        f"{args.test_jobs} held-out jobs per site; net {bench.initial.name} "
+        f"({sum(p.numel() for p in bench.initial.members[0].parameters())} parameters,"
+        f" from {origin}, {bench.initial.net_config.norm} norm); {args.rounds} rounds "
+        f"x {args.local_epochs} local epochs; data {time.perf_counter() - t0:.0f} s"
     )
     for name, h in data.items():
         print(
             f"#   {name:<18} train {h.n_train:>4}  validation {h.n_validation:>3}  "
             f"test {sum(len(t) for t in tests[name]):>4}"
         )
-    columns = [*tests, "overall"]
-    results: dict[str, dict[str, task.Evaluation]] = {}
-    local_models: dict[str, dict[str, task.Evaluation]] = {}
-    epochs = args.rounds * args.local_epochs
+    return bench
+
+
+def _baselines(
+    args: argparse.Namespace, b: _Bench, modes: list[str]
+) -> tuple[
+    dict[str, dict[str, task.Evaluation]], dict[str, dict[str, task.Evaluation]]
+]:
+    """The untrained, centralised and each site's local-only model, evaluated."""
     options = task.LocalTrainOptions(
-        epochs=epochs, batch_size=args.batch, lr=args.lr, seed=args.seed
+        epochs=args.rounds * args.local_epochs,
+        batch_size=args.batch,
+        lr=args.lr,
+        seed=args.seed,
     )
-    results["initial (no training)"] = _evaluate(
-        task.recalibrate(initial, validation, 0.03)[0], tests
-    )
+    results = {
+        "initial (no training)": _evaluate(
+            task.recalibrate(b.initial, b.validation, 0.03)[0], b.tests
+        )
+    }
+    local = {}
     if "local" in modes:
-        for name, h in data.items():
-            model = task.train_locally(initial, h.train, h.validation, options).scorer
-            model, _ = task.recalibrate(model, h.validation, 0.03)
-            local_models[name] = _evaluate(model, tests)
+        for name, h in b.data.items():
+            model = task.train_locally(b.initial, h.train, h.validation, options).scorer
+            local[name] = _evaluate(
+                task.recalibrate(model, h.validation, 0.03)[0], b.tests
+            )
     if "central" in modes:
         t = time.perf_counter()
         pooled = task.train_locally(
-            initial,
-            [s for h in data.values() for s in h.train],
-            [s for h in data.values() for s in h.validation],
+            b.initial,
+            [s for h in b.data.values() for s in h.train],
+            [s for h in b.data.values() for s in h.validation],
             options,
         )
         results["central"] = _evaluate(
-            task.recalibrate(pooled.scorer, validation, 0.03)[0], tests
+            task.recalibrate(pooled.scorer, b.validation, 0.03)[0], b.tests
         )
         print(f"# central training {time.perf_counter() - t:.0f} s")
+    return results, local
+
+
+def _arm(
+    mode: str, args: argparse.Namespace, b: _Bench, work: Path
+) -> tuple[ClassScorer, dict[str, task.Evaluation], str]:
+    """One federated arm: its final model, evaluations and a timing line."""
+    if mode == "fedavg-dp" and args.dp_clip <= 0:
+        norms = _round1_norms(args, b.sites, b.initial, b.validation, work)
+        args.dp_clip = float(statistics.median(norms))
+        print(
+            f"# DP clipping norm = median round-1 FedAvg delta norm = {args.dp_clip:.4g}"
+        )
+    run = _federated(mode, args, b.sites, b.initial, b.validation, work)
+    result, grid = run.result, run.grid
+    per_round = [
+        _evaluate(load_scorer(v.checkpoint), b.tests)["overall"].auc
+        for v in result.versions
+    ]
+    n = len(result.rounds)
+    secs = statistics.mean(r.seconds for r in result.rounds)
+    compute = sum(run.site_seconds.values()) / n
+    nbytes = sum(t.nbytes for t in grid.traffic) / n / len(b.sites)
+    timing = (
+        f"converged at round {_converged(per_round)}/{len(per_round)}; {secs:.2f} "
+        f"s/round ({compute:.2f} site compute, {secs - compute:.2f} other); "
+        f"{nbytes / 2**20:.2f} MiB/round/site (down+up)"
+    )
+    if mode == "fedavg-dp":
+        eps = rdp_epsilon(args.dp_noise, n, DP_DELTA)
+        timing += (
+            f"; central DP: clipping norm {args.dp_clip:.4g}, noise multiplier "
+            f"{args.dp_noise:g}, site-level (eps, delta=1e-5) after {n} rounds = {eps:.3g}"
+        )
+    return result.scorer, _evaluate(result.scorer, b.tests), timing
+
+
+def _benchmark(args: argparse.Namespace, modes: list[str], work: Path) -> int:
+    t0 = time.perf_counter()
+    b = _setup(args, work)
+    results, local_models = _baselines(args, b, modes)
     timing: dict[str, str] = {}
     personal: dict[str, dict[str, float]] = {}
     for mode in [m for m in modes if m.startswith("fed")]:
-        if mode == "fedavg-dp" and args.dp_clip <= 0:
-            norms = _round1_norms(args, sites, initial, validation, work)
-            args.dp_clip = float(statistics.median(norms))
-            print(
-                f"# DP clipping norm = median round-1 FedAvg delta norm = {args.dp_clip:.4g}"
-            )
-        result, grid, timed = _federated(mode, args, sites, initial, validation, work)
-        results[mode] = _evaluate(result.scorer, tests)
+        scorer, results[mode], timing[mode] = _arm(mode, args, b, work)
         if args.personalise > 0 and local_models:
-            personal[mode] = _personalised(args, result.scorer, data, tests)
-        per_round = [
-            _evaluate(load_scorer(v.checkpoint), tests)["overall"].auc
-            for v in result.versions
-        ]
-        secs = [r.seconds for r in result.rounds]
-        compute = sum(timed.seconds.values()) / len(result.rounds)
-        nbytes = sum(t.nbytes for t in grid.traffic) / len(result.rounds) / len(sites)
-        timing[mode] = (
-            f"converged at round {_converged(per_round)}/{len(per_round)}; "
-            f"{statistics.mean(secs):.2f} s/round ({compute:.2f} site compute, "
-            f"{statistics.mean(secs) - compute:.2f} other); "
-            f"{nbytes / 2**20:.2f} MiB/round/site (down+up)"
-        )
-        if mode == "fedavg-dp":
-            timing[mode] += (
-                f"; central DP: clipping norm {args.dp_clip:.4g}, noise multiplier "
-                f"{args.dp_noise:g}, site-level (eps, delta=1e-5) after "
-                f"{len(result.rounds)} rounds = "
-                f"{rdp_epsilon(args.dp_noise, len(result.rounds), DP_DELTA):.3g}"
-            )
+            personal[mode] = _personalised(args, scorer, b.data, b.tests)
+    columns = [*b.tests, "overall"]
     _report(columns, results, local_models, timing, time.perf_counter() - t0)
     for mode, aucs in personal.items():
         better = [n for n in aucs if aucs[n] > local_models[n][n].auc]
@@ -385,10 +361,8 @@ def _round1_norms(
 ) -> list[float]:
     """Weights-delta norms of the sites' first-round FedAvg updates (to set DP clipping)."""
     probe = argparse.Namespace(**{**vars(args), "rounds": 1})
-    result, _, _ = _federated(
-        "fedavg", probe, sites, initial, validation, work / "probe"
-    )
-    return list(result.rounds[0].update_norms)
+    run = _federated("fedavg", probe, sites, initial, validation, work / "probe")
+    return list(run.result.rounds[0].update_norms)
 
 
 def _report(

@@ -18,6 +18,8 @@ Public API (tests and benchmarks; keep it stable)::
     Transfer(direction: "down" | "up", node_id, message_type, nbytes, message)
     run_server_app(server_app, grid, run_config) -> Context   # calls the app's main
     server_identity(run_id)   # context manager: run server code (run_federation) directly
+    run_inprocess(run_config, sites, *, initial=None, validation=None) -> InProcessRun
+        # the real ServerApp code and ClientApps; .result, .grid, .site_seconds
     Handler = Callable[[Message, Context], Message]            # a ClientApp is one
 """
 
@@ -28,9 +30,11 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flwr.app import Context, Error, Message, RecordDict, UserConfig
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
@@ -38,6 +42,11 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 from flwr.supercore.run import Run
+
+if TYPE_CHECKING:
+    from cryodiscovery.core.checkpoint import ClassScorer
+    from cryodiscovery.core.classes import ClassAverages
+    from cryodiscovery.federation.rounds import FederationResult
 from flwr.supercore.task_identity import TaskIdentity
 
 log = logging.getLogger(__name__)
@@ -248,3 +257,54 @@ def run_server_app(
     with server_identity(grid.run.run_id):
         server_app(grid, context)
     return context
+
+
+@dataclass
+class InProcessRun:
+    """A federation run on a :class:`LoopbackGrid` (see :func:`run_inprocess`)."""
+
+    result: FederationResult
+    grid: LoopbackGrid
+    site_seconds: dict[int, float]  # node id -> seconds its ClientApp spent on messages
+
+
+def run_inprocess(
+    run_config: UserConfig,
+    sites: Mapping[int, Path],
+    *,
+    initial: ClassScorer | None = None,
+    validation: Sequence[ClassAverages] | None = None,
+) -> InProcessRun:
+    """:func:`~.server_app.run_federation` with the real ClientApp at every site
+    (``sites``: node id -> federation.yaml), timing each site's message handling."""
+    from cryodiscovery.federation import client_app
+    from cryodiscovery.federation.config import NODE_CONFIG_KEY
+    from cryodiscovery.federation.server_app import (
+        run_federation,
+        settings_from_run_config,
+    )
+
+    seconds: dict[int, float] = dict.fromkeys(sites, 0.0)
+
+    def timed(msg: Message, context: Context) -> Message:
+        start = time.perf_counter()
+        try:
+            return client_app.app(msg, context)
+        finally:
+            seconds[context.node_id] += time.perf_counter() - start
+
+    grid = LoopbackGrid(
+        dict.fromkeys(sites, timed),
+        {n: {NODE_CONFIG_KEY: str(p)} for n, p in sites.items()},
+    )
+    try:
+        with server_identity(grid.run.run_id):
+            result = run_federation(
+                grid,
+                settings_from_run_config(run_config),
+                validation=validation,
+                initial=initial,
+            )
+    finally:
+        grid.close()
+    return InProcessRun(result, grid, seconds)
