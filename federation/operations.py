@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -123,6 +124,15 @@ def _sent_lines(
         f"    total: {len(rows)} arrays, {sent_bytes} bytes "
         f"({sent_bytes / 2**20:.2f} MiB) per update"
     )
+    dp = config.privacy.dp
+    if dp is not None:  # what local DP does to an update of this size
+        values = sum(math.prod(shape) for _, shape, _, _ in rows)
+        noise = dp.noise_multiplier * dp.clipping_norm * math.sqrt(values)
+        lines.append(
+            f"  local DP noise adds L2 norm about {noise:.3g} to an update of norm <= "
+            f"{dp.clipping_norm:g} ({values} values): the server's update bound "
+            f"(max-update-norm) must allow about {1.2 * noise:.3g}, or it drops them"
+        )
     return lines
 
 

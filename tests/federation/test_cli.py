@@ -228,5 +228,12 @@ def test_check_states_the_privacy_cost_of_local_dp(
         Ledger(ledger).record(5, rnd, 2.0, 1.0)
     assert _run(["check", "--config", str(with_dp)]) == 0
     out = capsys.readouterr().out
+    values = sum(
+        p.numel()
+        for p in load_scorer(None).members[0].state_dict().values()
+        if p.is_floating_point()
+    )
+    noise = 2.0 * 1.0 * values**0.5  # noise multiplier x clipping norm x sqrt(values)
+    assert f"local DP noise adds L2 norm about {noise:.3g}" in out
     spent = f"3 noised update(s), eps {rdp_epsilon(1.0, 3, 1e-5):.3g}"
     assert f"{spent}; budget max_epsilon 20" in out
