@@ -168,14 +168,15 @@ def test_too_few_usable_updates_stop_with_a_clear_error() -> None:
 
 def test_slow_site_misses_the_round_timeout() -> None:
     def slow(a: dict[str, np.ndarray], context: Context) -> dict[str, np.ndarray]:
-        time.sleep(1.5)
+        time.sleep(4.0)
         return a
 
+    # a 2 s timeout leaves the two prompt sites room on a loaded machine
     sites = {1: _site(_shift(0.1)), 2: _site(_shift(0.1)), 3: _site(slow)}
-    options = StrategyOptions(min_sites=2, round_timeout_s=0.5)
+    options = StrategyOptions(min_sites=2, round_timeout_s=2.0)
     started = time.monotonic()
     strategy, result, _ = _run(sites, options, rounds=1, workers=3)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10
     assert sorted(v.node_id for v in strategy.rounds[1]) == [1, 2]
     assert _final(result)["b"] == pytest.approx(np.full(4, 1.1), abs=1e-5)
 
@@ -210,7 +211,7 @@ def test_site_leaving_after_training_does_not_stall_evaluation() -> None:
 def test_waiting_for_sites_is_bounded() -> None:
     options = StrategyOptions(min_sites=3, wait_for_sites_s=0.3)
     started = time.monotonic()
-    with pytest.raises(NotEnoughSitesError, match="2 site\\(s\\) connected after 0 s"):
+    with pytest.raises(NotEnoughSitesError, match=r"2 site\(s\) connected after \d+ s"):
         _run({1: _site(_shift(0.1)), 2: _site(_shift(0.1))}, options)
     assert time.monotonic() - started < 5
 
