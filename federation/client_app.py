@@ -12,7 +12,8 @@ and refuses to work while ``enabled`` is false.
   the config asks with ``evaluate-received``; see :mod:`evaluation`).
 - **evaluate**: metrics of the global model on the local validation split
   (``num-examples``, ``loss``, ``auc``, ``balanced-accuracy``, ``fnr``). On the last round
-  the *acceptance gate* runs: the global model replaces the site's model at
+  the *acceptance gate* runs (on the global model fine-tuned on the site's own classes
+  first, with ``personalise.epochs``): the global model replaces the site's model at
   ``model_path`` only if it is not worse than the current one (or the shipped default)
   by more than ``acceptance.tolerance``; otherwise the site keeps its model and logs why.
 - **privacy**: with ``privacy.dp`` the update delta is clipped and noised on the site by
@@ -301,6 +302,21 @@ def _gate(cfg: FacilityConfig, candidate: ClassScorer, data: Harvest, rnd: int) 
     if cfg.model_path is None:
         log.info("no model_path configured: the global model is not installed")
         return
+    per = cfg.personalise
+    if per.epochs > 0:
+        try:
+            candidate = gate.personalise(
+                candidate,
+                data.train,
+                data.validation,
+                per.epochs,
+                per.learning_rate,
+                cfg.caps.batch_size,
+                seed=rnd,
+            )
+            log.info("personalised the global model: %d epoch(s)", per.epochs)
+        except ValueError as err:
+            log.warning("not personalised (%s): the gate judges the global model", err)
     decision = gate.acceptance_gate(
         candidate,
         current_model(cfg),
@@ -315,6 +331,7 @@ def _gate(cfg: FacilityConfig, candidate: ClassScorer, data: Harvest, rnd: int) 
         "source": "federation",
         "server_round": rnd,
         "gate": decision.reason,
+        "personalised_epochs": candidate.info.get("personalised", {}).get("epochs", 0),
         "installed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     gate.install_model(candidate, cfg.model_path, record)

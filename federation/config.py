@@ -53,6 +53,9 @@ acceptance:                          # gate before scoring switches to a new glo
   metric: auc                        # auc | balanced_accuracy, on the validation split
   tolerance: 0.01                    # accept unless worse than the current model by more
 model_path: /facility/cryodiscovery/model.pt     # the model scoring uses (--model PATH)
+personalise:                         # fine-tune the final global model on this site's
+  epochs: 0                          #   own classes before the gate (0 = off)
+  learning_rate: 0.0005
 # cache_dir: /var/cache/cryodiscovery  # harvest cache (holds class images: stays here);
 #                                      # default ~/.cache/cryodiscovery/harvest, null = off
 # worker_socket: /run/cryodiscovery/site.sock  # long-running site worker (optional;
@@ -125,6 +128,15 @@ class AcceptanceOptions:
 
 
 @dataclass(frozen=True)
+class PersonaliseOptions:
+    """Fine-tune the federation's final model on this site's training split for
+    ``epochs`` (0: off) before the acceptance gate; the gate then judges that model."""
+
+    epochs: int = 0
+    learning_rate: float = 5e-4
+
+
+@dataclass(frozen=True)
 class FacilityConfig:
     """One facility's federation settings.
 
@@ -146,6 +158,8 @@ class FacilityConfig:
         Local validation split (deterministic per class, see ``harvest``).
     acceptance:
         Acceptance gate settings.
+    personalise:
+        Local fine-tuning of the final global model before the gate.
     model_path:
         The checkpoint this site's scoring uses (``cryodiscovery score --model``); the
         gate installs accepted global models here. ``None``: never install.
@@ -169,6 +183,7 @@ class FacilityConfig:
     validation_fraction: float = 0.2
     validation_seed: int = 0
     acceptance: AcceptanceOptions = field(default_factory=AcceptanceOptions)
+    personalise: PersonaliseOptions = field(default_factory=PersonaliseOptions)
     model_path: Path | None = None
     privacy: PrivacyOptions = field(default_factory=PrivacyOptions)
     cache_dir: Path | None = None
@@ -190,6 +205,7 @@ _TOP_KEYS = (
     "caps",
     "validation",
     "acceptance",
+    "personalise",
     "model_path",
     "privacy",
     "cache_dir",
@@ -316,6 +332,7 @@ def facility_config_from_dict(data: Any, source: Path) -> FacilityConfig:
     caps = top.sub("caps", ("max_classes", "local_epochs", "batch_size", "threads"))
     val = top.sub("validation", ("fraction", "seed"))
     acc = top.sub("acceptance", ("metric", "tolerance"))
+    per = top.sub("personalise", ("epochs", "learning_rate"))
     metric = acc.data.get("metric", "auc")
     if metric not in GATE_METRICS:
         raise acc.bad(
@@ -344,6 +361,10 @@ def facility_config_from_dict(data: Any, source: Path) -> FacilityConfig:
             metric=str(metric), tolerance=acc.number("tolerance", 0.01, 0.0, 1.0)
         ),
         model_path=top.path("model_path", must_exist=False),
+        personalise=PersonaliseOptions(
+            epochs=per.integer("epochs", 0, 0, 100),
+            learning_rate=per.number("learning_rate", 5e-4, 1e-7, 1.0),
+        ),
         privacy=_privacy(top.sub("privacy", ("dp", "secagg"))),
         cache_dir=(
             top.path("cache_dir", must_exist=False)

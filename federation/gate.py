@@ -7,6 +7,8 @@ Public API (client_app, operations, tests; keep it stable)::
     acceptance_gate(candidate, current, sets, metric="auc", tolerance=0.01) -> GateDecision
     install_model(scorer, path, record) -> str      # atomic; writes <path>.json beside
     install_record_path(path) -> Path
+    personalise(candidate, train, validation, epochs, lr, batch_size, seed=0)
+        -> ClassScorer   # the candidate fine-tuned on the site's own classes
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from cryodiscovery.core.checkpoint import ClassScorer, save_scorer
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.outputs import atomic_path
+from cryodiscovery.federation import task
 from cryodiscovery.federation.task import evaluate_scorer
 
 
@@ -91,3 +94,28 @@ def install_model(scorer: ClassScorer, path: Path, record: dict[str, Any]) -> st
     with atomic_path(install_record_path(path)) as tmp:
         tmp.write_text(json.dumps(info, indent=2, default=str) + "\n")
     return sha
+
+
+def personalise(
+    candidate: ClassScorer,
+    train: Sequence[ClassAverages],
+    validation: Sequence[ClassAverages],
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int = 0,
+) -> ClassScorer:
+    """``candidate`` fine-tuned on the site's own classes for ``epochs`` (best epoch on
+    ``validation``), keeping its thresholds and description; its info records the
+    fine-tuning. The gate then compares this model with the site's current one."""
+    options = task.LocalTrainOptions(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed
+    )
+    tuned = task.train_locally(candidate, train, validation, options).scorer
+    out = task.with_arrays(candidate, task.scorer_to_arrays(tuned))
+    out.name = f"{candidate.name}+personalised"
+    out.info = {
+        **candidate.info,
+        "personalised": {"epochs": epochs, "learning_rate": lr, "classes": len(train)},
+    }
+    return out

@@ -147,7 +147,13 @@ def check_report(config: FacilityConfig) -> str:
         f"  caps: {config.caps.max_classes} classes, {config.caps.local_epochs} local "
         f"epoch(s), batch {config.caps.batch_size}; validation split "
         f"{config.validation_fraction:g} (seed {config.validation_seed}); acceptance "
-        f"gate: {config.acceptance.metric} within {config.acceptance.tolerance:g}",
+        f"gate: {config.acceptance.metric} within {config.acceptance.tolerance:g}"
+        + (
+            f" (after {config.personalise.epochs} personalisation epoch(s) at rate "
+            f"{config.personalise.learning_rate:g})"
+            if config.personalise.epochs
+            else ""
+        ),
         f"  scoring model: {config.model_path or '(none configured)'}",
         "",
     ]

@@ -135,6 +135,35 @@ def test_gate_installs_the_last_global_model_where_allowed(
     assert sites[3].model_path is None  # no model_path: nothing installed
 
 
+def test_a_site_can_personalise_the_final_model_before_the_gate(
+    federation: SimpleNamespace, tmp_path: Path
+) -> None:
+    sites = dict(federation.sites)
+    model_path = tmp_path / "site1" / "model.pt"
+    sites[1] = _variant(
+        sites[1],
+        tmp_path / "personal.yaml",
+        personalise={"epochs": 2, "learning_rate": 0.005},
+        model_path=str(model_path),
+        acceptance={"metric": "auc", "tolerance": 1.0},  # install whatever comes
+    )
+    config = run_config(
+        tmp_path,
+        **{"num-rounds": 1, "initial-model": str(federation.root / "initial.pt")},
+    )
+    run_apps(sites, config)
+    (version,) = ModelRegistry(tmp_path / "registry").versions()
+    installed = load_scorer(model_path)
+    record = json.loads(gate.install_record_path(model_path).read_text())
+    assert record["personalised_epochs"] == 2
+    assert installed.info["personalised"]["epochs"] == 2
+    assert installed.name.endswith("+personalised")
+    global_model = load_scorer(version.checkpoint)
+    assert installed.threshold == global_model.threshold  # thresholds kept
+    data = harvest(load_facility_config(sites[1])).validation[0]
+    assert not np.allclose(installed.predict(data), global_model.predict(data))
+
+
 def test_gate_keeps_the_current_model_when_the_candidate_is_worse(
     federation: SimpleNamespace, caplog: pytest.LogCaptureFixture
 ) -> None:

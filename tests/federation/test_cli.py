@@ -216,6 +216,7 @@ def test_check_states_the_privacy_cost_of_local_dp(
             "max_epsilon": 20,
         }
     }
+    data["personalise"] = {"epochs": 2}
     with_dp = site.with_name("with-dp.yaml")
     with_dp.write_text(yaml.safe_dump(data))
     assert _run(["check", "--config", str(with_dp)]) == 0
@@ -224,6 +225,7 @@ def test_check_states_the_privacy_cost_of_local_dp(
     expected = "/".join(f"{rdp_epsilon(1.0, r, 1e-5):.3g}" for r in (1, 10, 100))
     assert f"(eps, delta=1e-05) over 1/10/100 rounds: {expected}" in out
     assert f"spent so far ({ledger}): 0 noised update(s), eps 0; budget" in out
+    assert "(after 2 personalisation epoch(s) at rate 0.0005)" in out
     for rnd in (1, 2, 3):
         Ledger(ledger).record(5, rnd, 2.0, 1.0)
     assert _run(["check", "--config", str(with_dp)]) == 0

@@ -98,6 +98,8 @@ def test_enabled_site_resolves_paths_relative_to_file(
             "'privacy.dp.clipping_norm'",
         ),
         ({"privacy": {"secagg": "on"}}, "'privacy.secagg' must be true or false"),
+        ({"personalise": {"epochs": -1}}, "'personalise.epochs' must be between"),
+        ({"personalise": {"rounds": 1}}, "unknown key 'personalise.rounds'"),
         (
             {"data": {"relion_projects": ["missing"]}},
             "'data.relion_projects' is not a folder",
