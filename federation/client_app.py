@@ -34,6 +34,7 @@ Public API: ``app`` (the ClientApp), ``NODE_CONFIG_KEY``, ``facility_config(cont
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -65,7 +66,15 @@ from cryodiscovery.federation.ledger import (
 from cryodiscovery.federation.logsetup import ensure_logging, process_age_s
 from cryodiscovery.federation.secagg import is_secagg_message, legacy_train
 from cryodiscovery.federation.wire import is_packed, keep_statistics
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.app.message_type import MessageType
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
@@ -185,9 +194,15 @@ def _keep_statistics(msg: Message, reply: Message, config: ConfigRecord) -> Mess
     (key, sent), *_ = reply.content.array_records.items()
     if not (is_packed(sent) and is_packed(received)):
         return reply
-    layout = task.named_arrays(task.scorer_shell(spec))
-    reply.content.array_records[key] = keep_statistics(sent, received, layout)
+    reply.content.array_records[key] = keep_statistics(sent, received, _layout(spec))
     return reply
+
+
+@functools.lru_cache(maxsize=2)
+def _layout(spec: str) -> ArrayRecord:
+    """Names and shapes of the exchanged arrays of the model ``spec`` describes (built
+    once per spec: both statistics resets of a message use it)."""
+    return task.named_arrays(task.scorer_shell(spec))
 
 
 def _bind(mod: LocalDpMod, inner: ClientAppCallable) -> ClientAppCallable:
