@@ -47,17 +47,7 @@ def unpack(packed: ArrayRecord, layout: ArrayRecord) -> ArrayRecord:
     ValueError
         ``packed`` is not one float32 vector of exactly the layout's size.
     """
-    if not is_packed(packed):
-        raise ValueError(
-            f"expected one array '{PACKED_KEY}', got {list(packed.keys())}"
-        )
-    vector = packed[PACKED_KEY].numpy()
-    total = sum(int(np.prod(a.shape, dtype=np.int64)) for a in layout.values())
-    if vector.dtype != np.float32 or vector.ndim != 1 or vector.size != total:
-        raise ValueError(
-            f"'{PACKED_KEY}' is {vector.dtype} {tuple(vector.shape)}, the model needs "
-            f"float32 ({total},)"
-        )
+    vector = _vector(packed, layout)
     out, offset = ArrayRecord(), 0
     for name, ref in layout.items():
         n = int(np.prod(ref.shape, dtype=np.int64))
@@ -87,9 +77,24 @@ def keep_statistics(
     negative; keeping the previous global statistics is post-processing (no privacy
     cost) and sends no data-dependent statistics at all.
     """
-    unpack(packed, layout)  # both must fit the layout
-    unpack(source, layout)
-    vector = packed[PACKED_KEY].numpy().copy()
+    vector = _vector(packed, layout).copy()
     mask = statistics_mask(layout)
-    vector[mask] = source[PACKED_KEY].numpy()[mask]
+    vector[mask] = _vector(source, layout)[mask]
     return ArrayRecord({PACKED_KEY: Array(vector)})
+
+
+def _vector(packed: ArrayRecord, layout: ArrayRecord) -> np.ndarray:
+    """The packed vector, checked against ``layout``: ``ValueError`` unless it is one
+    float32 vector of exactly the layout's size."""
+    if not is_packed(packed):
+        raise ValueError(
+            f"expected one array '{PACKED_KEY}', got {list(packed.keys())}"
+        )
+    vector = packed[PACKED_KEY].numpy()
+    total = sum(int(np.prod(a.shape, dtype=np.int64)) for a in layout.values())
+    if vector.dtype != np.float32 or vector.ndim != 1 or vector.size != total:
+        raise ValueError(
+            f"'{PACKED_KEY}' is {vector.dtype} {tuple(vector.shape)}, the model needs "
+            f"float32 ({total},)"
+        )
+    return vector
