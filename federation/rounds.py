@@ -7,6 +7,7 @@ Public API (server_app, tests, benchmarks; keep it stable)::
 
     FederationRun(grid, settings, val, result).round(rnd, arrays, scorer)
         -> (arrays, scorer)
+    FederationRun.train_config(rnd, scorer, evaluate=True) -> dict  # train message
     FederationResult(scorer, rounds: list[RoundSummary], versions, initial_metrics)
     RoundSummary; evaluation_dict(evaluation) -> dict[str, float]
     usable_aggregate(scorer, arrays, where) -> ClassScorer   # RuntimeError if unusable
@@ -145,7 +146,7 @@ class FederationRun:
         timeout = self.settings.strategy.round_timeout_s
         messages = list(
             self.strategy.configure_train(
-                rnd, arrays, self._train_config(rnd, scorer), self.grid
+                rnd, arrays, ConfigRecord(self.train_config(rnd, scorer)), self.grid
             )
         )
         t_sent = time.perf_counter()
@@ -209,17 +210,20 @@ class FederationRun:
         self.result.rounds.append(summary)
         return new_arrays, candidate
 
-    def _train_config(self, rnd: int, scorer: ClassScorer) -> ConfigRecord:
+    def train_config(
+        self, rnd: int, scorer: ClassScorer, evaluate: bool = True
+    ) -> dict[str, Any]:
+        """What a train message of round ``rnd`` tells the sites; ``evaluate=False``
+        never asks them to evaluate the received model (SecAgg+)."""
         settings = self.settings
-        return ConfigRecord(
-            {
-                "model-spec": task.model_spec(scorer),
-                "local-epochs": settings.local_epochs,
-                "learning-rate": settings.round_learning_rate(rnd),
-                "seed": settings.seed,
-                EVALUATE_RECEIVED: rnd > 1 and (rnd - 1) % settings.evaluate_every == 0,
-            }
-        )
+        asked = evaluate and rnd > 1 and (rnd - 1) % settings.evaluate_every == 0
+        return {
+            "model-spec": task.model_spec(scorer),
+            "local-epochs": settings.local_epochs,
+            "learning-rate": settings.round_learning_rate(rnd),
+            "seed": settings.seed,
+            EVALUATE_RECEIVED: asked,
+        }
 
     def _aggregate(
         self,

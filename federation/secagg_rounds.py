@@ -42,14 +42,8 @@ class _SecAggRounds:
 
     def fit_config(self, rnd: int) -> dict[str, Any]:
         """The train instruction's config (as a plain round's, no site evaluation)."""
-        settings = self.run.settings
-        return {
-            "model-spec": task.model_spec(self.scorer),
-            "local-epochs": settings.local_epochs,
-            "learning-rate": settings.round_learning_rate(rnd),
-            "seed": settings.seed,
-            "server-round": rnd,
-        }
+        config = self.run.train_config(rnd, self.scorer, evaluate=False)
+        return {**config, "server-round": rnd}
 
     def on_round(
         self, rnd: int, new: ArrayRecord, sites: list[tuple[int, int]]
