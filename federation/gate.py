@@ -24,7 +24,6 @@ from cryodiscovery.core.checkpoint import ClassScorer, save_scorer
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.outputs import atomic_path
 from cryodiscovery.federation import task
-from cryodiscovery.federation.task import evaluate_scorer
 
 
 @dataclass(frozen=True)
@@ -50,12 +49,12 @@ def acceptance_gate(
     Without a current model the candidate is accepted; without a usable validation
     metric (no classes, or only one label) the current model is kept.
     """
-    cand = evaluate_scorer(candidate, sets).metric(metric)
+    cand = task.evaluate_scorer(candidate, sets).metric(metric)
     if current is None:
         return GateDecision(
             True, f"no current model; candidate {metric} {cand:.4f}", cand, math.nan
         )
-    cur = evaluate_scorer(current, sets).metric(metric)
+    cur = task.evaluate_scorer(current, sets).metric(metric)
     if not (math.isfinite(cand) and math.isfinite(cur)):
         return GateDecision(
             False,
