@@ -33,6 +33,7 @@ from cryodiscovery.federation.evaluation import (
     RECEIVED_PREFIX,
     TRAIN_METRICS,
 )
+from cryodiscovery.federation.harvest import Harvest
 from cryodiscovery.federation.harvest_cache import cached_harvest
 from cryodiscovery.federation.ledger import Ledger, LedgerError
 from cryodiscovery.federation.registry import download_version, list_versions
@@ -191,8 +192,11 @@ def pull_latest(
     """Install the newest (or the given) registry version at ``out``.
 
     With ``config`` the acceptance gate runs on the site's validation split against the
-    model now at ``out`` (or the shipped default); ``force`` skips it. The file installed
-    is the registry's own (same SHA-256), with ``<out>.json`` recording its origin.
+    model now at ``out`` (or the shipped default); ``force`` skips it. With ``config``
+    and ``personalise.epochs`` > 0 the site first fine-tunes the registry's model on its
+    own classes, as at the end of a federation run, and installs that model; otherwise
+    the file installed is the registry's own (same SHA-256). ``<out>.json`` records the
+    origin (``registry_sha256``: the registry file's; ``sha256``: the installed file's).
     """
     versions = list_versions(source, ca_file=ca_file)
     if not versions:
@@ -204,7 +208,7 @@ def pull_latest(
     )
     if chosen is None:
         raise InputError(source, f"no version {version} in the registry")
-    if out.is_file() and sha256_file(out) == chosen.sha256:
+    if _installed(out, chosen.sha256):
         return PullResult(chosen.version, False, "already installed", out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".pull-", dir=out.parent) as tmp:
@@ -212,38 +216,102 @@ def pull_latest(
             source, chosen, Path(tmp) / "model.pt", ca_file=ca_file
         )
         candidate = load_scorer(fetched)
-        reason = "installed without a gate (no --config)"
-        if force:
-            reason = "installed with --force (gate skipped)"
-        elif config is not None:
-            site = config if config.model_path == out else _with_model(config, out)
-            decision = gate.acceptance_gate(
-                candidate,
-                current_model(site),
-                cached_harvest(config).validation,
-                config.acceptance.metric,
-                config.acceptance.tolerance,
-            )
-            if not decision.accepted:
-                log.warning(
-                    "acceptance gate: kept the current model: %s", decision.reason
-                )
-                return PullResult(chosen.version, False, decision.reason, out)
-            reason = decision.reason
+        data = None
+        if config is not None and (config.personalise.epochs > 0 or not force):
+            data = cached_harvest(config)
+        if config is not None and data is not None and config.personalise.epochs > 0:
+            candidate = _personalised(config, candidate, data, chosen.server_round)
+        accepted, reason = _gate(config, data, candidate, out, force)
+        if not accepted:
+            return PullResult(chosen.version, False, reason, out)
+        record = {
+            "source": source,
+            "registry_version": chosen.version,
+            "registry_sha256": chosen.sha256,
+            "server_round": chosen.server_round,
+            "gate": reason,
+            "personalised_epochs": candidate.info.get("personalised", {}).get(
+                "epochs", 0
+            ),
+            "installed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if record["personalised_epochs"]:
+            gate.install_model(candidate, out, record)
+            return PullResult(chosen.version, True, reason, out)
         with atomic_path(out) as target:
             target.write_bytes(fetched.read_bytes())
-    record = {
-        "source": source,
-        "registry_version": chosen.version,
-        "sha256": chosen.sha256,
-        "server_round": chosen.server_round,
-        "gate": reason,
-        "model_name": candidate.name,
-        "installed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    record.update(sha256=chosen.sha256, model_name=candidate.name)
     with atomic_path(gate.install_record_path(out)) as tmp_record:
         tmp_record.write_text(json.dumps(record, indent=2) + "\n")
     return PullResult(chosen.version, True, reason, out)
+
+
+def _gate(
+    config: FacilityConfig | None,
+    data: Harvest | None,
+    candidate: ClassScorer,
+    out: Path,
+    force: bool,
+) -> tuple[bool, str]:
+    """(install?, why): the acceptance gate against the model at ``out`` when the site's
+    validation split is at hand and ``force`` is off."""
+    if force:
+        return True, "installed with --force (gate skipped)"
+    if config is None or data is None:
+        return True, "installed without a gate (no --config)"
+    site = config if config.model_path == out else _with_model(config, out)
+    decision = gate.acceptance_gate(
+        candidate,
+        current_model(site),
+        data.validation,
+        config.acceptance.metric,
+        config.acceptance.tolerance,
+    )
+    if not decision.accepted:
+        log.warning("acceptance gate: kept the current model: %s", decision.reason)
+    return decision.accepted, decision.reason
+
+
+def _personalised(
+    config: FacilityConfig, candidate: ClassScorer, data: Harvest, seed: int
+) -> ClassScorer:
+    """The registry's model fine-tuned on the site's classes (``personalise``), or the
+    model as it is when the site has too few classes (logged)."""
+    per = config.personalise
+    try:
+        tuned = gate.personalise(
+            candidate,
+            data.train,
+            data.validation,
+            per.epochs,
+            per.learning_rate,
+            config.caps.batch_size,
+            seed=seed,
+        )
+    except ValueError as err:
+        log.warning("not personalised (%s): the gate judges the registry's model", err)
+        return candidate
+    log.info("personalised the registry's model: %d epoch(s)", per.epochs)
+    return tuned
+
+
+def _installed(out: Path, registry_sha256: str) -> bool:
+    """Whether ``out`` is the registry file with that SHA-256, or was made from it
+    (personalised) and is unchanged since."""
+    if not out.is_file():
+        return False
+    sha = sha256_file(out)
+    if sha == registry_sha256:
+        return True
+    try:
+        record = json.loads(gate.install_record_path(out).read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(record, dict)
+        and record.get("registry_sha256") == registry_sha256
+        and record.get("sha256") == sha
+    )
 
 
 def _with_model(config: FacilityConfig, out: Path) -> FacilityConfig:

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -138,6 +139,37 @@ def test_gate_keeps_a_better_model_unless_forced(
     assert "not installed" in capsys.readouterr().out and out.read_bytes() == before
     assert _run([*argv, "--force"]) == 0
     assert sha256_file(out) == registry.get(2).sha256
+
+
+def test_pull_personalises_when_the_site_asks_and_then_reports_up_to_date(
+    registry: ModelRegistry,
+    site: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = yaml.safe_load(site.read_text())
+    config["personalise"] = {"epochs": 1, "learning_rate": 0.01}
+    copy = tmp_path / "federation.yaml"
+    copy.write_text(yaml.safe_dump(config))
+    out = tmp_path / "model.pt"
+    argv = ["pull", "--registry", str(registry.root), "--version", "1"]
+    argv += ["--config", str(copy), "--out", str(out)]
+    assert _run([*argv, "--force"]) == 0  # the shipped default beats it on this site
+    record = json.loads(gate.install_record_path(out).read_text())
+    assert record["registry_sha256"] == registry.get(1).sha256
+    assert record["personalised_epochs"] == 1 and record["sha256"] == sha256_file(out)
+    pulled, original = load_scorer(out), load_scorer(registry.get(1).checkpoint)
+    assert pulled.info["personalised"]["epochs"] == 1
+    assert not np.array_equal(
+        task.named_arrays(pulled)["m0.stem.0.weight"].numpy(),
+        task.named_arrays(original)["m0.stem.0.weight"].numpy(),
+    )
+    capsys.readouterr()
+    assert _run(argv) == 0
+    assert "already installed" in capsys.readouterr().out
+    out.write_bytes(out.read_bytes() + b"x")  # changed since: pulled again
+    assert _run([*argv, "--force"]) == 0
+    assert "already installed" not in capsys.readouterr().out
 
 
 @pytest.fixture
