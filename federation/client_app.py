@@ -298,7 +298,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     ev = task.evaluate_scorer(candidate, data.validation)
     server_round = _int(config, "server-round", 0)
     if server_round >= _int(config, "num-rounds", 1 << 30):
-        _gate(cfg, candidate, data, server_round)
+        _gate(cfg, candidate, data, server_round, ev)
     metrics = MetricRecord(site_metrics(ev))
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
@@ -313,7 +313,15 @@ def current_model(cfg: FacilityConfig) -> ClassScorer | None:
         return None
 
 
-def _gate(cfg: FacilityConfig, candidate: ClassScorer, data: Harvest, rnd: int) -> None:
+def _gate(
+    cfg: FacilityConfig,
+    candidate: ClassScorer,
+    data: Harvest,
+    rnd: int,
+    evaluated: task.Evaluation,
+) -> None:
+    """Personalise (when set), gate and install the final global model
+    (``evaluated``: the global model on the site's validation split)."""
     if cfg.model_path is None:
         log.info("no model_path configured: the global model is not installed")
         return
@@ -329,6 +337,7 @@ def _gate(cfg: FacilityConfig, candidate: ClassScorer, data: Harvest, rnd: int) 
                 cfg.caps.batch_size,
                 seed=rnd,
             )
+            evaluated = task.evaluate_scorer(candidate, data.validation)
             log.info("personalised the global model: %d epoch(s)", per.epochs)
         except ValueError as err:
             log.warning("not personalised (%s): the gate judges the global model", err)
@@ -338,6 +347,7 @@ def _gate(cfg: FacilityConfig, candidate: ClassScorer, data: Harvest, rnd: int) 
         data.validation,
         cfg.acceptance.metric,
         cfg.acceptance.tolerance,
+        evaluated,
     )
     if not decision.accepted:
         log.warning("acceptance gate: kept the current model: %s", decision.reason)

@@ -4,7 +4,8 @@ installation of a model where scoring picks it up (``cryodiscovery score --model
 Public API (client_app, operations, tests; keep it stable)::
 
     GateDecision(accepted, reason, candidate, current)
-    acceptance_gate(candidate, current, sets, metric="auc", tolerance=0.01) -> GateDecision
+    acceptance_gate(candidate, current, sets, metric="auc", tolerance=0.01,
+                    evaluated=None) -> GateDecision
     install_model(scorer, path, record) -> str      # atomic; writes <path>.json beside
     install_record_path(path) -> Path
     personalise(candidate, train, validation, epochs, lr, batch_size, seed=0)
@@ -42,14 +43,18 @@ def acceptance_gate(
     sets: Sequence[ClassAverages],
     metric: str = "auc",
     tolerance: float = 0.01,
+    evaluated: task.Evaluation | None = None,
 ) -> GateDecision:
     """Accept ``candidate`` unless it is worse than ``current`` by more than
     ``tolerance`` in ``metric`` on the site's validation classes ``sets``.
 
     Without a current model the candidate is accepted; without a usable validation
-    metric (no classes, or only one label) the current model is kept.
+    metric (no classes, or only one label) the current model is kept. ``evaluated``:
+    the candidate's evaluation on ``sets`` when the caller has it already.
     """
-    cand = task.evaluate_scorer(candidate, sets).metric(metric)
+    if evaluated is None:
+        evaluated = task.evaluate_scorer(candidate, sets)
+    cand = evaluated.metric(metric)
     if current is None:
         return GateDecision(
             True, f"no current model; candidate {metric} {cand:.4f}", cand, math.nan

@@ -180,7 +180,8 @@ def test_gate_keeps_the_current_model_when_the_candidate_is_worse(
     data = harvest(cfg)
     assert task.evaluate_scorer(current, data.validation).auc > 0.55
     with caplog.at_level("WARNING"):
-        client_app._gate(cfg, inverted, data, 2)
+        evaluated = task.evaluate_scorer(inverted, data.validation)
+        client_app._gate(cfg, inverted, data, 2, evaluated)
     assert "acceptance gate: kept the current model: candidate auc" in caplog.text
     assert cfg.model_path.read_bytes() == before
 
