@@ -20,7 +20,8 @@ calibrated for 3% FNR on the server's generated validation set; a local-only mod
 its site's validation split (what a site alone could do).
 
 Printed: AUC and FNR per site and overall for every mode; rounds to converge (first round
-whose overall AUC is within 1% of the run's best); seconds per round, split into site
+whose overall AUC is within 1% of the run's best), the first round reaching 99% of the
+centralised AUC, and the overall AUC by round; seconds per round, split into site
 compute and everything else (serialisation, screening, aggregation, central evaluation);
 bytes per round per site.
 
@@ -276,8 +277,9 @@ def _baselines(
 
 def _arm(
     mode: str, args: argparse.Namespace, b: _Bench, work: Path
-) -> tuple[ClassScorer, dict[str, task.Evaluation], str]:
-    """One federated arm: its final model, evaluations and a timing line."""
+) -> tuple[ClassScorer, dict[str, task.Evaluation], str, list[float]]:
+    """One federated arm: its final model, evaluations, a timing line and the overall
+    test AUC of every round's global model."""
     if mode == "fedavg-dp" and args.dp_clip <= 0:
         norms = _round1_norms(args, b.sites, b.initial, b.validation, work)
         args.dp_clip = float(statistics.median(norms))
@@ -305,7 +307,7 @@ def _arm(
             f"; central DP: clipping norm {args.dp_clip:.4g}, noise multiplier "
             f"{args.dp_noise:g}, site-level (eps, delta=1e-5) after {n} rounds = {eps:.3g}"
         )
-    return result.scorer, _evaluate(result.scorer, b.tests), timing
+    return result.scorer, _evaluate(result.scorer, b.tests), timing, per_round
 
 
 def _benchmark(args: argparse.Namespace, modes: list[str], work: Path) -> int:
@@ -313,13 +315,15 @@ def _benchmark(args: argparse.Namespace, modes: list[str], work: Path) -> int:
     b = _setup(args, work)
     results, local_models = _baselines(args, b, modes)
     timing: dict[str, str] = {}
+    curves: dict[str, list[float]] = {}
     personal: dict[str, dict[str, float]] = {}
     for mode in [m for m in modes if m.startswith("fed")]:
-        scorer, results[mode], timing[mode] = _arm(mode, args, b, work)
+        scorer, results[mode], timing[mode], curves[mode] = _arm(mode, args, b, work)
         if args.personalise > 0 and local_models:
             personal[mode] = _personalised(args, scorer, b.data, b.tests)
     columns = [*b.tests, "overall"]
-    _report(columns, results, local_models, timing, time.perf_counter() - t0)
+    _report(columns, results, local_models, timing, curves)
+    print(f"\n# total {time.perf_counter() - t0:.0f} s")
     for mode, aucs in personal.items():
         better = [n for n in aucs if aucs[n] > local_models[n][n].auc]
         print(
@@ -370,7 +374,7 @@ def _report(
     results: dict[str, dict[str, task.Evaluation]],
     local: dict[str, dict[str, task.Evaluation]],
     timing: dict[str, str],
-    seconds: float,
+    curves: dict[str, list[float]],
 ) -> None:
     print("\nAUC/FNR per site (own held-out jobs) and overall")
     print(f"{'mode':<22}" + "".join(f"{c[:17]:>18}" for c in columns))
@@ -382,7 +386,8 @@ def _report(
         central = results["central"]["overall"].auc
         for mode in (m for m in results if m.startswith("fed")):
             auc = results[mode]["overall"].auc
-            print(f"{mode}: overall AUC {auc / central:.2%} of centralised")
+            reached = _reached(curves[mode], central)
+            print(f"{mode}: overall AUC {auc / central:.2%} of centralised; {reached}")
     for mode in (m for m in results if m.startswith("fed")):
         if local:
             fed = results[mode]["overall"].auc
@@ -396,7 +401,26 @@ def _report(
                 f"({', '.join(own) or 'none'})"
             )
         print(f"{mode}: {timing[mode]}")
-    print(f"\n# total {seconds:.0f} s")
+        print(f"{mode}: overall AUC by round: {_curve(curves[mode])}")
+
+
+def _reached(aucs: list[float], central: float, share: float = 0.99) -> str:
+    """When a run's global model first reached ``share`` of the centralised AUC."""
+    first = next((i + 1 for i, a in enumerate(aucs) if a >= share * central), None)
+    if first is not None:
+        return f"{share:.0%} of it first at round {first}/{len(aucs)}"
+    best = max(range(len(aucs)), key=lambda i: aucs[i])
+    return (
+        f"{share:.0%} of it not reached in {len(aucs)} rounds (best "
+        f"{aucs[best] / central:.2%}, round {best + 1})"
+    )
+
+
+def _curve(aucs: list[float], points: int = 10) -> str:
+    """About ``points`` (round, AUC) pairs, always including the last round."""
+    step = max(1, len(aucs) // points)
+    rounds = sorted({*range(step, len(aucs) + 1, step), 1, len(aucs)})
+    return ", ".join(f"{r} {aucs[r - 1]:.4f}" for r in rounds if r <= len(aucs))
 
 
 if __name__ == "__main__":

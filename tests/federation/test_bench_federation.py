@@ -60,3 +60,14 @@ def test_default_command_line_starts_from_the_shipped_model() -> None:
     args = bench._parser().parse_args([])
     assert args.init == "default"
     assert bench._parser().parse_args(["--init", "fresh"]).init == "fresh"
+
+
+def test_rounds_to_reach_a_share_of_the_centralised_auc() -> None:
+    bench = _bench()
+    aucs = [0.5, 0.9, 0.95, 0.99, 0.98]
+    assert bench._reached(aucs, 1.0) == "99% of it first at round 4/5"
+    assert bench._reached(aucs, 1.01) == (
+        "99% of it not reached in 5 rounds (best 98.02%, round 4)"
+    )
+    assert bench._curve(aucs, points=2) == "1 0.5000, 2 0.9000, 4 0.9900, 5 0.9800"
+    assert bench._curve([0.7], points=10) == "1 0.7000"
