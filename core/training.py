@@ -37,6 +37,10 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 
+#: Learning-rate schedules within one training call (``TrainConfig.schedule``).
+LR_SCHEDULES: tuple[str, ...] = ("onecycle", "constant")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings for one network."""
@@ -52,6 +56,16 @@ class TrainConfig:
     feature_dropout: float = 0.15
     meta_noise: float = 0.15
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    #: "onecycle": warm up to ``lr`` then anneal to ~0 over the epochs; "constant":
+    #: ``lr`` throughout (a federated round: the run, not each round, anneals).
+    schedule: str = "onecycle"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"unknown learning-rate schedule {self.schedule!r} "
+                f"(one of {', '.join(LR_SCHEDULES)})"
+            )
 
 
 @dataclass(frozen=True)
@@ -147,6 +161,17 @@ class TrainResult:
     history: list[dict[str, float]]
 
 
+def lr_scheduler(
+    opt: torch.optim.Optimizer, cfg: TrainConfig, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-step schedule of ``cfg.schedule`` over ``steps`` optimiser steps."""
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.15
+    )
+
+
 def predict_logits(
     net: nn.Module,
     data: TrainingSet,
@@ -214,10 +239,7 @@ def train_net(
         weights = weights * sample_weights / sample_weights.mean()
     val_w = balanced_weights(val.labels)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.15
-    )
+    sched = lr_scheduler(opt, cfg, cfg.epochs * math.ceil(len(train) / cfg.batch_size))
     best, best_loss, best_epoch, history = (
         copy.deepcopy(net.state_dict()),
         math.inf,

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from cryodiscovery.core.checkpoint import ClassScorer, load_scorer
 from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.training import LR_SCHEDULES
 from cryodiscovery.federation import gate, task
 from cryodiscovery.federation.accounting import DP_DELTA
 from cryodiscovery.federation.config import (
@@ -246,6 +247,15 @@ def _float(config: ConfigRecord, key: str, default: float) -> float:
     return float(value) if isinstance(value, int | float) else default
 
 
+def _schedule(config: ConfigRecord) -> str:
+    """The server's ``lr-schedule`` (one of ``LR_SCHEDULES``; older servers send none:
+    ``"onecycle"``)."""
+    value = config.get("lr-schedule", "onecycle")
+    if value not in LR_SCHEDULES:
+        raise SiteRefusal(f"unknown lr-schedule {value!r} from the server")
+    return str(value)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Fine-tune the received global model on local data; reply weights + metrics."""
@@ -266,6 +276,7 @@ def train(msg: Message, context: Context) -> Message:
         lr=_float(config, "learning-rate", 1e-3),
         proximal_mu=_float(config, "proximal-mu", 0.0),
         seed=_int(config, "seed", 0) + 7919 * _int(config, "server-round", 0),
+        schedule=_schedule(config),
     )
     try:
         result = task.train_locally(scorer, data.train, data.validation, options)

@@ -221,6 +221,7 @@ class FederationRun:
             "model-spec": task.model_spec(scorer),
             "local-epochs": settings.local_epochs,
             "learning-rate": settings.round_learning_rate(rnd),
+            "lr-schedule": settings.local_lr_schedule,
             "seed": settings.seed,
             EVALUATE_RECEIVED: asked,
         }

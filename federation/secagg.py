@@ -99,6 +99,7 @@ def legacy_train(msg: Message, cfg: FacilityConfig, data: Harvest) -> Message:
         batch_size=cfg.caps.batch_size,
         lr=float(conf.get("learning-rate", 1e-3)),
         seed=int(conf.get("seed", 0)) + 7919 * int(conf.get("server-round", 0)),
+        schedule=str(conf.get("lr-schedule", "onecycle")),
     )
     result = task.train_locally(scorer, data.train, data.validation, options)
     trained = task.scorer_to_arrays(result.scorer)

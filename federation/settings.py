@@ -26,6 +26,9 @@ learning-rate               0.001      local learning rate
 lr-decay                    "none"     "cosine": the rate sent in round r falls from
                                        learning-rate to 5% of it over num-rounds
                                        (:meth:`ServerSettings.round_learning_rate`)
+local-lr-schedule           "constant" the rate within a site's round: "constant", or
+                                       "onecycle" (warm up, then anneal to ~0: every
+                                       round ends at the site's own optimum)
 proximal-mu                 0.01       FedProx proximal weight
 server-lr, tau              0.01,1e-3  FedAdam/FedYogi server step and adaptivity
 trim-beta                   0.2        trimmed mean: fraction cut from each tail
@@ -62,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryodiscovery.core.training import LR_SCHEDULES
 from cryodiscovery.federation.strategy import StrategyOptions
 
 
@@ -75,6 +79,7 @@ class ServerSettings:
     evaluate_every: int = 1
     learning_rate: float = 1e-3
     lr_decay: str = "none"
+    local_lr_schedule: str = "constant"
     seed: int = 0
     registry: Path | None = None
     initial_model: Path | None = None
@@ -130,6 +135,7 @@ _SERVER_KEYS: dict[str, tuple[str, type]] = {
     "evaluate-every": ("evaluate_every", int),
     "learning-rate": ("learning_rate", float),
     "lr-decay": ("lr_decay", str),
+    "local-lr-schedule": ("local_lr_schedule", str),
     "seed": ("seed", int),
     "registry": ("registry", str),
     "initial-model": ("initial_model", str),
@@ -194,6 +200,7 @@ def settings_from_run_config(run_config: Mapping[str, Any]) -> ServerSettings:
         "evaluate-every": settings.evaluate_every >= 1,
         "learning-rate": settings.learning_rate > 0,
         "lr-decay": settings.lr_decay in LR_DECAYS,
+        "local-lr-schedule": settings.local_lr_schedule in LR_SCHEDULES,
         "validation-seeds": len(settings.validation_seeds) >= 1,
         "validation-classes": settings.validation_classes >= 4,
         "target-fnr": 0 <= settings.target_fnr < 1,
@@ -208,6 +215,7 @@ def settings_from_run_config(run_config: Mapping[str, Any]) -> ServerSettings:
             why = {
                 "secagg": " (SecAgg+ runs with strategy fedavg and no central DP)",
                 "lr-decay": f" (one of {', '.join(LR_DECAYS)})",
+                "local-lr-schedule": f" (one of {', '.join(LR_SCHEDULES)})",
                 "dp-clipping-norm": " (central DP runs with strategy "
                 f"{' or '.join(CENTRAL_DP_STRATEGIES)}: its accounting assumes an "
                 "equally weighted mean)",

@@ -17,7 +17,7 @@ Public API (client_app, server_app, cli, tests, benchmarks; keep it stable)::
     scorer_shell(spec: str) -> ClassScorer          # fresh weights, that architecture
     with_arrays(base: ClassScorer, arrays: ArrayRecord) -> ClassScorer
     parameter_table(arrays) -> list[tuple[str, tuple[int, ...], str, int]]
-    LocalTrainOptions(epochs, batch_size, lr, proximal_mu, seed)
+    LocalTrainOptions(epochs, batch_size, lr, proximal_mu, seed, schedule)
     train_locally(scorer, train_sets, val_sets, options) -> LocalTrainResult
     prepare_sets(scorer, sets) -> PreparedSet      # inputs made once, reused each round
     evaluate_scorer(scorer, sets | PreparedSet) -> Evaluation
@@ -173,7 +173,8 @@ def parameter_table(arrays: ArrayRecord) -> list[tuple[str, tuple[int, ...], str
 class LocalTrainOptions:
     """One site's training in one round.
 
-    ``proximal_mu > 0`` adds FedProx's ``mu/2 * ||w - w_global||^2`` to the loss.
+    ``proximal_mu > 0`` adds FedProx's ``mu/2 * ||w - w_global||^2`` to the loss;
+    ``schedule``: the learning rate within this training (``core.training.LR_SCHEDULES``).
     """
 
     epochs: int = 1
@@ -181,6 +182,7 @@ class LocalTrainOptions:
     lr: float = 1e-3
     proximal_mu: float = 0.0
     seed: int = 0
+    schedule: str = "onecycle"
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,7 @@ def train_locally(
         lr=options.lr,
         patience=options.epochs + 1,
         seed=options.seed,
+        schedule=options.schedule,
     )
     members = scorer.members
 

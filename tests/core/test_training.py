@@ -17,6 +17,7 @@ from cryodiscovery.core.training import (
     TrainConfig,
     build_training_set,
     drop_metadata,
+    lr_scheduler,
     predict_logits,
     split_training_set,
     train_net,
@@ -206,3 +207,21 @@ def test_train_command_trains_and_fine_tunes_from_relion_projects(tmp_path) -> N
     tuned = tmp_path / "tuned.pt"
     assert run(init=str(out), out=tuned) == 0
     assert load_scorer(tuned).info["init"] == str(out)
+
+
+def test_constant_schedule_keeps_the_rate_and_onecycle_anneals_it() -> None:
+    def rates(schedule: str) -> list[float]:
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+        sched = lr_scheduler(opt, TrainConfig(lr=0.01, schedule=schedule), steps=20)
+        out = []
+        for _ in range(20):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    assert rates("constant") == [0.01] * 20
+    cycle = rates("onecycle")
+    assert cycle[0] < 0.001 and max(cycle) == pytest.approx(0.01) and cycle[-1] < 1e-4
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'cyclic'"):
+        TrainConfig(schedule="cyclic")

@@ -275,7 +275,8 @@ def test_sites_evaluate_every_n_rounds_and_the_rate_decays(
     federation: SimpleNamespace, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Round 2's model is evaluated on round 3's train messages (one message per site
-    and round), the last model by evaluate messages; the local rate decays."""
+    and round), the last model by evaluate messages; the local rate decays across
+    rounds and is constant within one (the default local-lr-schedule)."""
     config = run_config(
         tmp_path,
         **{
@@ -324,6 +325,10 @@ def test_sites_evaluate_every_n_rounds_and_the_rate_decays(
         )
     }
     assert rates == {1: 0.01, 2: pytest.approx(0.00525), 3: pytest.approx(0.0005)}
+    assert {
+        next(iter(t.message.content.config_records.values()))["lr-schedule"]
+        for t in trained
+    } == {"constant"}
     assert [
         v.server_round for v in ModelRegistry(tmp_path / "registry").versions()
     ] == [

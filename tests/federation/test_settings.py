@@ -48,6 +48,10 @@ def test_defaults_and_conversion() -> None:
             "'dp-clipping-norm' has a bad value (central DP runs with strategy fedavg",
         ),
         ({"lr-decay": "step"}, "'lr-decay' has a bad value (one of none, cosine"),
+        (
+            {"local-lr-schedule": "cyclic"},
+            "'local-lr-schedule' has a bad value (one of onecycle, constant",
+        ),
     ],
 )
 def test_bad_run_config_names_the_key(config: dict[str, object], message: str) -> None:
