@@ -46,6 +46,7 @@ from cryodiscovery.core.checkpoint import ClassScorer, load_scorer
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.nets import ClassNet, NetConfig
 from cryodiscovery.core.preprocess import PreprocessConfig
+from cryodiscovery.core.training import LR_SCHEDULES
 from cryodiscovery.federation import task
 from cryodiscovery.federation.accounting import DP_DELTA, rdp_epsilon
 from cryodiscovery.federation.config import load_facility_config
@@ -114,6 +115,7 @@ def _federated(
         "local-epochs": args.local_epochs,
         "learning-rate": args.lr,
         "lr-decay": args.lr_decay,
+        "local-lr-schedule": args.local_schedule,
         "seed": args.seed,
         "registry": str(work / f"registry-{mode}"),
         "strategy": mode if mode in ("fedprox", "fedadam") else "fedavg",
@@ -149,6 +151,7 @@ _OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("--local-epochs", int, 2, "local epochs per round"),
     ("--lr", float, 3e-4, "local AdamW rate (fine-tuning)"),
     ("--lr-decay", ("none", "cosine"), "none", "federated arms: run config lr-decay"),
+    ("--local-schedule", LR_SCHEDULES, "constant", "federated arms: local-lr-schedule"),
     ("--batch", int, 16, "batch size everywhere"),
     ("--mu", float, 0.01, "FedProx proximal weight"),
     ("--dp-clip", float, 0.0, "0: median round-1 FedAvg delta norm"),
@@ -226,7 +229,8 @@ def _setup(args: argparse.Namespace, work: Path) -> _Bench:
         f"{args.test_jobs} held-out jobs per site; net {bench.initial.name} "
         f"({sum(p.numel() for p in bench.initial.members[0].parameters())} parameters,"
         f" from {origin}, {bench.initial.net_config.norm} norm); {args.rounds} rounds "
-        f"x {args.local_epochs} local epochs; data {time.perf_counter() - t0:.0f} s"
+        f"x {args.local_epochs} local epochs (rate {args.lr:g}, {args.local_schedule} within "
+        f"a round, threads {args.threads}); data {time.perf_counter() - t0:.0f} s"
     )
     for name, h in data.items():
         print(
