@@ -74,17 +74,26 @@ def _final_arrays(registry: Path) -> list[np.ndarray]:
     return task.scorer_to_arrays(final).to_numpy_ndarrays()
 
 
-def test_rounds_through_workers_equal_rounds_in_process(fed: SimpleNamespace) -> None:
-    run_apps(fed.sites, _config(fed.root, "via-workers"), handler=site_app.app)
-    run_apps(fed.sites, _config(fed.root, "in-process"))
+@pytest.mark.parametrize(("schedule", "atol"), [("onecycle", 1e-6), ("constant", 1e-3)])
+def test_rounds_through_workers_equal_rounds_in_process(
+    fed: SimpleNamespace, schedule: str, atol: float
+) -> None:
+    """Same weights either way. With the one-cycle local schedule to 1e-6; with a
+    constant rate the two paths differ at about 1e-4 after 2 rounds (a few weights in
+    thousands; float rounding differences that a full rate at the end of each round
+    carries on; the source is not pinned down)."""
+    via_name, direct_name = f"via-workers-{schedule}", f"in-process-{schedule}"
+    more = {"local-lr-schedule": schedule}
+    run_apps(fed.sites, _config(fed.root, via_name, **more), handler=site_app.app)
+    run_apps(fed.sites, _config(fed.root, direct_name, **more))
     via, direct = (
-        _final_arrays(fed.root / "via-workers"),
-        _final_arrays(fed.root / "in-process"),
+        _final_arrays(fed.root / via_name),
+        _final_arrays(fed.root / direct_name),
     )
     assert len(via) == len(direct)
     for a, b in zip(via, direct, strict=True):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
-    versions = ModelRegistry(fed.root / "via-workers").versions()
+        np.testing.assert_allclose(a, b, rtol=0, atol=atol)
+    versions = ModelRegistry(fed.root / via_name).versions()
     assert [v.server_round for v in versions] == [1, 2]
     assert all(c.accepted for v in versions for c in v.contributions)
 
