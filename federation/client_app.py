@@ -44,7 +44,6 @@ from typing import Any
 import torch
 from cryodiscovery.core.checkpoint import ClassScorer, load_scorer
 from cryodiscovery.core.errors import InputError
-from cryodiscovery.core.training import LR_SCHEDULES
 from cryodiscovery.federation import gate, task
 from cryodiscovery.federation.accounting import DP_DELTA
 from cryodiscovery.federation.config import (
@@ -242,20 +241,6 @@ def _int(config: ConfigRecord, key: str, default: int) -> int:
     return int(value) if isinstance(value, int | float) else default
 
 
-def _float(config: ConfigRecord, key: str, default: float) -> float:
-    value = config.get(key, default)
-    return float(value) if isinstance(value, int | float) else default
-
-
-def _schedule(config: ConfigRecord) -> str:
-    """The server's ``lr-schedule`` (one of ``LR_SCHEDULES``; older servers send none:
-    ``"onecycle"``)."""
-    value = config.get("lr-schedule", "onecycle")
-    if value not in LR_SCHEDULES:
-        raise SiteRefusal(f"unknown lr-schedule {value!r} from the server")
-    return str(value)
-
-
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Fine-tune the received global model on local data; reply weights + metrics."""
@@ -270,14 +255,10 @@ def train(msg: Message, context: Context) -> Message:
     if config.get(EVALUATE_RECEIVED) is True:  # the last round's model, before training
         ev = task.evaluate_scorer(scorer, data.validation)
         received = site_metrics(ev, RECEIVED_PREFIX)
-    options = task.LocalTrainOptions(
-        epochs=max(1, min(_int(config, "local-epochs", 1), cfg.caps.local_epochs)),
-        batch_size=cfg.caps.batch_size,
-        lr=_float(config, "learning-rate", 1e-3),
-        proximal_mu=_float(config, "proximal-mu", 0.0),
-        seed=_int(config, "seed", 0) + 7919 * _int(config, "server-round", 0),
-        schedule=_schedule(config),
-    )
+    try:
+        options = task.train_options(config, cfg.caps.local_epochs, cfg.caps.batch_size)
+    except ValueError as err:
+        raise SiteRefusal(str(err)) from err
     try:
         result = task.train_locally(scorer, data.train, data.validation, options)
     except ValueError as err:
@@ -336,22 +317,10 @@ def _gate(
     if cfg.model_path is None:
         log.info("no model_path configured: the global model is not installed")
         return
-    per = cfg.personalise
-    if per.epochs > 0:
-        try:
-            candidate = gate.personalise(
-                candidate,
-                data.train,
-                data.validation,
-                per.epochs,
-                per.learning_rate,
-                cfg.caps.batch_size,
-                seed=rnd,
-            )
-            evaluated = task.evaluate_scorer(candidate, data.validation)
-            log.info("personalised the global model: %d epoch(s)", per.epochs)
-        except ValueError as err:
-            log.warning("not personalised (%s): the gate judges the global model", err)
+    personal = gate.personalise_for_site(cfg, candidate, data, rnd)
+    if personal is not candidate:
+        candidate = personal
+        evaluated = task.evaluate_scorer(candidate, data.validation)
     decision = gate.acceptance_gate(
         candidate,
         current_model(cfg),

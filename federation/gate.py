@@ -10,21 +10,29 @@ Public API (client_app, operations, tests; keep it stable)::
     install_record_path(path) -> Path
     personalise(candidate, train, validation, epochs, lr, batch_size, seed=0)
         -> ClassScorer   # the candidate fine-tuned on the site's own classes
+    personalise_for_site(cfg, candidate, data, seed) -> ClassScorer  # per cfg.personalise
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryodiscovery.core.checkpoint import ClassScorer, save_scorer
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.outputs import atomic_path
 from cryodiscovery.federation import task
+
+if TYPE_CHECKING:
+    from cryodiscovery.federation.config import FacilityConfig
+    from cryodiscovery.federation.harvest import Harvest
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -123,3 +131,29 @@ def personalise(
         "personalised": {"epochs": epochs, "learning_rate": lr, "classes": len(train)},
     }
     return out
+
+
+def personalise_for_site(
+    cfg: FacilityConfig, candidate: ClassScorer, data: Harvest, seed: int
+) -> ClassScorer:
+    """``candidate`` fine-tuned as the site's ``personalise`` settings ask (the end of a
+    federation run, ``federation pull``); unchanged when they ask for no epochs or the
+    site has too few classes (logged)."""
+    per = cfg.personalise
+    if per.epochs <= 0:
+        return candidate
+    try:
+        tuned = personalise(
+            candidate,
+            data.train,
+            data.validation,
+            per.epochs,
+            per.learning_rate,
+            cfg.caps.batch_size,
+            seed=seed,
+        )
+    except ValueError as err:
+        log.warning("not personalised (%s): the gate judges the model as received", err)
+        return candidate
+    log.info("personalised the model: %d epoch(s)", per.epochs)
+    return tuned

@@ -42,12 +42,12 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
 
 if TYPE_CHECKING:
     from cryodiscovery.core.checkpoint import ClassScorer
     from cryodiscovery.core.classes import ClassAverages
     from cryodiscovery.federation.rounds import FederationResult
-from flwr.supercore.task_identity import TaskIdentity
 
 log = logging.getLogger(__name__)
 

@@ -219,8 +219,10 @@ def pull_latest(
         data = None
         if config is not None and (config.personalise.epochs > 0 or not force):
             data = cached_harvest(config)
-        if config is not None and data is not None and config.personalise.epochs > 0:
-            candidate = _personalised(config, candidate, data, chosen.server_round)
+        if config is not None and data is not None:
+            candidate = gate.personalise_for_site(
+                config, candidate, data, chosen.server_round
+            )
         accepted, reason = _gate(config, data, candidate, out, force)
         if not accepted:
             return PullResult(chosen.version, False, reason, out)
@@ -270,29 +272,6 @@ def _gate(
     if not decision.accepted:
         log.warning("acceptance gate: kept the current model: %s", decision.reason)
     return decision.accepted, decision.reason
-
-
-def _personalised(
-    config: FacilityConfig, candidate: ClassScorer, data: Harvest, seed: int
-) -> ClassScorer:
-    """The registry's model fine-tuned on the site's classes (``personalise``), or the
-    model as it is when the site has too few classes (logged)."""
-    per = config.personalise
-    try:
-        tuned = gate.personalise(
-            candidate,
-            data.train,
-            data.validation,
-            per.epochs,
-            per.learning_rate,
-            config.caps.batch_size,
-            seed=seed,
-        )
-    except ValueError as err:
-        log.warning("not personalised (%s): the gate judges the registry's model", err)
-        return candidate
-    log.info("personalised the registry's model: %d epoch(s)", per.epochs)
-    return tuned
 
 
 def _installed(out: Path, registry_sha256: str) -> bool:

@@ -94,13 +94,7 @@ def legacy_train(msg: Message, cfg: FacilityConfig, data: Harvest) -> Message:
     if dp is not None:
         check_privacy_budget(dp)
     scorer, arrays = _named(spec, parameters_to_ndarrays(fitins.parameters))
-    options = task.LocalTrainOptions(
-        epochs=max(1, min(int(conf.get("local-epochs", 1)), cfg.caps.local_epochs)),
-        batch_size=cfg.caps.batch_size,
-        lr=float(conf.get("learning-rate", 1e-3)),
-        seed=int(conf.get("seed", 0)) + 7919 * int(conf.get("server-round", 0)),
-        schedule=str(conf.get("lr-schedule", "onecycle")),
-    )
+    options = task.train_options(conf, cfg.caps.local_epochs, cfg.caps.batch_size)
     result = task.train_locally(scorer, data.train, data.validation, options)
     trained = task.scorer_to_arrays(result.scorer)
     delta = [trained[k].numpy() - arrays[k].numpy() for k in arrays]

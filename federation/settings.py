@@ -92,10 +92,10 @@ class ServerSettings:
     def round_learning_rate(self, server_round: int) -> float:
         """The local learning rate sent to sites in ``server_round`` (1-based).
 
-        Each site's local training runs its own one-cycle schedule, so without a decay
-        across rounds every round ends with the sites at their own local optima, and the
-        global model never takes small steps. ``"cosine"`` anneals the rate over the run
-        (to 5% in the last round), as centralised training anneals over its epochs.
+        Within a round the rate follows ``local-lr-schedule`` (constant by default), so
+        without a decay across rounds the sites never take small steps.
+        ``"cosine"`` anneals the rate over the run (to 5% in the last round), as
+        centralised training anneals over its epochs.
         """
         if self.lr_decay == "none" or self.num_rounds == 1:
             return self.learning_rate

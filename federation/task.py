@@ -18,6 +18,7 @@ Public API (client_app, server_app, cli, tests, benchmarks; keep it stable)::
     with_arrays(base: ClassScorer, arrays: ArrayRecord) -> ClassScorer
     parameter_table(arrays) -> list[tuple[str, tuple[int, ...], str, int]]
     LocalTrainOptions(epochs, batch_size, lr, proximal_mu, seed, schedule)
+    train_options(config, max_epochs, batch_size) -> LocalTrainOptions  # from a train config
     train_locally(scorer, train_sets, val_sets, options) -> LocalTrainResult
     prepare_sets(scorer, sets) -> PreparedSet      # inputs made once, reused each round
     evaluate_scorer(scorer, sets | PreparedSet) -> Evaluation
@@ -33,7 +34,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,7 @@ from cryodiscovery.core.metrics import classification_report
 from cryodiscovery.core.nets import ClassNet, NetConfig
 from cryodiscovery.core.preprocess import PreprocessConfig
 from cryodiscovery.core.training import (
+    LR_SCHEDULES,
     TrainConfig,
     TrainingSet,
     build_training_set,
@@ -183,6 +185,32 @@ class LocalTrainOptions:
     proximal_mu: float = 0.0
     seed: int = 0
     schedule: str = "onecycle"
+
+
+def train_options(
+    config: Mapping[str, Any], max_epochs: int, batch_size: int
+) -> LocalTrainOptions:
+    """A site's options for one round from the server's train config: ``local-epochs``
+    (at most ``max_epochs``, the site's cap), ``learning-rate``, ``proximal-mu``,
+    ``seed`` (+ 7919 x ``server-round``: a new seed every round) and ``lr-schedule``
+    (absent, as from older servers: one-cycle). ``ValueError`` on an unknown schedule.
+    """
+
+    def number(key: str, default: float) -> float:
+        value = config.get(key, default)
+        return float(value) if isinstance(value, int | float) else default
+
+    schedule = config.get("lr-schedule", "onecycle")
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr-schedule {schedule!r} from the server")
+    return LocalTrainOptions(
+        epochs=max(1, min(int(number("local-epochs", 1)), max_epochs)),
+        batch_size=batch_size,
+        lr=number("learning-rate", 1e-3),
+        proximal_mu=number("proximal-mu", 0.0),
+        seed=int(number("seed", 0)) + 7919 * int(number("server-round", 0)),
+        schedule=str(schedule),
+    )
 
 
 @dataclass(frozen=True)

@@ -181,3 +181,23 @@ def test_recalibration_hits_the_target_fnr_and_install_writes_a_record(
     assert loaded.sha256 == sha and loaded.threshold == pytest.approx(
         calibrated.threshold
     )
+
+
+def test_train_options_read_the_server_config_within_the_site_caps() -> None:
+    config = {
+        "local-epochs": 9,
+        "learning-rate": 0.002,
+        "seed": 3,
+        "server-round": 2,
+        "lr-schedule": "constant",
+    }
+    options = task.train_options(config, max_epochs=4, batch_size=16)
+    assert options == task.LocalTrainOptions(
+        epochs=4, batch_size=16, lr=0.002, seed=3 + 2 * 7919, schedule="constant"
+    )
+    older = task.train_options({"local-epochs": 2}, max_epochs=4, batch_size=16)
+    assert older.schedule == "onecycle" and older.epochs == 2 and older.lr == 1e-3
+    with pytest.raises(
+        ValueError, match="unknown lr-schedule 'cyclic' from the server"
+    ):
+        task.train_options({"lr-schedule": "cyclic"}, max_epochs=1, batch_size=8)
