@@ -21,7 +21,8 @@ an exclusive ``flock`` on the ledger file. Default location:
 every facility configuration of the user: over-counting, never under-counting.
 
 Public API: ``Ledger(path)`` with ``.entries()``, ``.epsilon(delta)``,
-``.check_budget(noise_multiplier, max_epsilon, delta)``, ``.record(...)``;
+``.spent(delta) -> (count, eps)``, ``.check_budget(noise_multiplier, max_epsilon, delta)``,
+``.record(...) -> (count, eps)``;
 ``default_ledger_path()``; ``BudgetExceeded``, ``LedgerError``;
 ``check_privacy_budget(dp) -> float`` and ``record_release(dp, run_id, server_round)``
 (what a site calls around each noised update).
@@ -95,7 +96,14 @@ class Ledger:
 
     def epsilon(self, delta: float) -> float:
         """Site-level eps (at ``delta``) of everything recorded so far."""
-        return local_dp_epsilon([e.noise_multiplier for e in self.entries()], delta)
+        return self.spent(delta)[1]
+
+    def spent(self, delta: float) -> tuple[int, float]:
+        """The number of recorded releases and their site-level eps, from one read."""
+        entries = self.entries()
+        return len(entries), local_dp_epsilon(
+            [e.noise_multiplier for e in entries], delta
+        )
 
     def check_budget(
         self, noise_multiplier: float, max_epsilon: float | None, delta: float
@@ -112,8 +120,8 @@ class Ledger:
         clipping_norm: float,
         max_epsilon: float | None = None,
         delta: float = DP_DELTA,
-    ) -> int:
-        """Append one release; returns the number recorded. Under an exclusive lock the
+    ) -> tuple[int, float]:
+        """Append one release; returns the number recorded and their eps. Under an exclusive lock the
         budget is checked again against what is recorded then (another process may have
         recorded since :meth:`check_budget`): ``BudgetExceeded`` and nothing written."""
         entry = {
@@ -129,7 +137,7 @@ class Ledger:
             with os.fdopen(fd, "r+") as f:
                 fcntl.flock(f, fcntl.LOCK_EX)
                 past = self._releases(f.read())
-                self._after(past, noise_multiplier, max_epsilon, delta)
+                after = self._after(past, noise_multiplier, max_epsilon, delta)
                 f.write(json.dumps(entry) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
@@ -137,7 +145,7 @@ class Ledger:
             raise LedgerError(
                 f"{self.path}: cannot write the privacy ledger: {err}"
             ) from err
-        return len(past) + 1
+        return len(past) + 1, after
 
     def _after(
         self,
@@ -189,7 +197,7 @@ def record_release(dp: DPOptions, run_id: int, server_round: int) -> None:
     ``BudgetExceeded`` (nothing recorded, nothing must be sent) if another process used
     the budget since :func:`check_privacy_budget`."""
     ledger = Ledger(dp.ledger)
-    count = ledger.record(
+    count, epsilon = ledger.record(
         run_id, server_round, dp.noise_multiplier, dp.clipping_norm, dp.max_epsilon
     )
     budget = f"{dp.max_epsilon:g}" if dp.max_epsilon is not None else "none"
@@ -198,7 +206,7 @@ def record_release(dp: DPOptions, run_id: int, server_round: int) -> None:
         "eps %.3g at delta %g (budget %s)",
         ledger.path,
         count,
-        ledger.epsilon(DP_DELTA),
+        epsilon,
         DP_DELTA,
         budget,
     )

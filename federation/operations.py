@@ -70,8 +70,8 @@ def _ledger_line(dp: DPOptions) -> str:
     """What the privacy ledger says this site has spent (read only)."""
     budget = f"{dp.max_epsilon:g}" if dp.max_epsilon is not None else "none"
     try:
-        ledger = Ledger(dp.ledger)
-        spent = f"{len(ledger.entries())} noised update(s), eps {ledger.epsilon(DP_DELTA):.3g}"
+        count, epsilon = Ledger(dp.ledger).spent(DP_DELTA)
+        spent = f"{count} noised update(s), eps {epsilon:.3g}"
     except LedgerError as err:
         spent = f"UNREADABLE ({err})"
     return f"spent so far ({dp.ledger}): {spent}; budget max_epsilon {budget}"

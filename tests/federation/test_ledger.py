@@ -34,8 +34,10 @@ def test_entries_compose_into_one_epsilon(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "state" / "ledger.jsonl")
     assert ledger.entries() == [] and ledger.epsilon(DP_DELTA) == 0.0
     for rnd in (1, 2, 3):
-        assert ledger.record(7, rnd, 2.0, 1.5) == rnd
+        count, epsilon = ledger.record(7, rnd, 2.0, 1.5)
+        assert count == rnd and epsilon == ledger.epsilon(DP_DELTA)
     ledger.record(8, 1, 4.0, 1.5)
+    assert ledger.spent(DP_DELTA) == (4, ledger.epsilon(DP_DELTA))
     assert [e.server_round for e in ledger.entries()] == [1, 2, 3, 1]
     # three releases at sigma 2 and one at sigma 4: sum of 1/sigma^2 = 0.8125
     assert ledger.epsilon(DP_DELTA) == local_dp_epsilon([2.0, 2.0, 2.0, 4.0])
@@ -76,7 +78,7 @@ def _append(path: str, n: int, budget: float | None, out: Any) -> None:
     ledger = Ledger(Path(path))
     for k in range(n):
         try:
-            out.put(ledger.record(2, k, 1.0, 1.0, budget))
+            out.put(ledger.record(2, k, 1.0, 1.0, budget)[0])
         except BudgetExceeded:
             out.put(0)
 
