@@ -23,9 +23,16 @@ Printed: AUC and FNR per site and overall for every mode; rounds to converge (fi
 whose overall AUC is within 1% of the run's best), the first round reaching 99% of the
 centralised AUC, and the overall AUC by round; seconds per round, split into site
 compute and everything else (serialisation, screening, aggregation, central evaluation);
-bytes per round per site.
+bytes per round per site. With ``--seeds`` (several training seeds; the generated data
+stay the same) every arm runs once per seed, then a summary over the seeds: each arm's
+mean overall AUC, the federated share of the centralised AUC (ratio of the means and per
+seed), and in how many seeds a federated arm reached 99% of it and beat every site's
+local-only model on the common test set.
 
     nice -n 10 .venv/bin/python benchmarks/bench_federation.py --sites 5 --rounds 10
+    nice -n 10 .venv/bin/python benchmarks/bench_federation.py --init fresh \
+        --net default --sites 4 --jobs 6 --test-jobs 4 --rounds 30 --local-epochs 4 \
+        --modes local,central,fedavg --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -164,6 +171,13 @@ _OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("--personalise-lr", float, 0.0, "0: the --lr rate"),
     ("--modes", str, ",".join(MODES), "comma-separated arms"),
     ("--seed", int, 0, "training seed"),
+    (
+        "--seeds",
+        str,
+        "",
+        "comma-separated training seeds (overrides --seed): every arm "
+        "per seed, then the summary over seeds",
+    ),
     ("--threads", int, 2, "torch threads"),
 )
 
@@ -185,8 +199,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     torch.set_num_threads(args.threads)
     modes = [m for m in args.modes.split(",") if m]
+    seeds = [int(s) for s in args.seeds.split(",") if s] or [args.seed]
+    t0 = time.perf_counter()
+    runs: dict[int, _Outcome] = {}
+    dp_clip = args.dp_clip
     with tempfile.TemporaryDirectory(prefix="bench-federation-") as tmp:
-        return _benchmark(args, modes, Path(tmp))
+        bench = _setup(args, Path(tmp))
+        for seed in seeds:
+            args.seed, args.dp_clip = seed, dp_clip
+            bench.initial = _initial(args)
+            if len(seeds) > 1:
+                print(f"\n## training seed {seed}")
+            runs[seed] = _benchmark(args, modes, bench, Path(tmp) / f"seed-{seed}")
+    if len(seeds) > 1:
+        print("\n" + "\n".join(_summary(runs)))
+    print(f"\n# total {time.perf_counter() - t0:.0f} s")
+    return 0
 
 
 @dataclass
@@ -314,9 +342,21 @@ def _arm(
     return result.scorer, _evaluate(result.scorer, b.tests), timing, per_round
 
 
-def _benchmark(args: argparse.Namespace, modes: list[str], work: Path) -> int:
-    t0 = time.perf_counter()
-    b = _setup(args, work)
+@dataclass
+class _Outcome:
+    """One training seed's evaluations: every arm's, each site's local-only model's,
+    and each federated arm's overall AUC by round."""
+
+    results: dict[str, dict[str, task.Evaluation]]
+    local: dict[str, dict[str, task.Evaluation]]
+    curves: dict[str, list[float]]
+
+
+def _benchmark(
+    args: argparse.Namespace, modes: list[str], b: _Bench, work: Path
+) -> _Outcome:
+    """Every arm for ``args.seed`` from ``b.initial``; prints its report."""
+    work.mkdir(parents=True)
     results, local_models = _baselines(args, b, modes)
     timing: dict[str, str] = {}
     curves: dict[str, list[float]] = {}
@@ -327,7 +367,6 @@ def _benchmark(args: argparse.Namespace, modes: list[str], work: Path) -> int:
             personal[mode] = _personalised(args, scorer, b.data, b.tests)
     columns = [*b.tests, "overall"]
     _report(columns, results, local_models, timing, curves)
-    print(f"\n# total {time.perf_counter() - t0:.0f} s")
     for mode, aucs in personal.items():
         better = [n for n in aucs if aucs[n] > local_models[n][n].auc]
         print(
@@ -335,7 +374,53 @@ def _benchmark(args: argparse.Namespace, modes: list[str], work: Path) -> int:
             + ", ".join(f"{n} {a:.4f}" for n, a in aucs.items())
             + f"; better than local-only at {len(better)}/{len(aucs)} sites"
         )
-    return 0
+    return _Outcome(results, local_models, curves)
+
+
+def _summary(runs: dict[int, _Outcome]) -> list[str]:
+    """The figures over training seeds: each arm's mean overall AUC (range), and for
+    each federated arm its share of the centralised AUC (ratio of the means and per
+    seed), in how many seeds it reached 99% of it, and in how many it beat every
+    site's local-only model on the common test set."""
+    seeds = list(runs)
+    first = runs[seeds[0]]
+    lines = [f"Over training seeds {', '.join(map(str, seeds))}:"]
+    for mode in first.results:
+        aucs = [runs[s].results[mode]["overall"].auc for s in seeds]
+        lines.append(
+            f"{mode}: overall AUC mean {statistics.mean(aucs):.4f} "
+            f"(range {min(aucs):.4f}-{max(aucs):.4f})"
+        )
+    for mode in (m for m in first.results if m.startswith("fed")):
+        parts = []
+        if "central" in first.results:
+            fed = [runs[s].results[mode]["overall"].auc for s in seeds]
+            central = [runs[s].results["central"]["overall"].auc for s in seeds]
+            reached = sum(
+                max(runs[s].curves[mode]) >= 0.99 * c
+                for s, c in zip(seeds, central, strict=True)
+            )
+            parts.append(
+                f"{statistics.mean(fed) / statistics.mean(central):.2%} of centralised "
+                "(ratio of the means; per seed "
+                + ", ".join(f"{f / c:.2%}" for f, c in zip(fed, central, strict=True))
+                + f"); 99% of it reached within the rounds in {reached}/{len(seeds)} seeds"
+            )
+        if first.local:
+            beats = sum(
+                all(
+                    runs[s].results[mode]["overall"].auc > v["overall"].auc
+                    for v in runs[s].local.values()
+                )
+                for s in seeds
+            )
+            parts.append(
+                f"better than every site's local-only model on the common test set in "
+                f"{beats}/{len(seeds)} seeds"
+            )
+        if parts:
+            lines.append(f"{mode}: " + "; ".join(parts))
+    return lines
 
 
 def _personalised(

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import torch
 from cryodiscovery.core.checkpoint import load_scorer
 
@@ -71,3 +72,50 @@ def test_rounds_to_reach_a_share_of_the_centralised_auc() -> None:
     )
     assert bench._curve(aucs, points=2) == "1 0.5000, 2 0.9000, 4 0.9900, 5 0.9800"
     assert bench._curve([0.7], points=10) == "1 0.7000"
+
+
+def _ev(bench: ModuleType, auc: float) -> object:
+    return bench.task.Evaluation(100, 50, auc, auc, 0.03, 0.3, 0.5)
+
+
+def test_summary_over_training_seeds() -> None:
+    bench = _bench()
+
+    def outcome(central: float, fed: float, local: float, curve: list[float]) -> object:
+        return bench._Outcome(
+            {
+                "central": {"overall": _ev(bench, central)},
+                "fedavg": {"overall": _ev(bench, fed)},
+            },
+            {"site-a": {"overall": _ev(bench, local)}},
+            {"fedavg": curve},
+        )
+
+    lines = bench._summary(
+        {
+            0: outcome(0.98, 0.975, 0.90, [0.8, 0.975]),  # 99.49%, reached
+            1: outcome(
+                0.96, 0.94, 0.95, [0.8, 0.94]
+            ),  # 97.92%, not reached, local wins
+        }
+    )
+    assert lines[0] == "Over training seeds 0, 1:"
+    assert lines[1] == "central: overall AUC mean 0.9700 (range 0.9600-0.9800)"
+    assert lines[2] == "fedavg: overall AUC mean 0.9575 (range 0.9400-0.9750)"
+    assert lines[3] == (
+        "fedavg: 98.71% of centralised (ratio of the means; per seed 99.49%, 97.92%); "
+        "99% of it reached within the rounds in 1/2 seeds; better than every site's "
+        "local-only model on the common test set in 1/2 seeds"
+    )
+
+
+def test_several_seeds_run_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _bench()
+    argv = "--init fresh --sites 2 --jobs 2 --classes 12 --test-jobs 1 --rounds 1 "
+    argv += "--local-epochs 1 --modes local,central,fedavg --seeds 4,5 --threads 1"
+    assert bench.main(argv.split()) == 0
+    out = capsys.readouterr().out
+    assert "## training seed 4" in out and "## training seed 5" in out
+    assert "Over training seeds 4, 5:" in out
+    assert out.count("fedavg: overall AUC by round: 1 ") == 2
+    assert "seeds; better than every site's local-only model" in out
