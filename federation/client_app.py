@@ -336,7 +336,7 @@ def _gate(
         "source": "federation",
         "server_round": rnd,
         "gate": decision.reason,
-        "personalised_epochs": candidate.info.get("personalised", {}).get("epochs", 0),
+        "personalised_epochs": gate.personalised_epochs(candidate),
         "installed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     gate.install_model(candidate, cfg.model_path, record)

@@ -11,6 +11,7 @@ Public API (client_app, operations, tests; keep it stable)::
     personalise(candidate, train, validation, epochs, lr, batch_size, seed=0)
         -> ClassScorer   # the candidate fine-tuned on the site's own classes
     personalise_for_site(cfg, candidate, data, seed) -> ClassScorer  # per cfg.personalise
+    personalised_epochs(scorer) -> int    # 0 unless made by personalise
 """
 
 from __future__ import annotations
@@ -157,3 +158,9 @@ def personalise_for_site(
         return candidate
     log.info("personalised the model: %d epoch(s)", per.epochs)
     return tuned
+
+
+def personalised_epochs(scorer: ClassScorer) -> int:
+    """The fine-tuning epochs :func:`personalise` recorded in ``scorer``'s info (0: the
+    model as received)."""
+    return int(scorer.info.get("personalised", {}).get("epochs", 0))

@@ -121,9 +121,10 @@ class Ledger:
         max_epsilon: float | None = None,
         delta: float = DP_DELTA,
     ) -> tuple[int, float]:
-        """Append one release; returns the number recorded and their eps. Under an exclusive lock the
-        budget is checked again against what is recorded then (another process may have
-        recorded since :meth:`check_budget`): ``BudgetExceeded`` and nothing written."""
+        """Append one release; returns the number recorded and their eps. Under an
+        exclusive lock the budget is checked again against what is recorded then (another
+        process may have recorded since :meth:`check_budget`): ``BudgetExceeded`` and
+        nothing written."""
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "run_id": int(run_id),

@@ -232,9 +232,7 @@ def pull_latest(
             "registry_sha256": chosen.sha256,
             "server_round": chosen.server_round,
             "gate": reason,
-            "personalised_epochs": candidate.info.get("personalised", {}).get(
-                "epochs", 0
-            ),
+            "personalised_epochs": gate.personalised_epochs(candidate),
             "installed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         if record["personalised_epochs"]:
