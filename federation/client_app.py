@@ -42,8 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from cryodiscovery.core.checkpoint import ClassScorer, load_scorer
 from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.model.checkpoint import load_scorer
+from cryodiscovery.core.model.scorer import ClassScorer
 from cryodiscovery.federation import gate, task
 from cryodiscovery.federation.accounting import DP_DELTA
 from cryodiscovery.federation.config import (
@@ -81,9 +82,12 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import LocalDpMod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 log = logging.getLogger(__name__)
+
+#: Train-config key by which Flower's ``DifferentialPrivacyClientSideFixedClipping``
+#: asks sites for clipping (what ``fixedclipping_mod`` reads; its constant is private).
+KEY_CLIPPING_NORM = "clipping_norm"
 
 
 class SiteRefusal(RuntimeError):

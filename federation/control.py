@@ -1,12 +1,12 @@
 """The server operator's actions on a running SuperLink, through its Control API: register
 facility keys, start a run, and check how a run ended.
 
-Changes go through the ``flwr`` CLI exactly as the README shows (``flwr supernode
-register``, ``flwr run``, both with ``--format json``); status is read with Flower's own
-Control API client in-process (what ``flwr ls`` and ``flwr supernode list`` print),
-cheap enough to poll. A run's outcome is its Control API status, never an exit code:
-``flwr run`` returns 0 once the run is submitted, and even when the ServerApp then
-crashes; with ``--format json`` the CLI also exits 0 on errors (``success: false``).
+Everything goes through the public ``flwr`` CLI with ``--format json``, as the README
+shows: ``flwr supernode register``, ``flwr run``, ``flwr stop``, and for status ``flwr
+supernode list`` and ``flwr ls --run-id N`` (each poll pays about 2 s of CLI start-up).
+A run's outcome is its Control API status, never an exit code: ``flwr run`` returns 0
+once the run is submitted, and even when the ServerApp then crashes; with ``--format
+json`` the CLI also exits 0 on errors (``success: false``).
 
 The Control API must be reachable only from the server host (see :mod:`gateway`).
 
@@ -33,12 +33,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from cryodiscovery.federation.deploy import APP_DIR, flower_env, flower_script
 
 log = logging.getLogger(__name__)
 
 RunConfigValue = str | int | float | bool
+#: What a failed status poll raises (e.g. an HTTP 500 while the SuperLink's database is
+#: busy makes ``flwr`` answer ``success: false``); polls are retried until a deadline.
+_POLL_ERRORS = (
+    RuntimeError,
+    OSError,
+    KeyError,
+    ValueError,
+    subprocess.TimeoutExpired,
+)
 
 
 @dataclass(frozen=True)
@@ -110,31 +118,11 @@ def register_node(conn: CliConnection, public_key: Path) -> int:
     return int(answer["node-id"])
 
 
-def _client(conn: CliConnection) -> Any:
-    """Flower's Control API client, set up as the ``flwr`` CLI sets it up."""
-    from flwr.cli.cli_client_interceptor import CliClientHttpInterceptor
-    from flwr.supercore.control import ControlHttpClient
-    from flwr.supercore.interceptors.http.runtime_version import (
-        RuntimeVersionHttpInterceptor,
-    )
-    from flwr.supercore.protobuf.client import ProtobufClientInterceptor
-
-    interceptors: list[ProtobufClientInterceptor] = [
-        CliClientHttpInterceptor(),
-        RuntimeVersionHttpInterceptor(component_name="flwr CLI"),
-    ]
-    return ControlHttpClient.from_server_address(
-        conn.address, False, conn.ca_cert.read_bytes(), interceptors
-    )
-
-
 def node_statuses(conn: CliConnection) -> dict[int, str]:
-    """``node id -> status`` (``registered``, ``online``, ``offline``, ...)."""
-    from flwr.proto.control_pb2 import ListNodesRequest
-
-    with _client(conn) as client:
-        nodes = client.ListNodes(ListNodesRequest()).nodes_info
-    return {int(n.node_id): str(n.status) for n in nodes}
+    """``node id -> status`` (``registered``, ``online``, ``offline``, ...), from
+    ``flwr supernode list CONN --format json``."""
+    answer = flwr_json(conn, ["supernode", "list", conn.name])
+    return {int(n["node-id"]): str(n["status"]) for n in answer.get("nodes", [])}
 
 
 def wait_for_nodes(
@@ -146,7 +134,7 @@ def wait_for_nodes(
     while time.monotonic() < deadline:
         try:
             statuses = node_statuses(conn)
-        except httpx.HTTPError as err:  # e.g. the SuperLink is restarting
+        except _POLL_ERRORS as err:  # e.g. the SuperLink is restarting
             log.warning("node list not available (%s); retrying", err)
         if all(statuses.get(n) == "online" for n in node_ids):
             return
@@ -201,15 +189,11 @@ class RunStatus:
 
 
 def run_status(conn: CliConnection, run_id: int) -> RunStatus:
-    """The run's status (what ``flwr ls CONN --run-id N`` prints)."""
-    from flwr.common.serde import run_from_proto
-    from flwr.proto.control_pb2 import ListRunsRequest
-
-    with _client(conn) as client:
-        res = client.ListRuns(ListRunsRequest(run_id=run_id))
-    status = run_from_proto(res.run_dict[run_id]).status
-    text = status.status + (f":{status.sub_status}" if status.sub_status else "")
-    return RunStatus(run_id, text, status.details)
+    """The run's status, from ``flwr ls CONN --run-id N --format json``."""
+    answer = flwr_json(conn, ["ls", conn.name, "--run-id", str(run_id)])
+    (run,) = [r for r in answer.get("runs", []) if int(r["run-id"]) == run_id]
+    details = str(run.get("status-details", ""))
+    return RunStatus(run_id, str(run["status"]), "" if details == "N/A" else details)
 
 
 def wait_for_run(
@@ -233,7 +217,7 @@ def wait_for_run(
         while time.monotonic() < deadline:
             try:
                 status = run_status(conn, run_id)
-            except (httpx.HTTPError, OSError, KeyError) as err:
+            except _POLL_ERRORS as err:
                 log.warning("run %d: status not available (%s); retrying", run_id, err)
             else:
                 if status.finished:

@@ -31,11 +31,12 @@ Public API::
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from cryodiscovery.core.checkpoint import ClassScorer
+from cryodiscovery.core.model.scorer import ClassScorer
 from cryodiscovery.federation import task
 from cryodiscovery.federation.config import FacilityConfig
 from cryodiscovery.federation.harvest import Harvest
@@ -58,10 +59,6 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
-from flwr.supercore.differential_privacy import (
-    add_gaussian_noise_inplace,
-    clip_inputs_inplace,
-)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +80,18 @@ def _named(spec: str, ndarrays: list[np.ndarray]) -> tuple[ClassScorer, ArrayRec
     return task.with_arrays(shell, arrays), arrays
 
 
+def _clip_and_noise(delta: list[np.ndarray], clipping_norm: float, std: float) -> None:
+    """Scale ``delta`` (in place) to an L2 norm of at most ``clipping_norm``, then add
+    Gaussian noise of ``std``: the flat clipping and noise of Flower's ``LocalDpMod``
+    (arXiv:1710.06963), which Flower exposes only through private modules."""
+    norm = math.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in delta))
+    scale = min(1.0, clipping_norm / norm) if norm > 0 else 1.0
+    rng = np.random.default_rng()  # fresh OS entropy: noise must not be reproducible
+    for array in delta:
+        array *= scale
+        array += rng.normal(0.0, std, array.shape).astype(array.dtype)
+
+
 def legacy_train(msg: Message, cfg: FacilityConfig, data: Harvest) -> Message:
     """Train on a SecAgg+ fit instruction; reply the (optionally noised) weights delta."""
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
@@ -98,11 +107,10 @@ def legacy_train(msg: Message, cfg: FacilityConfig, data: Harvest) -> Message:
     result = task.train_locally(scorer, data.train, data.validation, options)
     trained = task.scorer_to_arrays(result.scorer)
     delta = [trained[k].numpy() - arrays[k].numpy() for k in arrays]
-    if dp is not None:  # Flower's own clipping and noise, on the delta
+    if dp is not None:  # LocalDpMod's clipping and noise, on the delta
         stats = statistics_mask(task.named_arrays(scorer))  # kept global (see wire)
         delta[0][stats] = 0
-        clip_inputs_inplace(delta, dp.clipping_norm)
-        add_gaussian_noise_inplace(delta, dp.noise_multiplier * dp.clipping_norm)
+        _clip_and_noise(delta, dp.clipping_norm, dp.noise_multiplier * dp.clipping_norm)
         delta[0][stats] = 0
         record_release(dp, msg.metadata.run_id, int(conf.get("server-round", 0)))
     fitres = FitRes(

@@ -66,7 +66,6 @@ from flwr.serverapp.strategy import (
     Krum,
     Strategy,
 )
-from flwr.supercore.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -172,11 +171,11 @@ class _SnapshotGrid(Grid):
     def __init__(self, grid: Grid, node_ids: list[int]) -> None:
         self._grid, self._nodes = grid, node_ids
 
-    def set_run(self, run: Run) -> None:
+    def set_run(self, run: Any) -> None:  # flwr's Run type is not public
         self._grid.set_run(run)
 
     @property
-    def run(self) -> Run:
+    def run(self) -> Any:
         return self._grid.run
 
     def create_message(
