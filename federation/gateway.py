@@ -6,7 +6,12 @@ registration; no login in the open-source build) and the Runtime API on one HTTP
 Whoever reaches the Control API can register a rogue SuperNode key or start a run that
 executes code at every facility. So the SuperLink binds to 127.0.0.1 and nginx, which
 terminates TLS for the facilities, forwards only the Fleet routes a registered SuperNode
-calls (:data:`FLEET_API_PATHS`) and answers everything else with 404.
+calls (:data:`FLEET_API_PATHS`) and answers everything else with 404. The SuperLink
+checks a SuperNode's signature only after it has read the whole request, so nginx also
+bounds what an outsider can make it read: request bodies to what a message of the model
+needs (:func:`body_limit`), requests per second and connections per client address, and
+only normalised paths (a ``..``, ``//`` or percent-encoded path is refused with 400, as
+nginx would otherwise forward the raw path it matched in normalised form).
 
 Public API (deploy, tests, operators; the README shows the same openssl commands)::
 
@@ -15,18 +20,23 @@ Public API (deploy, tests, operators; the README shows the same openssl commands
     make_server_certificate(out_dir, ca_crt, ca_key, hosts, days=825) -> (crt, key)
     make_node_key(path) -> public_key_path          # EC P-384, OpenSSH format
     NginxSite(listen, server_cert, server_key, ca_cert, work_dir, superlink, ...,
-              registry=None)
+              registry=None, max_body=None, rate_per_s=20, burst=200)
     nginx_config(site) -> str                         # a complete nginx.conf
+    body_limit(nbytes, margin=2.0, overhead=1 MiB) -> int   # bytes
+    model_bytes(model=None) -> int    # what a message carries of a model file's weights
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
+import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryodiscovery.federation.registry import CHECKPOINT_NAME, PUBLIC_INDEX_NAME
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -46,6 +56,8 @@ FLEET_API_PATHS: tuple[str, ...] = (
     "pull-object",
     "confirm-message-received",
 )
+
+_CHECKPOINT_RE = re.escape(CHECKPOINT_NAME)
 
 _SERVER_EXT = """\
 basicConstraints=critical,CA:FALSE
@@ -167,14 +179,21 @@ class NginxSite:
         nginx's pid file, logs and temporary files.
     superlink:
         The SuperLink's loopback ``host:port``.
-    max_body:
-        Largest request body (one pushed model object).
     user:
         Worker user when nginx starts as root (None: nginx's default, ``nobody``).
     registry:
-        The model registry folder to publish read-only at ``/registry/`` (for
-        ``cryodiscovery federation pull --from https://HOST:PORT/registry/``); None:
+        The model registry folder whose public part (``public-index.json`` as
+        ``/registry/index.json``, and ``vNNNN/model.pt``) is served read-only at
+        ``/registry/`` (for ``cryodiscovery federation pull --from
+        https://HOST:PORT/registry/``); nothing that names a facility is served. None:
         not served.
+    max_body:
+        Largest request body in bytes; None: :func:`body_limit` of the shipped default
+        model (give ``body_limit(model_bytes(PATH))`` for a larger initial model).
+    rate_per_s, burst:
+        Requests per second per client address, and the burst above it that is still
+        served at once (a round is a few requests per SuperNode; heartbeats and polls
+        are one every few seconds); the excess gets 429.
     """
 
     listen: str
@@ -183,9 +202,36 @@ class NginxSite:
     ca_cert: Path
     work_dir: Path
     superlink: str = "127.0.0.1:8000"
-    max_body: str = "512m"
     user: str | None = None
     registry: Path | None = None
+    max_body: int | None = None
+    rate_per_s: int = 20
+    burst: int = 200
+
+
+def model_bytes(model: Path | None = None) -> int:
+    """Bytes of the weights a message carries for the model file ``model`` (None: the
+    shipped default model)."""
+    from cryodiscovery.core.model.checkpoint import load_scorer
+    from cryodiscovery.federation import task  # torch: only when a size is asked for
+
+    return int(task.scorer_to_arrays(load_scorer(model)).count_bytes())
+
+
+def body_limit(nbytes: int, margin: float = 2.0, overhead: int = 1 << 20) -> int:
+    """The largest request body nginx forwards: ``margin`` times a message that carries
+    the whole model (``nbytes`` of weights), plus ``overhead`` bytes for the
+    message metadata, config and metric records (a SuperNode pushes the weights as
+    objects of at most 5 MiB, so this bound is never below what it sends).
+
+    Raises
+    ------
+    ValueError
+        ``nbytes`` is not positive or ``margin`` is below 1.
+    """
+    if nbytes <= 0 or margin < 1:
+        raise ValueError(f"nbytes {nbytes} and margin {margin} must be > 0, >= 1")
+    return math.ceil(nbytes * margin) + int(overhead)
 
 
 def nginx_config(site: NginxSite) -> str:
@@ -194,15 +240,23 @@ def nginx_config(site: NginxSite) -> str:
     TLS is terminated with the server certificate; the Fleet routes are re-encrypted
     to the SuperLink, whose certificate is verified against the CA (as ``localhost``);
     every other path (Control API, Runtime API, ``/docs``, ``/health``) gets 404, and
-    only POST reaches the Fleet routes. With ``site.registry``, its files are served
-    read-only (GET/HEAD, no listing) under ``/registry/``.
+    only POST reaches the Fleet routes. A request whose raw path is not its normalised
+    path gets 400; a body over ``site.max_body`` gets 413 before anything is forwarded,
+    and requests past the rate limit 429. With ``site.registry``, its public index and
+    model files are served read-only (GET/HEAD) under ``/registry/``; any other path
+    there (``version.json``, listings) gets 404.
     """
     w = site.work_dir
     user = f"user {site.user};\n" if site.user else ""
+    max_body = site.max_body if site.max_body is not None else body_limit(model_bytes())
     registry = (
-        f"""        location /registry/ {{
+        f"""        location = /registry/index.json {{
             limit_except GET {{ deny all; }}
-            alias {site.registry}/;
+            alias {site.registry}/{PUBLIC_INDEX_NAME};
+        }}
+        location ~ ^/registry/(v[0-9]+)/{_CHECKPOINT_RE}$ {{
+            limit_except GET {{ deny all; }}
+            alias {site.registry}/$1/{CHECKPOINT_NAME};
         }}
 """
         if site.registry
@@ -221,13 +275,23 @@ http {{
     uwsgi_temp_path {w}/uwsgi;
     scgi_temp_path {w}/scgi;
     server_tokens off;
+    limit_req_zone $binary_remote_addr zone=perclient:10m rate={site.rate_per_s}r/s;
+    limit_conn_zone $binary_remote_addr zone=perclientconn:10m;
+    limit_req_status 429;
+    limit_conn_status 429;
     upstream superlink {{ server {site.superlink}; keepalive 16; }}
     server {{
         listen {site.listen} ssl;
         ssl_certificate {site.server_cert};
         ssl_certificate_key {site.server_key};
         ssl_protocols TLSv1.2 TLSv1.3;
-        client_max_body_size {site.max_body};
+        client_max_body_size {max_body};
+        client_body_timeout 60s;
+        limit_req zone=perclient burst={site.burst} nodelay;
+        limit_conn perclientconn 32;
+        # The raw path must be the normalised one nginx matched (no "..", "//", "%XX",
+        # query): nginx would otherwise forward the raw path to the SuperLink.
+        if ($request_uri != $uri) {{ return 400; }}
         # Only the Fleet API of registered SuperNodes; never /v1/control or /v1/runtime.
         location ~ ^/v1/fleet/({"|".join(FLEET_API_PATHS)})$ {{
             limit_except POST {{ deny all; }}
@@ -238,7 +302,7 @@ http {{
             proxy_ssl_trusted_certificate {site.ca_cert};
             proxy_ssl_name localhost;
             proxy_ssl_session_reuse on;
-            proxy_request_buffering off;
+            proxy_request_buffering on;
             proxy_buffering off;
             proxy_read_timeout 300s;
             proxy_send_timeout 300s;

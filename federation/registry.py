@@ -4,13 +4,19 @@ Layout (plain files, so the folder can be shared read-only or served by any stat
 server, e.g. the nginx in front of the SuperLink)::
 
     REGISTRY/index.json          {"format": ..., "versions": [entry, ...]}, oldest first
+    REGISTRY/public-index.json   the same without anything that names a facility
     REGISTRY/v0001/model.pt      the global model, a core-format checkpoint
     REGISTRY/v0001/version.json  the entry: checksum, metrics, contributions, run
 
 Each entry says which sites contributed how many examples (and which were dropped and
-why), the server-side metrics of that version and the run it came from. Versions are
-numbered across runs; files are written atomically and the index last, so a reader never
-sees a version whose files are incomplete.
+why), the server-side metrics of that version and the run it came from; the final
+version of a run also holds each site's evaluation and acceptance-gate decision
+(:meth:`ModelRegistry.record_site_results`). Versions are numbered across runs; files are
+written atomically and the index last, so a reader never sees a version whose files are
+incomplete. What may be served to anyone (nginx's ``/registry/``) is
+``public-index.json`` (as ``index.json``) and the model files: its entries keep the
+checksum, round, central metrics and the number of contributing sites, but no site
+names, example counts, site results or run settings.
 
 Public API (server_app, cli ``pull``, tests; keep it stable)::
 
@@ -18,11 +24,13 @@ Public API (server_app, cli ``pull``, tests; keep it stable)::
         .publish(write_checkpoint: Callable[[Path], None], *, server_round: int,
                  metrics: Mapping[str, float], contributions: Sequence[Contribution],
                  run: Mapping[str, Any] | None = None) -> ModelVersion
+        .record_site_results(version: int, sites: Mapping[str, Mapping[str, Any]])
         .versions() -> list[ModelVersion]; .latest() -> ModelVersion | None
         .get(version: int) -> ModelVersion
     Contribution(site: str, num_examples: int, accepted: bool, reason: str = "")
     ModelVersion(version, checkpoint, sha256, created_utc, server_round, metrics,
-                 contributions, run)
+                 contributions, run, site_results)
+        .public_json() -> dict    # the entry with nothing that names a facility
     list_versions(source: str, *, ca_file: Path | None = None) -> list[ModelVersion]
     download_version(source: str, version: ModelVersion, dest: Path, *,
                      ca_file: Path | None = None) -> Path     # checksum-verified
@@ -42,7 +50,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +61,7 @@ log = logging.getLogger(__name__)
 
 REGISTRY_FORMAT = "cryodiscovery-model-registry/1"
 INDEX_NAME = "index.json"
+PUBLIC_INDEX_NAME = "public-index.json"
 CHECKPOINT_NAME = "model.pt"
 
 
@@ -90,6 +99,9 @@ class ModelVersion:
         Per site: examples contributed, accepted or dropped (and why).
     run:
         Run information (run id, strategy, settings).
+    site_results:
+        Per site (its registered name): the site's metrics of this model on its
+        validation split and its acceptance-gate decision (final version of a run).
     """
 
     version: int
@@ -100,6 +112,7 @@ class ModelVersion:
     metrics: dict[str, float] = field(default_factory=dict)
     contributions: tuple[Contribution, ...] = ()
     run: dict[str, Any] = field(default_factory=dict)
+    site_results: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def total_examples(self) -> int:
@@ -115,6 +128,18 @@ class ModelVersion:
             k: v if math.isfinite(v) else (None if math.isnan(v) else str(v))
             for k, v in self.metrics.items()
         }
+        return entry
+
+    def public_json(self) -> dict[str, Any]:
+        """The entry as served to anyone: checksum, round, central metrics, run id and
+        the number of accepted sites; no site names, example counts, site results or
+        settings (which name files on the server)."""
+        entry = self.to_json()
+        entry["checkpoint"] = f"{self.checkpoint.parent.name}/{self.checkpoint.name}"
+        entry["run"] = {k: self.run[k] for k in ("run_id", "strategy") if k in self.run}
+        entry["contributions"] = []
+        entry["site_results"] = {}
+        entry["sites"] = sum(c.accepted for c in self.contributions)
         return entry
 
     @classmethod
@@ -141,6 +166,9 @@ class ModelVersion:
                 for c in entry.get("contributions", [])
             ),
             run=dict(entry.get("run", {})),
+            site_results={
+                str(k): dict(v) for k, v in dict(entry.get("site_results", {})).items()
+            },
         )
 
 
@@ -228,16 +256,49 @@ class ModelRegistry:
                 contributions=tuple(contributions),
                 run=dict(run or {}),
             )
-            with atomic_path(folder / "version.json") as tmp:
-                tmp.write_text(json.dumps(entry.to_json(self.root), indent=2) + "\n")
-            index = {
-                "format": REGISTRY_FORMAT,
-                "versions": [v.to_json(self.root) for v in [*versions, entry]],
-            }
-            with atomic_path(self.index_path) as tmp:
-                tmp.write_text(json.dumps(index, indent=2) + "\n")
+            self._write_version(entry)
+            self._write_indexes([*versions, entry])
         log.info("registry %s: published version %d", self.root, number)
         return entry
+
+    def record_site_results(
+        self, version: int, sites: Mapping[str, Mapping[str, Any]]
+    ) -> ModelVersion:
+        """Add each site's results for ``version`` (its metrics on its validation split
+        and its gate decision, keyed by site name) to the version's entry; the model
+        file and its checksum are unchanged. Not in the public index."""
+        with self._lock():
+            versions = self.versions()
+            for i, v in enumerate(versions):
+                if v.version == version:
+                    merged = {
+                        **v.site_results,
+                        **{k: dict(x) for k, x in sites.items()},
+                    }
+                    versions[i] = replace(v, site_results=merged)
+                    self._write_version(versions[i])
+                    self._write_indexes(versions)
+                    return versions[i]
+        raise InputError(self.index_path, f"no version {version} in the registry")
+
+    def _write_version(self, entry: ModelVersion) -> None:
+        with atomic_path(entry.checkpoint.parent / "version.json") as tmp:
+            tmp.write_text(json.dumps(entry.to_json(self.root), indent=2) + "\n")
+
+    def _write_indexes(self, versions: Sequence[ModelVersion]) -> None:
+        """The public index first, then the full one (which readers here use)."""
+        public = {
+            "format": REGISTRY_FORMAT,
+            "versions": [v.public_json() for v in versions],
+        }
+        with atomic_path(self.root / PUBLIC_INDEX_NAME) as tmp:
+            tmp.write_text(json.dumps(public, indent=2) + "\n")
+        index = {
+            "format": REGISTRY_FORMAT,
+            "versions": [v.to_json(self.root) for v in versions],
+        }
+        with atomic_path(self.index_path) as tmp:
+            tmp.write_text(json.dumps(index, indent=2) + "\n")
 
 
 def _is_url(source: str) -> bool:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cryodiscovery.core.checkpoint import load_scorer
-from cryodiscovery.federation import control, deploy, gateway, task, testbed
+from cryodiscovery.core.model.checkpoint import load_scorer
+from cryodiscovery.federation import control, deploy, gateway, task
 from cryodiscovery.federation.config import load_facility_config
 from cryodiscovery.federation.harvest import harvest
 from cryodiscovery.federation.registry import (
@@ -33,8 +33,9 @@ from cryodiscovery.federation.registry import (
     list_versions,
 )
 from cryodiscovery.federation.server_app import generated_validation
-from cryodiscovery.federation.sites import NON_IID_SITES, SiteSpec, write_site
-from cryodiscovery.federation.testbed import (
+from support import testbed
+from support.sites import NON_IID_SITES, SiteSpec, write_site
+from support.testbed import (
     LocalServer,
     free_port,
     nginx_binary,
@@ -262,7 +263,7 @@ def test_outside_clients_reach_only_the_fleet_api_through_nginx(
         # ...but nginx does not forward it.
         assert _https(server.nginx, server.ca, method, path) == 404, path
     assert _https(server.nginx, server.ca, "GET", "/v1/fleet/pull-messages") == 403
-    assert _https(server.nginx, server.ca, "GET", "/registry/") == 403  # no listing
+    assert _https(server.nginx, server.ca, "GET", "/registry/") == 404  # no listing
     assert _https(server.nginx, server.ca, "POST", "/registry/index.json") == 403
 
     # The flwr CLI pointed at the facility-facing address can do nothing.

@@ -28,9 +28,11 @@ from cryodiscovery.federation.deploy import (
 from cryodiscovery.federation.gateway import (
     FLEET_API_PATHS,
     NginxSite,
+    body_limit,
     make_ca,
     make_node_key,
     make_server_certificate,
+    model_bytes,
     nginx_config,
 )
 from cryptography import x509
@@ -111,7 +113,8 @@ def test_nginx_config_forwards_only_the_fleet_api(
     assert tuple(routes.group(1).split("|")) == FLEET_API_PATHS
     assert "register-node" not in FLEET_API_PATHS and "control" not in routes.group(1)
     assert "location / { return 404; }" in text
-    assert f"alias {tmp_path / 'registry'}/;" in text and "limit_except GET" in text
+    assert f"alias {tmp_path / 'registry'}/public-index.json;" in text
+    assert "limit_except GET" in text and "version.json" not in text
     assert "/registry/" not in nginx_config(replace(site, registry=None))
     assert "proxy_ssl_verify on;" in text and "proxy_pass https://superlink;" in text
     # Every Fleet route a registered SuperNode of the pinned flwr calls is forwarded.
@@ -237,3 +240,22 @@ def test_stopping_a_daemon_ends_every_process_it_started(tmp_path: Path) -> None
     assert len(_group(daemon.proc.pid)) == 2
     assert daemon.stop(timeout_s=5) == -signal.SIGTERM
     assert _group(daemon.proc.pid) == []
+
+
+def test_nginx_bounds_bodies_to_the_model_and_refuses_raw_paths_and_floods(
+    pki: dict[str, Path], tmp_path: Path
+) -> None:
+    """The body limit follows the model (not 512 MB), raw paths must be normalised,
+    requests are rate-limited per client address."""
+    default = model_bytes()
+    assert 1_000_000 < default < 5_000_000  # the shipped model's weights
+    assert body_limit(default) == 2 * default + (1 << 20)
+    with pytest.raises(ValueError):
+        body_limit(0)
+    site = NginxSite("127.0.0.1:9092", pki["crt"], pki["key"], pki["ca"], tmp_path)
+    text = nginx_config(site)
+    assert f"client_max_body_size {body_limit(default)};" in text
+    assert "if ($request_uri != $uri) { return 400; }" in text
+    assert "limit_req zone=perclient burst=200 nodelay;" in text
+    assert "rate=20r/s" in text and "limit_conn perclientconn" in text
+    assert "client_max_body_size 1000;" in nginx_config(replace(site, max_body=1000))
