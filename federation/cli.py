@@ -1,4 +1,5 @@
-"""Federated learning at a facility: check what would be used and sent, pull the newest model.
+"""Federated learning: at a facility, check what would be used and sent, pull the newest
+model, run the site worker; on the server, start a run and wait for its outcome.
 
   cryodiscovery federation check --config /etc/cryodiscovery/federation.yaml
       prints the data that would be used (per source and label) and what would be sent
@@ -11,6 +12,12 @@
   cryodiscovery federation worker --config /etc/cryodiscovery/federation.yaml
       runs the facility's site worker on the config's worker_socket (start it beside
       the SuperNode; the ClientApp then hands it every message, see README).
+
+  cryodiscovery federation run cryodiscovery \\
+      --run-config 'num-rounds=5 min-sites=3 registry="/srv/cryodiscovery/registry"'
+      (server host) submits a run with `flwr run` and waits until `flwr ls` reports it
+      finished; exit status 0 only when it finished completed (flwr run alone exits 0
+      even when the run is refused or fails).
 
 pull installs the newest global model at --out (default: model_path in the config), the
 file scoring then uses (cryodiscovery score ... --model PATH). With --config the model must
@@ -30,7 +37,8 @@ log = logging.getLogger(__name__)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    """Register ``check``, ``pull`` and ``worker`` under ``cryodiscovery federation``."""
+    """Register ``check``, ``pull``, ``worker`` and ``run`` under ``cryodiscovery
+    federation``."""
     sub = parser.add_subparsers(
         dest="federation_command", required=True, metavar="ACTION"
     )
@@ -62,6 +70,18 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help="serve this facility's Flower messages from one long-running process",
     )
     worker.add_argument("--config", type=Path, required=True, help="federation.yaml")
+    run = sub.add_parser(
+        "run", help="start a federation run; exit 0 only if it finished completed"
+    )
+    run.add_argument(
+        "superlink", nargs="?", help="flwr connection name (default: flwr's default)"
+    )
+    run.add_argument(
+        "--run-config", "-c", action="append", default=[], help="as for flwr run"
+    )
+    run.add_argument("--app", type=Path, help="Flower App folder (default: shipped)")
+    run.add_argument("--timeout", type=float, default=24 * 3600.0, help="seconds")
+    run.add_argument("--poll", type=float, default=5.0, help="seconds between polls")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -69,6 +89,8 @@ def main(args: argparse.Namespace) -> int:
     from cryodiscovery.federation.config import load_facility_config
     from cryodiscovery.federation.operations import check_report, pull_latest
 
+    if args.federation_command == "run":
+        return _run(args)
     if args.federation_command == "worker":
         from cryodiscovery.federation.worker import serve
 
@@ -94,3 +116,24 @@ def main(args: argparse.Namespace) -> int:
     if not result.installed and result.reason != "already installed":
         return 1
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    """``federation run``: 0 when the run finished completed, else 1."""
+    from cryodiscovery.federation.deploy import APP_DIR
+    from cryodiscovery.federation.submission import run_to_completion
+
+    try:
+        outcome = run_to_completion(
+            args.app or APP_DIR,
+            args.superlink,
+            args.run_config,
+            args.timeout,
+            args.poll,
+        )
+    except RuntimeError as err:
+        print(f"run refused: {err}")
+        return 1
+    details = f": {outcome.details}" if outcome.details else ""
+    print(f"run {outcome.run_id} {outcome.status}{details}")
+    return 0 if outcome.completed else 1
