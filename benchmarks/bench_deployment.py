@@ -38,8 +38,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from cryodiscovery.federation import control, deploy, gateway, testbed
-from cryodiscovery.federation.sites import NON_IID_SITES, write_site
+from cryodiscovery.federation import control, deploy, gateway
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support/
+from support import testbed
+from support.sites import NON_IID_SITES, write_site
 
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 TRAINED = re.compile(r"round (\d+): trained on \d+ classes in ([\d.]+) s")

@@ -1,12 +1,12 @@
 """Federated vs local-only vs centralised training on generated non-IID facilities.
 
 Each site is a generated facility (different particle shapes, SNR ranges, junk mixes and
-boxes: ``cryodiscovery.federation.sites.NON_IID_SITES``) written as RELION projects; the
+boxes: ``tests/support/sites.py``: ``NON_IID_SITES``) written as RELION projects; the
 federated runs use the real ServerApp code (``run_federation``: guarded strategy, central
 evaluation, registry) and the real ClientApp at every site, through the in-process Grid
 (messages serialised to Flower's wire objects both ways). Local-only and centralised
 models are trained with the same local-training function as the sites
-(``task.train_locally`` on ``core.training``), with the same number of epochs. Every
+(``task.train_locally`` on ``core.model.training``), with the same number of epochs. Every
 arm starts from the same model: by default the shipped default model (``--init
 default``, what a deployment's federation starts from; its untrained scores are printed
 as "initial"), or fresh weights of ``--net`` (``--init fresh``).
@@ -49,18 +49,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from cryodiscovery.core.checkpoint import ClassScorer, load_scorer
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.nets import ClassNet, NetConfig
-from cryodiscovery.core.preprocess import PreprocessConfig
-from cryodiscovery.core.training import LR_SCHEDULES
+from cryodiscovery.core.model.checkpoint import load_scorer
+from cryodiscovery.core.model.nets import ClassNet, NetConfig
+from cryodiscovery.core.model.preprocess import PreprocessConfig
+from cryodiscovery.core.model.scorer import ClassScorer
+from cryodiscovery.core.model.training import LR_SCHEDULES
 from cryodiscovery.federation import task
 from cryodiscovery.federation.accounting import DP_DELTA, rdp_epsilon
 from cryodiscovery.federation.config import load_facility_config
 from cryodiscovery.federation.harvest import Harvest, harvest
-from cryodiscovery.federation.loopback import InProcessRun, run_inprocess
 from cryodiscovery.federation.server_app import generated_validation
-from cryodiscovery.federation.sites import (
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support/
+from support.loopback import InProcessRun, run_inprocess
+from support.sites import (
     NON_IID_SITES,
     SiteSpec,
     site_classes,

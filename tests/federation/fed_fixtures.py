@@ -8,15 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from cryodiscovery.core.checkpoint import ClassScorer, save_scorer
-from cryodiscovery.core.nets import ClassNet, NetConfig
-from cryodiscovery.core.preprocess import PreprocessConfig
+from cryodiscovery.core.model.checkpoint import save_scorer
+from cryodiscovery.core.model.nets import ClassNet, NetConfig
+from cryodiscovery.core.model.preprocess import PreprocessConfig
+from cryodiscovery.core.model.scorer import ClassScorer
 from cryodiscovery.federation import client_app, server_app
 from cryodiscovery.federation.client_app import NODE_CONFIG_KEY
-from cryodiscovery.federation.loopback import Handler, LoopbackGrid, run_server_app
-from cryodiscovery.federation.sites import NON_IID_SITES, write_site
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict, UserConfig
 from flwr.supercore.task_identity import TaskIdentity
+from support.loopback import Handler, LoopbackGrid, run_server_app
+from support.sites import NON_IID_SITES, write_site
 
 TINY = NetConfig(in_size=32, stem=4, widths=(8, 16), meta_hidden=8)
 

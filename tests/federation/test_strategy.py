@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from cryodiscovery.federation.loopback import LoopbackGrid, run_server_app
 from cryodiscovery.federation.strategy import (
     STRATEGIES,
     GuardedStrategy,
@@ -20,6 +19,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+from support.loopback import LoopbackGrid, run_server_app
 
 SHAPES = {"w": (3, 4), "b": (4,)}
 Update = Callable[[dict[str, np.ndarray], Context], dict[str, np.ndarray]]

@@ -24,6 +24,7 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.supercore.task_identity import TaskIdentity
+from support.loopback import stamped
 
 
 def _ref() -> ArrayRecord:
@@ -186,11 +187,12 @@ def test_screen_replies_drops_bad_and_error_replies(
         monkeypatch.setattr(TaskIdentity, name, value)  # what Flower's runtime sets
     ref = _ref()
     instructions = [
-        Message(RecordDict({"arrays": ref}), dst_node_id=nid, message_type="train")
+        stamped(
+            Message(RecordDict({"arrays": ref}), dst_node_id=nid, message_type="train"),
+            message_id=f"m{nid}",
+        )
         for nid in (11, 12, 13)
     ]
-    for msg in instructions:
-        msg.metadata.__dict__["_message_id"] = f"m{msg.metadata.dst_node_id}"
     bad = _shifted(ref, 0.0)
     bad["conv.weight"][0, 0, 0, 0] = np.nan
     replies = [

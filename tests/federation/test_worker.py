@@ -19,15 +19,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cryodiscovery.core.checkpoint import load_scorer
 from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.model.checkpoint import load_scorer
 from cryodiscovery.federation import site_app, task, worker
 from cryodiscovery.federation.config import load_facility_config
-from cryodiscovery.federation.loopback import server_identity
 from cryodiscovery.federation.registry import ModelRegistry
 from fed_fixtures import make_sites, run_apps, run_config, save_initial
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
+from support.loopback import server_identity, stamped
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def _evaluate_message(site: Path) -> tuple[Message, Context]:
     )
     with server_identity(1):
         msg = Message(content, dst_node_id=1, message_type=MessageType.EVALUATE)
-    msg.metadata.__dict__["_message_id"] = "m1"
+    msg = stamped(msg, message_id="m1")
     ctx = Context(1, 1, {site_app.NODE_CONFIG_KEY: str(site)}, RecordDict(), {})
     return msg, ctx
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flwr.app import Context, Error, Message, RecordDict, UserConfig
+from flwr.app import Context, Error, Message, Metadata, RecordDict, UserConfig
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
@@ -45,8 +45,8 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 if TYPE_CHECKING:
-    from cryodiscovery.core.checkpoint import ClassScorer
     from cryodiscovery.core.classes import ClassAverages
+    from cryodiscovery.core.model.scorer import ClassScorer
     from cryodiscovery.federation.rounds import FederationResult
 
 log = logging.getLogger(__name__)
@@ -72,17 +72,42 @@ class Transfer:
     payload: bytes | None = None
 
 
+_METADATA_FIELDS = (
+    "run_id",
+    "message_id",
+    "src_node_id",
+    "dst_node_id",
+    "reply_to_message_id",
+    "group_id",
+    "created_at",
+    "ttl",
+    "message_type",
+    "src_task_id",
+    "dst_task_id",
+)
+
+
+def stamped(msg: Message, **fields: object) -> Message:
+    """``msg`` with some metadata ``fields`` replaced (e.g. the ``message_id`` and
+    ``run_id`` a SuperLink stamps on a message), through Flower's public ``Metadata``."""
+    metadata = Metadata(
+        **{**{f: getattr(msg.metadata, f) for f in _METADATA_FIELDS}, **fields}
+    )
+    if msg.has_error():
+        return Message(error=msg.error, metadata=metadata)
+    return Message(content=msg.content, metadata=metadata)
+
+
 def wire_copy(msg: Message) -> tuple[Message, bytes]:
     """Serialize ``msg`` to Flower's wire objects and rebuild it; returns the copy and
     the serialized objects concatenated (what would cross the network)."""
-    message_id = msg.metadata.message_id
     contents = {oid: obj.deflate() for oid, obj in get_all_nested_objects(msg).items()}
     payload = b"".join(contents.values())
     copy = inflate_object_from_contents(msg.object_id, contents)
     if not isinstance(copy, Message):
         raise TypeError(f"wire copy produced {type(copy).__name__}, not a Message")
-    copy.metadata.__dict__["_message_id"] = message_id  # not part of the wire body
-    return copy, payload
+    # the message id is not part of the wire body
+    return stamped(copy, message_id=msg.metadata.message_id), payload
 
 
 class LoopbackGrid(Grid):
@@ -140,10 +165,13 @@ class LoopbackGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         ids = []
-        for msg in messages:
-            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-            msg.metadata.__dict__["_run_id"] = self._run.run_id
-            msg.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+        for sent in messages:
+            msg = stamped(
+                sent,
+                message_id=uuid.uuid4().hex,
+                run_id=self._run.run_id,
+                src_node_id=SUPERLINK_NODE_ID,
+            )
             node = msg.metadata.dst_node_id
             copy, payload = wire_copy(msg)
             self._record("down", node, copy, payload)
@@ -216,8 +244,7 @@ class LoopbackGrid(Grid):
             )
 
     def _receive(self, node_id: int, reply: Message) -> Message:
-        reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-        copy, payload = wire_copy(reply)
+        copy, payload = wire_copy(stamped(reply, message_id=uuid.uuid4().hex))
         self._record("up", node_id, copy, payload)
         return copy
 

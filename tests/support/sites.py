@@ -24,14 +24,12 @@ from typing import Any
 import numpy as np
 import yaml
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.relion_class2d import (
-    write_relion_class2d,
-    write_relion_selection,
-)
 from cryodiscovery.core.synthetic.generator import (
     SimulationConfig,
     simulate_class_averages,
 )
+from cryodiscovery.core.synthetic.relion_jobs import write_relion_class2d
+from cryodiscovery.core.synthetic.relion_pipeline import write_relion_selection
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from cryodiscovery.core.checkpoint import ClassScorer, save_scorer
-from cryodiscovery.core.nets import ClassNet, NetConfig
-from cryodiscovery.core.preprocess import PreprocessConfig
+from cryodiscovery.core.model.checkpoint import save_scorer
+from cryodiscovery.core.model.nets import ClassNet, NetConfig
+from cryodiscovery.core.model.preprocess import PreprocessConfig
+from cryodiscovery.core.model.scorer import ClassScorer
 from cryodiscovery.federation import control, deploy, gateway
 
 
