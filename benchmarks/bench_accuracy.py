@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from cryodiscovery.core.calibration import adaptive_threshold, logit, sigmoid
-from cryodiscovery.core.checkpoint import load_scorer
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.metrics import classification_report, roc_auc
+from cryodiscovery.core.model.calibration import adaptive_threshold, logit, sigmoid
+from cryodiscovery.core.model.checkpoint import load_scorer
+from cryodiscovery.core.report.metrics import classification_report, roc_auc
 from cryodiscovery.core.synthetic.generator import SimulationConfig, simulate_run
 
 SEED0 = 910_000

@@ -19,9 +19,9 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from cryodiscovery.core.checkpoint import load_scorer
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.report import (
+from cryodiscovery.core.model.checkpoint import load_scorer
+from cryodiscovery.core.report.selection_files import (
     render_gallery_pages,
     render_score_histogram,
     write_selection_outputs,

@@ -12,7 +12,7 @@ trained net loses when the top 5% of map pixels are set to the class's median.
 
     python benchmarks/bench_saliency.py [--train 600] [--test 300] [--epochs 6] [--seed 0]
 
-Reported in the docstring of ``cryodiscovery.core.explain``.
+Reported in the docstring of ``cryodiscovery.core.report.explain``.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from cryodiscovery.core import explain
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.ensemble import combine_logits
-from cryodiscovery.core.nets import ClassNet, NetConfig
-from cryodiscovery.core.preprocess import PreprocessConfig, prepare_inputs
+from cryodiscovery.core.model.ensemble import combine_logits
+from cryodiscovery.core.model.nets import ClassNet, NetConfig
+from cryodiscovery.core.model.preprocess import PreprocessConfig, prepare_inputs
+from cryodiscovery.core.report import explain
 
 BOX = 128
 DELETE = 0.05  # share of pixels deleted in the faithfulness test

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from cryodiscovery.core import cli
-from cryodiscovery.core.checkpoint import load_scorer
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.preprocess import PreprocessConfig, prepare_inputs
-from cryodiscovery.core.stack import write_stack
+from cryodiscovery.core.io.stack import write_stack
+from cryodiscovery.core.model.checkpoint import load_scorer
+from cryodiscovery.core.model.preprocess import PreprocessConfig, prepare_inputs
 from cryodiscovery.core.synthetic.generator import (
     SimulationConfig,
     simulate_class_averages,

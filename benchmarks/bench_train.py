@@ -13,14 +13,14 @@ import sys
 import time
 
 import torch
-from cryodiscovery.core.checkpoint import DEFAULT_MODEL_PATH
-from cryodiscovery.core.nets import ClassNet, NetConfig, count_parameters
-from cryodiscovery.core.preprocess import PreprocessConfig
+from cryodiscovery.core.model.checkpoint import DEFAULT_MODEL_PATH
+from cryodiscovery.core.model.nets import ClassNet, NetConfig, count_parameters
+from cryodiscovery.core.model.preprocess import PreprocessConfig
+from cryodiscovery.core.model.training import TrainConfig, build_training_set, train_net
 from cryodiscovery.core.synthetic.generator import (
     SimulationConfig,
     simulate_class_averages,
 )
-from cryodiscovery.core.training import TrainConfig, build_training_set, train_net
 
 
 def measure(n_runs: int) -> None:

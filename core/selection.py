@@ -5,7 +5,7 @@ Threshold precedence (the first that is given wins):
 1. ``threshold`` — the user's own value (``--threshold``);
 2. ``target_fnr`` — recalibrated on the validation scores stored in the model;
 3. ``adaptive`` (the default) — from this job's own score distribution
-   (:func:`~cryodiscovery.core.calibration.adaptive_threshold`), falling back to the
+   (:func:`~cryodiscovery.core.model.calibration.adaptive_threshold`), falling back to the
    stored threshold when the job's scores do not show two clear modes;
 4. the threshold stored with the model.
 
@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from cryodiscovery.core.calibration import adaptive_threshold
-from cryodiscovery.core.checkpoint import ClassScorer, load_scorer
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.model.calibration import adaptive_threshold
+from cryodiscovery.core.model.checkpoint import load_scorer
+from cryodiscovery.core.model.scorer import ClassScorer
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import numpy as np
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.outputs import staged_outputs
-from cryodiscovery.core.report import write_selection_outputs
+from cryodiscovery.core.report.selection_files import write_selection_outputs
 from cryodiscovery.cryosparc_job.partition import (
     OUTPUT_NAMES,
     OUTPUT_TYPES,
@@ -133,7 +133,7 @@ def read_particles(particles_cs: Path) -> Dataset:
 def read_job(job_dir: Path) -> tuple[ClassAverages, Dataset, Dataset]:
     """Class averages, templates and particles (all fields) of a 2D job folder or its
     ``class_averages`` ``.cs``."""
-    from cryodiscovery.core.cryosparc_class2d import (
+    from cryodiscovery.core.io.cryosparc_class2d import (
         find_class2d_files,
         read_cryosparc_class2d,
     )

@@ -21,9 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cryodiscovery.core.classes import ClassAverages, Provenance
-from cryodiscovery.core.cryosparc_class2d import class_averages_from_datasets
 from cryodiscovery.core.errors import InputError
-from cryodiscovery.core.report import render_gallery, write_selection_outputs
+from cryodiscovery.core.io.cryosparc_class2d import class_averages_from_datasets
+from cryodiscovery.core.report.selection_files import (
+    render_gallery,
+    write_selection_outputs,
+)
 from cryodiscovery.cryosparc_job.partition import (
     OUTPUT_TYPES,
     WRITTEN_SLOTS,

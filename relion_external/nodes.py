@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 from cryodiscovery.core.errors import InputError
-from cryodiscovery.core.star_tables import write_star
+from cryodiscovery.core.io.star_tables import write_star
 
 log = logging.getLogger(__name__)
 

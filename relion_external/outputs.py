@@ -21,7 +21,7 @@ import numpy.typing as npt
 import pandas as pd
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.errors import InputError
-from cryodiscovery.core.star_tables import loop_table, read_star, write_star
+from cryodiscovery.core.io.star_tables import loop_table, read_star, write_star
 from cryodiscovery.relion_external.nodes import STAR_VERSION
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.io.relion_class2d import RelionClass2DJob, read_relion_class2d
 from cryodiscovery.core.outputs import staged_outputs
-from cryodiscovery.core.relion_class2d import RelionClass2DJob, read_relion_class2d
-from cryodiscovery.core.report import write_selection_outputs
+from cryodiscovery.core.report.selection_files import write_selection_outputs
 from cryodiscovery.relion_external.config import ExternalJobConfig
 from cryodiscovery.relion_external.job import ExternalJob
 from cryodiscovery.relion_external.nodes import detect_version, write_output_nodes
@@ -34,7 +34,7 @@ from cryodiscovery.relion_external.outputs import (
 from cryodiscovery.relion_external.particles import FilterResult, filter_particles
 
 if TYPE_CHECKING:
-    from cryodiscovery.core.checkpoint import ClassScorer
+    from cryodiscovery.core.model.scorer import ClassScorer
     from cryodiscovery.core.selection import Selection
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def _select(
 ) -> tuple[Selection, ClassScorer]:
     """Score every class and decide which to keep."""
     import torch
-    from cryodiscovery.core.checkpoint import load_scorer
+    from cryodiscovery.core.model.checkpoint import load_scorer
     from cryodiscovery.core.selection import SelectionOptions, select_classes
 
     torch.set_num_threads(config.threads)
@@ -213,7 +213,7 @@ def _write_outputs(
         log.info(
             "Drawing the gallery%s ...", " and explanations" if config.explain else ""
         )
-        with _quiet("cryodiscovery.core.report"):
+        with _quiet("cryodiscovery.core.report.selection_files"):
             write_selection_outputs(
                 stage,
                 class2d.classes,

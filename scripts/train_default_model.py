@@ -22,20 +22,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cryodiscovery.core.checkpoint import (
+from cryodiscovery.core.cli import configure_logging
+from cryodiscovery.core.model.checkpoint import (
     DEFAULT_MODEL_PATH,
     save_scorer,
     write_model_card,
 )
-from cryodiscovery.core.cli import configure_logging
-from cryodiscovery.core.ensemble import BoostConfig, fit_scorer
-from cryodiscovery.core.nets import NetConfig, count_parameters
-from cryodiscovery.core.preprocess import PreprocessConfig
+from cryodiscovery.core.model.ensemble import BoostConfig, fit_scorer
+from cryodiscovery.core.model.nets import NetConfig, count_parameters
+from cryodiscovery.core.model.preprocess import PreprocessConfig
+from cryodiscovery.core.model.training import (
+    TrainConfig,
+    TrainingSet,
+    build_training_set,
+)
 from cryodiscovery.core.synthetic.generator import (
     SimulationConfig,
     simulate_class_averages,
 )
-from cryodiscovery.core.training import TrainConfig, TrainingSet, build_training_set
 
 log = logging.getLogger("train_default_model")
 

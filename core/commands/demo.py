@@ -20,21 +20,24 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from cryodiscovery.core.checkpoint import load_scorer
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.errors import InputError
-from cryodiscovery.core.evaluation import decision_report
-from cryodiscovery.core.readers import read_class_averages
-from cryodiscovery.core.relion_class2d import (
-    write_relion_class2d,
-    write_relion_selection,
+from cryodiscovery.core.io.readers import read_class_averages
+from cryodiscovery.core.model.checkpoint import load_scorer
+from cryodiscovery.core.report.evaluation import decision_report
+from cryodiscovery.core.report.selection_files import (
+    format_summary,
+    write_selection_outputs,
 )
-from cryodiscovery.core.relion_pipeline import write_default_pipeline
-from cryodiscovery.core.report import format_summary, write_selection_outputs
 from cryodiscovery.core.selection import SelectionOptions, select_classes
 from cryodiscovery.core.synthetic.generator import (
     SimulationConfig,
     simulate_class_averages,
+)
+from cryodiscovery.core.synthetic.relion_jobs import write_relion_class2d
+from cryodiscovery.core.synthetic.relion_pipeline import (
+    write_default_pipeline,
+    write_relion_selection,
 )
 
 log = logging.getLogger(__name__)

@@ -23,19 +23,19 @@ import argparse
 import logging
 from pathlib import Path
 
-from cryodiscovery.core.checkpoint import load_scorer
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.errors import InputError
-from cryodiscovery.core.evaluation import (
-    evaluate_sets,
-    format_evaluation,
-    write_evaluation_outputs,
-)
-from cryodiscovery.core.readers import find_labelled_sets
-from cryodiscovery.core.selection_args import (
+from cryodiscovery.core.commands.selection_args import (
     add_selection_args,
     selection_config,
     selection_options,
+)
+from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.io.history import find_labelled_sets
+from cryodiscovery.core.model.checkpoint import load_scorer
+from cryodiscovery.core.report.evaluation import (
+    evaluate_sets,
+    format_evaluation,
+    write_evaluation_outputs,
 )
 
 log = logging.getLogger(__name__)

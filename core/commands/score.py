@@ -21,16 +21,19 @@ import argparse
 import logging
 from pathlib import Path
 
-from cryodiscovery.core.checkpoint import load_scorer
-from cryodiscovery.core.explain import METHODS
-from cryodiscovery.core.readers import read_class_averages
-from cryodiscovery.core.report import format_summary, write_selection_outputs
-from cryodiscovery.core.selection import select_classes
-from cryodiscovery.core.selection_args import (
+from cryodiscovery.core.commands.selection_args import (
     add_selection_args,
     selection_config,
     selection_options,
 )
+from cryodiscovery.core.io.readers import read_class_averages
+from cryodiscovery.core.model.checkpoint import load_scorer
+from cryodiscovery.core.report.explain import METHODS
+from cryodiscovery.core.report.selection_files import (
+    format_summary,
+    write_selection_outputs,
+)
+from cryodiscovery.core.selection import select_classes
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,17 @@ import logging
 from pathlib import Path
 
 import torch
-from cryodiscovery.core.checkpoint import load_scorer, save_scorer, write_model_card
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.ensemble import BoostConfig, fit_scorer
 from cryodiscovery.core.errors import InputError
-from cryodiscovery.core.nets import NetConfig
-from cryodiscovery.core.preprocess import PreprocessConfig
-from cryodiscovery.core.training import (
+from cryodiscovery.core.model.checkpoint import (
+    load_scorer,
+    save_scorer,
+    write_model_card,
+)
+from cryodiscovery.core.model.ensemble import BoostConfig, fit_scorer
+from cryodiscovery.core.model.nets import NetConfig
+from cryodiscovery.core.model.preprocess import PreprocessConfig
+from cryodiscovery.core.model.training import (
     TrainConfig,
     build_training_set,
     split_training_set,
@@ -72,7 +76,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_sets(sources: list[str]) -> list[ClassAverages]:
-    from cryodiscovery.core.readers import find_labelled_sets
+    from cryodiscovery.core.io.history import find_labelled_sets
 
     sets: list[ClassAverages] = []
     for src in sources:

@@ -64,9 +64,9 @@ def write_relion_project(
 ) -> dict[str, Path]:
     """A RELION project: Class2D/job001 (run_it025), Select/job002 with the true selection,
     default_pipeline.star, truth.csv and montage.png. Returns the main paths."""
-    from cryodiscovery.core.relion_class2d import (
+    from cryodiscovery.core.synthetic.relion_jobs import write_relion_class2d
+    from cryodiscovery.core.synthetic.relion_pipeline import (
         write_default_pipeline,
-        write_relion_class2d,
         write_relion_selection,
     )
 
@@ -93,7 +93,7 @@ def write_cryosparc_project(
 ) -> dict[str, Path]:
     """cryoSPARC-style folders: J1 (2D classification: .cs files, class-average .mrc) and
     J2 (Select 2D: templates_selected/excluded), truth.csv and montage.png."""
-    from cryodiscovery.core.cryosparc_class2d import (
+    from cryodiscovery.core.synthetic.cryosparc_jobs import (
         write_cryosparc_class2d,
         write_cryosparc_selection,
     )

@@ -55,7 +55,7 @@ def relion31_project(tmp_path: Path) -> Path:
     """
     if not SHARED_RELION31.is_dir():
         pytest.skip(f"real RELION files not available at {SHARED_RELION31}")
-    from cryodiscovery.core.stack import write_stack
+    from cryodiscovery.core.io.stack import write_stack
 
     project = tmp_path / "relion31"
     shutil.copytree(SHARED_RELION31, project)

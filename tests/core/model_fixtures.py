@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from cryodiscovery.core.checkpoint import ClassScorer
 from cryodiscovery.core.classes import ClassAverages, Provenance
-from cryodiscovery.core.nets import ClassNet, NetConfig
-from cryodiscovery.core.preprocess import N_META, PreprocessConfig
+from cryodiscovery.core.model.nets import ClassNet, NetConfig
+from cryodiscovery.core.model.preprocess import N_META, PreprocessConfig
+from cryodiscovery.core.model.scorer import ClassScorer
 
 JUNK_KINDS = ("blob", "noise", "stripes", "off_centre")
 

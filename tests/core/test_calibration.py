@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cryodiscovery.core.calibration import (
+from cryodiscovery.core.model.calibration import (
     adaptive_threshold,
     fit_two_gaussians,
     robust_threshold_for_fnr,

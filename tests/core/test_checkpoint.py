@@ -10,17 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cryodiscovery.core.checkpoint import (
+from cryodiscovery.core.classes import ClassAverages
+from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.model.checkpoint import (
     DEFAULT_MODEL_PATH,
-    IMAGE_AND_METADATA,
-    IMAGE_ONLY,
     MAGIC,
-    ClassScorer,
     load_scorer,
     save_scorer,
 )
-from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.model.scorer import IMAGE_AND_METADATA, IMAGE_ONLY, ClassScorer
 from cryodiscovery.core.outputs import sha256_file
 from model_fixtures import make_toy_classes, tiny_scorer
 

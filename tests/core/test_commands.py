@@ -11,17 +11,18 @@ import numpy as np
 import pytest
 import torch
 from cryodiscovery.core import cli
-from cryodiscovery.core.checkpoint import ClassScorer, save_scorer
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.cryosparc_class2d import write_cryosparc_class2d
-from cryodiscovery.core.nets import ClassNet, NetConfig
-from cryodiscovery.core.preprocess import PreprocessConfig
-from cryodiscovery.core.relion_class2d import write_relion_class2d
-from cryodiscovery.core.stack import write_stack
+from cryodiscovery.core.io.stack import write_stack
+from cryodiscovery.core.model.checkpoint import save_scorer
+from cryodiscovery.core.model.nets import ClassNet, NetConfig
+from cryodiscovery.core.model.preprocess import PreprocessConfig
+from cryodiscovery.core.model.scorer import ClassScorer
+from cryodiscovery.core.synthetic.cryosparc_jobs import write_cryosparc_class2d
 from cryodiscovery.core.synthetic.generator import (
     SimulationConfig,
     simulate_class_averages,
 )
+from cryodiscovery.core.synthetic.relion_jobs import write_relion_class2d
 
 
 def test_umbrella_lists_every_command():
@@ -237,7 +238,7 @@ def test_evaluate_metrics_match_the_decisions(
     model: Path,
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
-    from cryodiscovery.core.relion_class2d import write_relion_selection
+    from cryodiscovery.core.synthetic.relion_pipeline import write_relion_selection
 
     job = write_relion_class2d(simulated, tmp_path / "project")
     write_relion_selection(job, simulated.labels, "Select/job002")

@@ -10,17 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.cryosparc_class2d import (
+from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.io.cryosparc_class2d import (
     ALIGNMENTS2D,
     class_averages_from_datasets,
     read_cryosparc_class2d,
     read_cryosparc_selection,
     selection_source,
+)
+from cryodiscovery.core.io.stack import write_stack
+from cryodiscovery.core.synthetic.cryosparc_jobs import (
     write_cryosparc_class2d,
     write_cryosparc_selection,
 )
-from cryodiscovery.core.errors import InputError
-from cryodiscovery.core.stack import write_stack
 from cryosparc.dataset import Dataset
 
 Factory = Callable[..., ClassAverages]

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from cryodiscovery.core import explain
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.ensemble import combine_logits
-from cryodiscovery.core.nets import ClassNet, NetConfig
-from cryodiscovery.core.preprocess import PreprocessConfig, prepare_inputs
+from cryodiscovery.core.model.ensemble import combine_logits
+from cryodiscovery.core.model.nets import ClassNet, NetConfig
+from cryodiscovery.core.model.preprocess import PreprocessConfig, prepare_inputs
+from cryodiscovery.core.report import explain
 from torch import nn
 
 S = 16  # internal size of the toy scorer

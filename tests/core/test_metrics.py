@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from cryodiscovery.core.metrics import (
+from cryodiscovery.core.report.metrics import (
     classification_report,
     confusion_matrix,
     roc_auc,

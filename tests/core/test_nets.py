@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cryodiscovery.core.nets import ClassNet, NetConfig, count_parameters
-from cryodiscovery.core.preprocess import N_META
+from cryodiscovery.core.model.nets import ClassNet, NetConfig, count_parameters
+from cryodiscovery.core.model.preprocess import N_META
 
 
 def test_default_network_is_compact() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.preprocess import (
+from cryodiscovery.core.model.preprocess import (
     FEATURE_NAMES,
     N_META,
     PreprocessConfig,

@@ -10,22 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.cryosparc_class2d import (
+from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.io.history import automatic_selection, find_labelled_sets
+from cryodiscovery.core.io.readers import read_class_averages
+from cryodiscovery.core.io.stack import write_stack
+from cryodiscovery.core.synthetic.cryosparc_jobs import (
     write_cryosparc_class2d,
     write_cryosparc_selection,
 )
-from cryodiscovery.core.errors import InputError
-from cryodiscovery.core.readers import (
-    automatic_selection,
-    find_labelled_sets,
-    read_class_averages,
-)
-from cryodiscovery.core.relion_class2d import (
+from cryodiscovery.core.synthetic.relion_jobs import write_relion_class2d
+from cryodiscovery.core.synthetic.relion_pipeline import (
     write_default_pipeline,
-    write_relion_class2d,
     write_relion_selection,
 )
-from cryodiscovery.core.stack import write_stack
 
 Factory = Callable[..., ClassAverages]
 

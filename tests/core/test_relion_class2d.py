@@ -13,15 +13,17 @@ import pytest
 import starfile
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.errors import InputError
-from cryodiscovery.core.relion_class2d import (
+from cryodiscovery.core.io.relion_class2d import (
     read_relion_class2d,
     read_relion_selection,
+)
+from cryodiscovery.core.io.stack import write_stack
+from cryodiscovery.core.io.star_tables import read_loop_column, read_star, write_star
+from cryodiscovery.core.synthetic.relion_jobs import write_relion_class2d
+from cryodiscovery.core.synthetic.relion_pipeline import (
     write_default_pipeline,
-    write_relion_class2d,
     write_relion_selection,
 )
-from cryodiscovery.core.stack import write_stack
-from cryodiscovery.core.star_tables import read_loop_column, read_star, write_star
 
 Factory = Callable[..., ClassAverages]
 REAL_SELECTED_014 = [16, 26, 29, 37, 64, 79, 91, 96]

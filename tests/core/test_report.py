@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cryodiscovery.core import report
-from cryodiscovery.core.checkpoint import ClassScorer
 from cryodiscovery.core.classes import ClassAverages, Provenance
-from cryodiscovery.core.gallery import (
+from cryodiscovery.core.model.nets import ClassNet, NetConfig
+from cryodiscovery.core.model.preprocess import PreprocessConfig
+from cryodiscovery.core.model.scorer import ClassScorer
+from cryodiscovery.core.report import selection_files as report
+from cryodiscovery.core.report.gallery import (
     KEPT_COLOUR,
     REJECTED_COLOUR,
     Section,
@@ -22,8 +24,6 @@ from cryodiscovery.core.gallery import (
     stretch_to_tiles,
     to_rgb8,
 )
-from cryodiscovery.core.nets import ClassNet, NetConfig
-from cryodiscovery.core.preprocess import PreprocessConfig
 from cryodiscovery.core.selection import Selection
 from matplotlib import image as mpl_image
 

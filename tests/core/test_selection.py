@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-from cryodiscovery.core.calibration import sigmoid
-from cryodiscovery.core.checkpoint import ClassScorer, save_scorer
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.model.calibration import sigmoid
+from cryodiscovery.core.model.checkpoint import save_scorer
+from cryodiscovery.core.model.scorer import ClassScorer
 from cryodiscovery.core.selection import SelectionOptions, select_classes
 from model_fixtures import make_toy_classes, tiny_scorer
 

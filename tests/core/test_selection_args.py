@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from cryodiscovery.core import cli
-from cryodiscovery.core.selection_args import selection_options
+from cryodiscovery.core.commands.selection_args import selection_options
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import mrcfile
 import numpy as np
 import pytest
 from cryodiscovery.core.errors import InputError
-from cryodiscovery.core.stack import read_mrc_images, read_stack, write_stack
+from cryodiscovery.core.io.stack import read_mrc_images, read_stack, write_stack
 
 
 def _raw_mrc(path: Path, data: np.ndarray, voxel: float = 1.0) -> Path:

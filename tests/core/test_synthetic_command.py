@@ -11,13 +11,16 @@ import mrcfile
 import numpy as np
 import pytest
 from cryodiscovery.core.commands import simulate
-from cryodiscovery.core.cryosparc_class2d import (
+from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.io.cryosparc_class2d import (
     read_cryosparc_class2d,
     read_cryosparc_selection,
 )
-from cryodiscovery.core.errors import InputError
-from cryodiscovery.core.readers import find_labelled_sets
-from cryodiscovery.core.relion_class2d import read_relion_class2d, read_relion_selection
+from cryodiscovery.core.io.history import find_labelled_sets
+from cryodiscovery.core.io.relion_class2d import (
+    read_relion_class2d,
+    read_relion_selection,
+)
 from cryodiscovery.core.synthetic.generator import simulate_run
 
 ARGS = ["--n-classes", "12", "--seed", "4", "--box", "64", "--angpix", "3.0"]

@@ -8,12 +8,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from cryodiscovery.core.augment import AugmentConfig, augment_batch
-from cryodiscovery.core.ensemble import train_boosted
-from cryodiscovery.core.metrics import roc_auc
-from cryodiscovery.core.nets import BOOSTED, SINGLE, combine_logits
-from cryodiscovery.core.preprocess import PreprocessConfig
-from cryodiscovery.core.training import (
+from cryodiscovery.core.model.augment import AugmentConfig, augment_batch
+from cryodiscovery.core.model.ensemble import train_boosted
+from cryodiscovery.core.model.nets import BOOSTED, SINGLE, combine_logits
+from cryodiscovery.core.model.preprocess import PreprocessConfig
+from cryodiscovery.core.model.training import (
     TrainConfig,
     build_training_set,
     drop_metadata,
@@ -22,6 +21,7 @@ from cryodiscovery.core.training import (
     split_training_set,
     train_net,
 )
+from cryodiscovery.core.report.metrics import roc_auc
 from model_fixtures import make_toy_classes, tiny_net_config
 
 PRE = PreprocessConfig()
@@ -174,12 +174,10 @@ def test_boosted_ensemble_trains_and_records_its_decision(toy_sets: tuple) -> No
 def test_train_command_trains_and_fine_tunes_from_relion_projects(tmp_path) -> None:
     import argparse
 
-    from cryodiscovery.core.checkpoint import load_scorer
     from cryodiscovery.core.commands import train as train_cmd
-    from cryodiscovery.core.relion_class2d import (
-        write_relion_class2d,
-        write_relion_selection,
-    )
+    from cryodiscovery.core.model.checkpoint import load_scorer
+    from cryodiscovery.core.synthetic.relion_jobs import write_relion_class2d
+    from cryodiscovery.core.synthetic.relion_pipeline import write_relion_selection
 
     for i in range(2):
         classes = make_toy_classes(60, seed=10 + i, box=64)

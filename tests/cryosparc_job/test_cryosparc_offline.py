@@ -10,11 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cryodiscovery.core.cryosparc_class2d import (
-    read_cryosparc_selection,
-    write_cryosparc_class2d,
-)
 from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.io.cryosparc_class2d import read_cryosparc_selection
+from cryodiscovery.core.synthetic.cryosparc_jobs import write_cryosparc_class2d
 from cryodiscovery.core.synthetic.generator import SimulationConfig, simulate_run
 from cryodiscovery.cryosparc_job.cli import main
 from cryodiscovery.cryosparc_job.offline import run_offline

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cryodiscovery.core.classes import Provenance
-from cryodiscovery.core.cryosparc_class2d import class_averages_from_datasets
 from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.io.cryosparc_class2d import class_averages_from_datasets
 from cryodiscovery.cryosparc_job.partition import (
     OUTPUT_NAMES,
     fill_allocated,

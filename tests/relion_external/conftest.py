@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.relion_class2d import (
-    write_default_pipeline,
-    write_relion_class2d,
-)
+from cryodiscovery.core.synthetic.relion_jobs import write_relion_class2d
+from cryodiscovery.core.synthetic.relion_pipeline import write_default_pipeline
 
 CLASS2D = "Class2D/job001"
 DATA_STAR = f"{CLASS2D}/run_it025_data.star"

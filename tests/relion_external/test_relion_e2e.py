@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
-from cryodiscovery.core.checkpoint import load_scorer
-from cryodiscovery.core.relion_class2d import read_relion_class2d
+from cryodiscovery.core.io.relion_class2d import read_relion_class2d
+from cryodiscovery.core.model.checkpoint import load_scorer
 from cryodiscovery.core.synthetic.export import write_relion_project
 from cryodiscovery.core.synthetic.generator import SimulationConfig, simulate_run
 

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import starfile
 from cryodiscovery.core.classes import Label
-from cryodiscovery.core.relion_class2d import read_relion_class2d, read_relion_selection
+from cryodiscovery.core.io.relion_class2d import (
+    read_relion_class2d,
+    read_relion_selection,
+)
 from cryodiscovery.relion_external.outputs import (
     class_averages_table,
     read_model_classes,

@@ -18,16 +18,16 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from cryodiscovery.core.checkpoint import ClassScorer
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.gallery import KEPT_COLOUR, REJECTED_COLOUR, rgb01
-from cryodiscovery.core.metrics import (
+from cryodiscovery.core.model.scorer import ClassScorer
+from cryodiscovery.core.outputs import staged_outputs, write_run_record
+from cryodiscovery.core.report.gallery import KEPT_COLOUR, REJECTED_COLOUR, rgb01
+from cryodiscovery.core.report.metrics import (
     ClassificationReport,
     classification_report,
     roc_auc,
     roc_curve,
 )
-from cryodiscovery.core.outputs import staged_outputs, write_run_record
 from cryodiscovery.core.selection import Selection, SelectionOptions, select_classes
 from matplotlib.figure import Figure
 

@@ -5,7 +5,7 @@ A written job has what a real EM run leaves in ``Class2D/jobNNN/``:
 written by ``src/ml_model.cpp`` and ``src/ml_optimiser.cpp``), the float32
 ``run_itNNN_classes.mrcs`` with its pixel size, ``note.txt``, ``job.star`` (4.0/5.0) and
 ``RELION_JOB_EXIT_SUCCESS``. Select jobs and ``default_pipeline.star`` are written by
-:mod:`cryodiscovery.core.relion_pipeline`.
+:mod:`cryodiscovery.core.synthetic.relion_pipeline`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,15 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from cryodiscovery.core.classes import ClassAverages
+from cryodiscovery.core.io.relion_class2d import RelionClass2DJob, read_relion_class2d
+from cryodiscovery.core.io.stack import write_stack
+from cryodiscovery.core.io.star_tables import write_star
 from cryodiscovery.core.outputs import staged_outputs
-from cryodiscovery.core.relion_class2d import RelionClass2DJob, read_relion_class2d
-from cryodiscovery.core.relion_pipeline import STAR_VERSION, check_job, write_job_files
-from cryodiscovery.core.stack import write_stack
-from cryodiscovery.core.star_tables import write_star
+from cryodiscovery.core.synthetic.relion_pipeline import (
+    STAR_VERSION,
+    check_job,
+    write_job_files,
+)
 
 log = logging.getLogger(__name__)
 

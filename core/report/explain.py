@@ -52,7 +52,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.gallery import (
+from cryodiscovery.core.report.gallery import (
     KEPT_COLOUR,
     REJECTED_COLOUR,
     TextPainter,
@@ -71,7 +71,7 @@ _EPS = 1e-6
 
 
 class ExplainableScorer(Protocol):
-    """What saliency needs from a scorer (``cryodiscovery.core.checkpoint.ClassScorer``)."""
+    """What saliency needs from a scorer (``cryodiscovery.core.model.scorer.ClassScorer``)."""
 
     @property
     def members(self) -> Sequence[torch.nn.Module]: ...

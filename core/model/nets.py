@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from cryodiscovery.core.preprocess import N_META
+from cryodiscovery.core.model.preprocess import N_META
 from torch import nn
 
 log = logging.getLogger(__name__)

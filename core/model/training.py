@@ -1,7 +1,7 @@
-"""Training of one :class:`~cryodiscovery.core.nets.ClassNet`: augmentation, class balance,
+"""Training of one :class:`~cryodiscovery.core.model.nets.ClassNet`: augmentation, class balance,
 early stopping on validation loss, deterministic seeds and a progress bar.
 
-Each batch is augmented (:mod:`cryodiscovery.core.augment`), normalised, and its
+Each batch is augmented (:mod:`cryodiscovery.core.model.augment`), normalised, and its
 metadata thinned at random (whole vectors and single features, with their flags), so one
 network learns both the image-only and the image+metadata mode. The loss is class-balanced
 binary cross-entropy with light label smoothing (scores are not pushed to 0 or 1, which
@@ -22,10 +22,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from cryodiscovery.core.augment import AugmentConfig, augment_batch
 from cryodiscovery.core.classes import ClassAverages, Label
-from cryodiscovery.core.nets import ClassNet, NetConfig
-from cryodiscovery.core.preprocess import (
+from cryodiscovery.core.model.augment import AugmentConfig, augment_batch
+from cryodiscovery.core.model.nets import ClassNet, NetConfig
+from cryodiscovery.core.model.preprocess import (
     PreprocessConfig,
     metadata_features,
     normalise_images,

@@ -20,9 +20,9 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from cryodiscovery.core.classes import Label
+from cryodiscovery.core.io.relion_class2d import RelionClass2DJob
+from cryodiscovery.core.io.star_tables import loop_table, read_star, write_star
 from cryodiscovery.core.outputs import staged_outputs
-from cryodiscovery.core.relion_class2d import RelionClass2DJob
-from cryodiscovery.core.star_tables import loop_table, read_star, write_star
 
 log = logging.getLogger(__name__)
 

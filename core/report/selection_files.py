@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from cryodiscovery.core import explain as saliency
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.gallery import (
+from cryodiscovery.core.outputs import staged_outputs, write_run_record
+from cryodiscovery.core.report import explain as saliency
+from cryodiscovery.core.report.gallery import (
     KEPT_COLOUR,
     REJECTED_COLOUR,
     LabelLine,
@@ -29,7 +30,6 @@ from cryodiscovery.core.gallery import (
     tile_size_for,
     to_rgb8,
 )
-from cryodiscovery.core.outputs import staged_outputs, write_run_record
 from cryodiscovery.core.selection import Selection
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -308,7 +308,7 @@ def write_selection_outputs(
     config:
         Extra settings to record (options of the command).
     explain_method:
-        A method of :data:`cryodiscovery.core.explain.METHODS`.
+        A method of :data:`cryodiscovery.core.report.explain.METHODS`.
 
     Returns
     -------

@@ -1,7 +1,7 @@
 """Write realistic cryoSPARC 2D classification and Select 2D job folders (no server needed).
 
 The layout, field names and dtypes are those described in
-:mod:`cryodiscovery.core.cryosparc_class2d`; uids are random 64-bit numbers from the seed.
+:mod:`cryodiscovery.core.io.cryosparc_class2d`; uids are random 64-bit numbers from the seed.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from cryodiscovery.core.classes import ClassAverages, Label
-from cryodiscovery.core.cryosparc_class2d import (
+from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.io.cryosparc_class2d import (
     ALIGNMENTS2D,
     BLOB,
     CryosparcClass2DJob,
     find_class2d_files,
     read_cryosparc_class2d,
 )
-from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.io.stack import write_stack
 from cryodiscovery.core.outputs import atomic_path, staged_outputs
-from cryodiscovery.core.stack import write_stack
 from cryosparc.dataset import Dataset
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
-"""One entry point for class averages in any supported format, and the harvesting of
-labelled Class2D results (a job plus the Select job that selected from it) under a folder.
+"""Harvesting of labelled past selections: every labelled Class2D result (a job plus the
+Select job that selected from it) under a folder, skipping selections a program made.
 """
 
 from __future__ import annotations
@@ -9,25 +9,23 @@ import logging
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.cryosparc_class2d import (
+from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.io.cryosparc_class2d import (
     read_cryosparc_class2d,
     read_cryosparc_selection,
     selection_source,
 )
-from cryodiscovery.core.errors import InputError
-from cryodiscovery.core.relion_class2d import (
+from cryodiscovery.core.io.relion_class2d import (
     RUN_FILE_RE,
     read_relion_class2d,
     read_relion_selection,
 )
-from cryodiscovery.core.stack import read_stack
-from cryodiscovery.core.star_tables import read_star
+from cryodiscovery.core.io.star_tables import read_star
 
 log = logging.getLogger(__name__)
 
@@ -46,59 +44,6 @@ _EXTERNAL_STAR_RE = re.compile(
 )
 _SNOWFLAKE_RE = re.compile(r'"type":\s*"snowflake"')
 _AUTO_JOB_RE = re.compile(r'"type":\s*"[^"]*auto')
-
-
-def read_class_averages(path: Path, angpix: float | None = None) -> ClassAverages:
-    """Read class averages from any supported source.
-
-    Parameters
-    ----------
-    path:
-        A RELION ``run_itNNN_data.star``/``_model.star``/``_optimiser.star`` or Class2D job
-        folder; a cryoSPARC 2D classification job folder or ``.cs`` file; or a bare
-        ``.mrcs``/``.mrc`` stack.
-    angpix:
-        Pixel size in Å: required knowledge for a bare stack without one in its header;
-        for RELION/cryoSPARC inputs it overrides the recorded value (with a warning when
-        they differ).
-
-    Raises
-    ------
-    InputError
-        An unknown kind of file, or any problem the format reader finds.
-    """
-    path = Path(path)
-    if angpix is not None and not angpix > 0:
-        raise InputError(
-            None, f"--angpix must be a positive pixel size in Å, got {angpix}"
-        )
-    if not path.exists():
-        raise InputError(path, "file not found")
-    suffix = path.suffix.lower()
-    if suffix in (".mrcs", ".mrc"):
-        return read_stack(path, angpix)
-    if suffix == ".cs" or (path.is_dir() and any(path.glob("*_class_averages.cs"))):
-        classes = read_cryosparc_class2d(path).classes
-    elif suffix == ".star" or (path.is_dir() and any(path.glob("*_it*_model.star"))):
-        classes = read_relion_class2d(path).classes
-    else:
-        raise InputError(
-            path,
-            "not a RELION Class2D .star, cryoSPARC .cs/job folder or .mrcs/.mrc stack",
-        )
-    if angpix is not None:
-        if (
-            classes.pixel_size is not None
-            and abs(classes.pixel_size - angpix) > 0.01 * angpix
-        ):
-            log.warning(
-                "%s: pixel size %.3f Å overridden by --angpix %.3f Å",
-                path,
-                classes.pixel_size,
-                angpix,
-            )
-        classes = replace(classes, pixel_size=float(angpix))
-    return classes
 
 
 def find_labelled_sets(root: Path) -> list[ClassAverages]:

@@ -1,5 +1,5 @@
 """Random transforms of training images at the internal size, applied before the
-normalisation of :mod:`cryodiscovery.core.preprocess`.
+normalisation of :mod:`cryodiscovery.core.model.preprocess`.
 
 They vary what does not define quality: in-plane rotation and mirror, small shifts,
 scale (particle size and mask radius relative to the box), background offset and
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from cryodiscovery.core.preprocess import resampling_matrix, spectral_map
+from cryodiscovery.core.model.preprocess import resampling_matrix, spectral_map
 
 
 @dataclass(frozen=True)

@@ -28,19 +28,28 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from cryodiscovery.core.augment import augment_batch
-from cryodiscovery.core.calibration import robust_threshold_for_fnr, threshold_for_fnr
-from cryodiscovery.core.checkpoint import ClassScorer
-from cryodiscovery.core.metrics import classification_report
-from cryodiscovery.core.nets import BOOSTED, SINGLE, ClassNet, NetConfig, combine_logits
-from cryodiscovery.core.preprocess import PreprocessConfig, normalise_images
-from cryodiscovery.core.training import (
+from cryodiscovery.core.model.augment import augment_batch
+from cryodiscovery.core.model.calibration import (
+    robust_threshold_for_fnr,
+    threshold_for_fnr,
+)
+from cryodiscovery.core.model.nets import (
+    BOOSTED,
+    SINGLE,
+    ClassNet,
+    NetConfig,
+    combine_logits,
+)
+from cryodiscovery.core.model.preprocess import PreprocessConfig, normalise_images
+from cryodiscovery.core.model.scorer import ClassScorer
+from cryodiscovery.core.model.training import (
     TrainConfig,
     TrainingSet,
     TrainResult,
     predict_logits,
     train_net,
 )
+from cryodiscovery.core.report.metrics import classification_report
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +265,7 @@ def scorer_from_ensemble(
 ) -> ClassScorer:
     """A scorer from a trained ensemble with thresholds for both scoring modes,
     calibrated on the validation jobs for ``target_fnr`` robustly across jobs
-    (:func:`~cryodiscovery.core.calibration.robust_threshold_for_fnr`); the validation
+    (:func:`~cryodiscovery.core.model.calibration.robust_threshold_for_fnr`); the validation
     scores are stored for later recalibration."""
     labels = val.labels.numpy().astype(np.int8)
     groups = val.groups.numpy()

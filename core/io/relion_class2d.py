@@ -9,8 +9,8 @@ class-number order; per-class spectra tables), ``run_itNNN_optimiser.star`` (fir
 runs (``--grad``, RELION 4.0+) add ``rlnGradMoment1/2`` to ``data_model_classes`` and set
 ``rlnDoStochasticGradientDescent`` in the optimiser. Paths inside STAR files are relative to
 the RELION project folder, the one holding ``Class2D/``. Writers of realistic job folders
-(for the generator and round-trip tests) are in :mod:`cryodiscovery.core.relion_jobs` and
-:mod:`cryodiscovery.core.relion_pipeline`, re-exported here.
+(for the generator and round-trip tests) are in :mod:`cryodiscovery.core.synthetic.relion_jobs`
+and :mod:`cryodiscovery.core.synthetic.relion_pipeline`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import numpy.typing as npt
 import pandas as pd
 from cryodiscovery.core.classes import ClassAverages, Label, Provenance
 from cryodiscovery.core.errors import InputError
-from cryodiscovery.core.stack import read_mrc_images
-from cryodiscovery.core.star_tables import (
+from cryodiscovery.core.io.stack import read_mrc_images
+from cryodiscovery.core.io.star_tables import (
     loop_table,
     numeric_column,
     read_loop_column,
@@ -451,38 +451,3 @@ def _labels_from_numbers(
     labels = np.full(n_classes, Label.REJECTED, dtype=np.int8)
     labels[selected - 1] = Label.SELECTED
     return labels
-
-
-def write_relion_class2d(
-    classes: ClassAverages,
-    project_dir: Path,
-    job: str = "Class2D/job001",
-    *,
-    iteration: int = 25,
-    version: str = "5.0",
-    seed: int = 0,
-) -> RelionClass2DJob:
-    """Write a realistic Class2D job folder; see :func:`cryodiscovery.core.relion_jobs.write_relion_class2d`."""
-    from cryodiscovery.core import relion_jobs  # the writer imports this module
-
-    return relion_jobs.write_relion_class2d(
-        classes, project_dir, job, iteration=iteration, version=version, seed=seed
-    )
-
-
-def write_relion_selection(
-    job: RelionClass2DJob, labels: npt.ArrayLike, select_job: str = "Select/job002"
-) -> Path:
-    """Write a Select job; see :func:`cryodiscovery.core.relion_pipeline.write_relion_selection`."""
-    from cryodiscovery.core import relion_pipeline
-
-    return relion_pipeline.write_relion_selection(job, labels, select_job)
-
-
-def write_default_pipeline(
-    project_dir: Path, version: str, jobs: list[tuple[str, str]]
-) -> Path:
-    """Write ``default_pipeline.star``; see :func:`cryodiscovery.core.relion_pipeline.write_default_pipeline`."""
-    from cryodiscovery.core import relion_pipeline
-
-    return relion_pipeline.write_default_pipeline(project_dir, version, jobs)

@@ -1,7 +1,8 @@
-"""cryoSPARC 2D classification jobs and Select 2D labels, read and written without a server.
+"""cryoSPARC 2D classification jobs and Select 2D labels, read without a server.
 
 Layout of a cryoSPARC project folder (``CS-<name>/``, "project folder" below) as v3-v4 jobs
-leave it, which the writers reproduce:
+leave it, which the writers in :mod:`cryodiscovery.core.synthetic.cryosparc_jobs`
+reproduce:
 
 ``J42/`` (2D Classification, final iteration 020 of 20):
     ``J42_020_class_averages.cs``: one row per class: ``uid``, ``blob/path``
@@ -35,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 from cryodiscovery.core.classes import ClassAverages, Label, Provenance
 from cryodiscovery.core.errors import InputError
-from cryodiscovery.core.stack import read_mrc_images
+from cryodiscovery.core.io.stack import read_mrc_images
 from cryosparc.dataset import Dataset
 
 log = logging.getLogger(__name__)
@@ -408,21 +409,3 @@ def selection_source(path: Path) -> Path:
     if not rel:
         raise InputError(first, "no blob/path rows")
     return (first.parent.parent / rel).parent
-
-
-def write_cryosparc_class2d(
-    classes: ClassAverages, job_dir: Path, *, seed: int = 0
-) -> CryosparcClass2DJob:
-    """Write a 2D classification job folder; see :func:`cryodiscovery.core.cryosparc_jobs.write_cryosparc_class2d`."""
-    from cryodiscovery.core import cryosparc_jobs  # the writer imports this module
-
-    return cryosparc_jobs.write_cryosparc_class2d(classes, job_dir, seed=seed)
-
-
-def write_cryosparc_selection(
-    job: CryosparcClass2DJob, labels: npt.ArrayLike, select_dir: Path
-) -> Path:
-    """Write Select 2D outputs; see :func:`cryodiscovery.core.cryosparc_jobs.write_cryosparc_selection`."""
-    from cryodiscovery.core import cryosparc_jobs
-
-    return cryosparc_jobs.write_cryosparc_selection(job, labels, select_dir)

@@ -1,0 +1,2 @@
+"""The model: preprocessing, augmentation, networks, training, the boosted ensemble,
+threshold calibration, the scorer and its checksummed model files."""
