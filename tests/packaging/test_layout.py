@@ -69,3 +69,16 @@ def test_core_imports_no_adapter_code():
         text=True,
     ).stdout.strip()
     assert out == "[]"
+
+
+def test_core_facade_is_light_and_complete():
+    code = (
+        "import sys, cryodiscovery.core as c\n"
+        "heavy = [m for m in ('matplotlib', 'torch') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "names = {n for ns in c._EXPORTS.values() for n in ns}\n"
+        "assert set(c.__all__) == names | {'__version__'}, set(c.__all__) ^ names\n"
+        "missing = [n for n in c.__all__ if getattr(c, n, None) is None]\n"
+        "assert not missing, missing\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT.parent)
