@@ -11,12 +11,11 @@ Public API (server_app, tests, benchmarks; keep it stable)::
     FederationResult(scorer, rounds: list[RoundSummary], versions, initial_metrics)
     RoundSummary; evaluation_dict(evaluation) -> dict[str, float]
     usable_aggregate(scorer, arrays, where) -> ClassScorer   # RuntimeError if unusable
-    site_names(grid) -> dict[int, str]        # node id -> label (name, key fingerprint)
+    site_names(grid) -> dict[int, str]        # node id -> registered name or "node <id>"
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -31,9 +30,7 @@ from cryodiscovery.federation.evaluation import EVALUATE_RECEIVED, received_metr
 from cryodiscovery.federation.polling import send_and_receive
 from cryodiscovery.federation.registry import Contribution, ModelRegistry, ModelVersion
 from cryodiscovery.federation.settings import ServerSettings
-from cryodiscovery.federation.strategy import (
-    build_strategy,
-)
+from cryodiscovery.federation.strategy import build_strategy, site_labels
 from cryodiscovery.federation.validation import model_problem
 from cryodiscovery.federation.wire import keep_statistics
 from flwr.app import (
@@ -74,19 +71,8 @@ class FederationResult:
 
 
 def site_names(grid: Grid) -> dict[int, str]:
-    """``node id -> label`` with the registered name and key fingerprint when known."""
-    names: dict[int, str] = {}
-    try:
-        for info in grid.get_nodes():
-            label = f"node {info.node_id}"
-            if getattr(info, "name", ""):
-                label += f" ({info.name})"
-            if getattr(info, "public_key", b""):
-                label += f" key {hashlib.sha256(info.public_key).hexdigest()[:16]}"
-            names[int(info.node_id)] = label
-    except Exception as err:  # informative only: the Grid may not know more than ids
-        log.debug("no node details from the grid: %s", err)
-    return names
+    """``node id -> label``: the name given at registration, else ``node <id>``."""
+    return site_labels(grid)
 
 
 def evaluation_dict(ev: task.Evaluation) -> dict[str, float]:
@@ -279,10 +265,9 @@ class FederationRun:
         )
 
     def _contributions(self, rnd: int) -> list[Contribution]:
-        names = site_names(self.grid)
         return [
             Contribution(
-                site=names.get(v.node_id, f"node {v.node_id}"),
+                site=self.strategy.site(v.node_id),
                 num_examples=int(v.num_examples)
                 if math.isfinite(v.num_examples)
                 else 0,

@@ -15,7 +15,11 @@ Behaviour (documented for operators):
 - Round timeout: replies not in after ``round_timeout_s`` are treated as dropped.
 - A site dropping out mid-round, failing, or sending a rejected update: the round goes on
   with the others when at least ``min_sites`` updates were accepted, else the run stops
-  with :class:`NotEnoughSitesError` naming each site and why it was dropped.
+  with :class:`NotEnoughSitesError` naming each site and why it was dropped. A site asked
+  to train that sent nothing by the timeout is recorded as dropped ("no reply").
+- Sites are named by the facility name given at registration (``flwr supernode register
+  --name``), else ``node <id>``; the names are read from the Grid whenever sites are
+  asked, so a site that failed later keeps its name.
 
 Public API (used by ``server_app``, tests, benchmarks; keep it stable)::
 
@@ -24,7 +28,9 @@ Public API (used by ``server_app``, tests, benchmarks; keep it stable)::
     build_strategy(options: StrategyOptions) -> GuardedStrategy
     update_bounds(options, reference: ArrayRecord) -> UpdateBounds
     wait_for_sites(grid, minimum, seconds) -> list[int]
+    site_labels(grid) -> dict[int, str]     # node id -> registered name, else "node <id>"
     GuardedStrategy(inner: Strategy, options).rounds -> dict[int, list[UpdateVerdict]]
+        .site(node_id) -> str               # the site's label
     NotEnoughSitesError(RuntimeError)
 """
 
@@ -33,12 +39,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from cryodiscovery.federation.evaluation import aggregate_metrics
+from cryodiscovery.federation.run_defaults import default
 from cryodiscovery.federation.validation import (
     NUM_EXAMPLES,
     UpdateBounds,
@@ -86,7 +94,8 @@ class NotEnoughSitesError(RuntimeError):
 
 @dataclass(frozen=True)
 class StrategyOptions:
-    """Server-side federation settings (from the run config, see ``server_app``).
+    """Server-side federation settings (from the run config, see ``server_app``;
+    defaults: :mod:`~.run_defaults`).
 
     Parameters
     ----------
@@ -121,21 +130,21 @@ class StrategyOptions:
         ``dp_noise_multiplier * dp_clipping_norm / min_sites`` to the aggregate.
     """
 
-    name: str = "fedavg"
-    min_sites: int = 2
-    fraction_train: float = 1.0
-    round_timeout_s: float = 600.0
-    wait_for_sites_s: float = 300.0
-    proximal_mu: float = 0.01
-    server_lr: float = 0.01
-    tau: float = 1e-3
-    trim_beta: float = 0.2
-    krum_byzantine: int = 0
-    max_update_norm: float = 0.0
-    max_relative_update: float = 1.0
-    max_examples: int = 1_000_000
-    dp_noise_multiplier: float = 0.0
-    dp_clipping_norm: float = 0.0
+    name: str = str(default("strategy"))
+    min_sites: int = int(default("min-sites"))
+    fraction_train: float = float(default("fraction-train"))
+    round_timeout_s: float = float(default("round-timeout"))
+    wait_for_sites_s: float = float(default("wait-for-sites"))
+    proximal_mu: float = float(default("proximal-mu"))
+    server_lr: float = float(default("server-lr"))
+    tau: float = float(default("tau"))
+    trim_beta: float = float(default("trim-beta"))
+    krum_byzantine: int = int(default("krum-byzantine"))
+    max_update_norm: float = float(default("max-update-norm"))
+    max_relative_update: float = float(default("max-relative-update"))
+    max_examples: int = int(default("max-examples"))
+    dp_noise_multiplier: float = float(default("dp-noise-multiplier"))
+    dp_clipping_norm: float = float(default("dp-clipping-norm"))
 
     def __post_init__(self) -> None:
         checks = {
@@ -216,6 +225,24 @@ class GuardedStrategy(Strategy):
         self.inner, self.options = inner, options
         self.rounds: dict[int, list[UpdateVerdict]] = {}
         self._reference: ArrayRecord | None = None
+        self._labels: dict[int, str] = {}
+        self._asked: set[int] = set()
+
+    def site(self, node_id: int) -> str:
+        """The site's registered name (``node <id>`` when it has none)."""
+        return self._labels.get(int(node_id), f"node {node_id}")
+
+    def _learn_names(self, grid: Grid) -> None:
+        new = {k: v for k, v in site_labels(grid).items() if k not in self._labels}
+        if new:
+            log.info(
+                "sites: %s",
+                ", ".join(
+                    v if v == f"node {k}" else f"{v} = node {k}"
+                    for k, v in sorted(new.items(), key=lambda kv: kv[1])
+                ),
+            )
+        self._labels.update(new)
 
     def summary(self) -> None:
         o = self.options
@@ -253,9 +280,14 @@ class GuardedStrategy(Strategy):
                 f"{self.options.min_sites}"
             )
         self._reference = arrays
-        return self.inner.configure_train(
-            server_round, arrays, config, _SnapshotGrid(grid, nodes)
+        self._learn_names(grid)
+        messages = list(
+            self.inner.configure_train(
+                server_round, arrays, config, _SnapshotGrid(grid, nodes)
+            )
         )
+        self._asked = {int(m.metadata.dst_node_id) for m in messages}
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -263,11 +295,19 @@ class GuardedStrategy(Strategy):
         if self._reference is None:
             raise RuntimeError("aggregate_train called before configure_train")
         reference = self._reference
-        accepted, verdicts = screen_replies(replies, reference, self._bounds(reference))
+        accepted, verdicts = screen_replies(
+            replies, reference, self._bounds(reference), self.site
+        )
+        missing = self._asked - {v.node_id for v in verdicts}
+        for node in sorted(missing, key=self.site):
+            log.warning("no update from %s: no reply", self.site(node))
+            verdicts.append(UpdateVerdict(node, False, "no reply"))
         self.rounds[server_round] = verdicts
         if len(accepted) < self.options.min_sites:
             dropped = "; ".join(
-                f"node {v.node_id}: {v.reason}" for v in verdicts if not v.accepted
+                f"{self.site(v.node_id)}: {v.reason}"
+                for v in verdicts
+                if not v.accepted
             )
             raise NotEnoughSitesError(
                 f"round {server_round}: {len(accepted)} usable update(s), min-sites is "
@@ -295,6 +335,7 @@ class GuardedStrategy(Strategy):
         strategy, whose sampler would wait forever once fewer than ``min_sites`` are
         left)."""
         nodes = list(grid.get_node_ids())
+        self._learn_names(grid)
         if not nodes:
             log.warning("round %d: no site connected for evaluation", server_round)
             return []
@@ -312,18 +353,18 @@ class GuardedStrategy(Strategy):
         for msg in replies:
             if msg.has_error():
                 log.warning(
-                    "round %d: evaluation failed on node %d: %s",
+                    "round %d: evaluation failed on %s: %s",
                     server_round,
-                    msg.metadata.src_node_id,
+                    self.site(msg.metadata.src_node_id),
                     msg.error.reason,
                 )
             elif len(msg.content.metric_records) == 1 and not msg.content.array_records:
                 good.append(msg)
             else:
                 log.warning(
-                    "round %d: dropped malformed evaluation reply from node %d",
+                    "round %d: dropped malformed evaluation reply from %s",
                     server_round,
-                    msg.metadata.src_node_id,
+                    self.site(msg.metadata.src_node_id),
                 )
         if not good:
             return None
@@ -340,6 +381,24 @@ def wait_for_sites(grid: Grid, minimum: int, seconds: float) -> list[int]:
             return nodes
         log.info("waiting for sites: %d connected, %d needed", len(nodes), minimum)
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+def site_labels(grid: Grid) -> dict[int, str]:
+    """``node id -> label`` of the nodes the Grid lists: the name given at registration
+    (``flwr supernode register --name``), else ``node <id>``; a name two nodes share
+    gets the node id added."""
+    names: dict[int, str] = {}
+    try:
+        for info in grid.get_nodes():
+            name = str(getattr(info, "name", "") or "")
+            names[int(info.node_id)] = name or f"node {info.node_id}"
+    except Exception as err:  # informative only: a Grid may know no more than ids
+        log.debug("no node names from the grid: %s", err)
+    counts = Counter(names.values())
+    return {
+        k: f"{v} (node {k})" if counts[v] > 1 and v != f"node {k}" else v
+        for k, v in names.items()
+    }
 
 
 def update_bounds(options: StrategyOptions, reference: ArrayRecord) -> UpdateBounds:

@@ -13,7 +13,7 @@ Public API (used by ``strategy`` and tests; keep it stable)::
                   num_examples: float)
     check_update(content: RecordDict, reference: ArrayRecord, bounds, node_id=0)
         -> UpdateVerdict
-    screen_replies(replies, reference, bounds)
+    screen_replies(replies, reference, bounds, site=None)
         -> tuple[list[Message], list[UpdateVerdict]]   # accepted, every verdict
     delta_norm(arrays: ArrayRecord, reference: ArrayRecord) -> float
 """
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -175,12 +175,16 @@ def check_update(
 
 
 def screen_replies(
-    replies: Iterable[Message], reference: ArrayRecord, bounds: UpdateBounds
+    replies: Iterable[Message],
+    reference: ArrayRecord,
+    bounds: UpdateBounds,
+    site: Callable[[int], str] | None = None,
 ) -> tuple[list[Message], list[UpdateVerdict]]:
     """Split train replies into those fit to aggregate and a verdict for every reply.
 
     Error replies (a site that failed or dropped out) count as rejected with the
-    error's reason. Each rejection is logged at WARNING with the node id and reason.
+    error's reason. Each rejection is logged at WARNING with the site (``site(node
+    id)``, by default ``node <id>``) and reason.
     """
     accepted: list[Message] = []
     verdicts: list[UpdateVerdict] = []
@@ -194,7 +198,8 @@ def screen_replies(
         if verdict.accepted:
             accepted.append(msg)
         else:
-            log.warning("dropped update from node %d: %s", node, verdict.reason)
+            name = site(node) if site is not None else f"node {node}"
+            log.warning("dropped update from %s: %s", name, verdict.reason)
     return accepted, verdicts
 
 

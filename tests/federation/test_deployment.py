@@ -125,7 +125,7 @@ def sites(
                 root, spec, 100 + i, server, worker=name == WORKER_SITE
             )
             spec = deploy.supernode_spec(yaml_path, root / "state", free_port(), 120.0)
-            node_id = control.register_node(server.conn, root / "node_key.pub")
+            node_id = _register(server, root / "node_key.pub", name)
             out[name] = Site(name, spec, node_id)
             out[name].daemons += deploy.start_supernode(spec)
         control.wait_for_nodes(server.conn, [s.node_id for s in out.values()])
@@ -149,9 +149,10 @@ def _run(
     return status
 
 
-def _node(site_label: str) -> str:
-    """``"node <id>"`` from a registry contribution label ``node <id> (name) key ...``."""
-    return " ".join(site_label.split()[:2])
+def _register(server: LocalServer, public_key: Path, name: str) -> int:
+    """``flwr supernode register KEY CONN --name NAME``, as the README says; node id."""
+    args = ["supernode", "register", str(public_key), server.conn.name, "--name", name]
+    return int(control.flwr_json(server.conn, args)["node-id"])
 
 
 def _versions(registry: Path, run_id: int) -> list[ModelVersion]:
@@ -183,15 +184,13 @@ def test_two_rounds_over_tls_with_node_auth_improve_the_global_model(
 
     versions = _versions(registry, status.run_id)
     assert [v.server_round for v in versions] == [1, 2]
-    expected = {  # what each site's own harvest yields for training
-        f"node {s.node_id}": harvest(
-            load_facility_config(s.spec.facility_config)
-        ).n_train
+    expected = {  # what each site's own harvest yields for training, by its name
+        s.name: harvest(load_facility_config(s.spec.facility_config)).n_train
         for s in sites.values()
     }
     for v in versions:
         assert all(c.accepted for c in v.contributions)
-        got = {_node(c.site): c.num_examples for c in v.contributions}
+        got = {c.site: c.num_examples for c in v.contributions}
         assert got == expected
 
     worker_log = next(
@@ -362,9 +361,7 @@ def victim(
     root = tmp_path_factory.mktemp("victim")
     yaml_path = _facility(root, SITES["globular-clean"], 11, server)
     spec = deploy.supernode_spec(yaml_path, root / "state", free_port(), 60.0)
-    site = Site(
-        "victim", spec, control.register_node(server.conn, root / "node_key.pub")
-    )
+    site = Site("victim", spec, _register(server, root / "node_key.pub", "victim"))
     try:
         site.daemons += deploy.start_supernode(spec)
         control.wait_for_nodes(server.conn, [site.node_id])
@@ -403,8 +400,8 @@ def test_supernode_killed_mid_round(
         (version,) = _versions(registry, run_id)
         accepted = [c for c in version.contributions if c.accepted]
         assert len(accepted) == 3
-        assert f"node {victim.node_id}" not in {_node(c.site) for c in accepted}
+        assert victim.name not in {c.site for c in accepted}
     else:
         assert status.status == "finished:failed"
-        assert "site" in status.details.lower(), status.details
+        assert "victim:" in status.details, status.details  # its registered name
         assert _versions(registry, run_id) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,13 +14,23 @@ from cryodiscovery.federation.strategy import (
     NotEnoughSitesError,
     StrategyOptions,
     build_strategy,
+    site_labels,
 )
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
-from support.loopback import LoopbackGrid, run_server_app
+from support.loopback import LoopbackGrid, run_server_app, server_identity
 
 SHAPES = {"w": (3, 4), "b": (4,)}
 Update = Callable[[dict[str, np.ndarray], Context], dict[str, np.ndarray]]
@@ -177,7 +188,10 @@ def test_slow_site_misses_the_round_timeout() -> None:
     started = time.monotonic()
     strategy, result, _ = _run(sites, options, rounds=1, workers=3)
     assert time.monotonic() - started < 10
-    assert sorted(v.node_id for v in strategy.rounds[1]) == [1, 2]
+    assert sorted(v.node_id for v in strategy.rounds[1] if v.accepted) == [1, 2]
+    assert [(v.node_id, v.reason) for v in strategy.rounds[1] if not v.accepted] == [
+        (3, "no reply")  # recorded as dropped, not silently missing
+    ]
     assert _final(result)["b"] == pytest.approx(np.full(4, 1.1), abs=1e-5)
 
 
@@ -295,3 +309,87 @@ def test_options_are_validated(kwargs: dict[str, object], key: str) -> None:
     with pytest.raises(ValueError) as err:
         StrategyOptions(**kwargs)  # type: ignore[arg-type]
     assert key in str(err.value)
+
+
+class _NamedGrid(Grid):
+    """A Grid that lists three registered sites, two with names (no transport)."""
+
+    def __init__(self) -> None:
+        self.nodes = {11: "facility-a", 22: "facility-b", 33: ""}
+
+    def set_run(self, run: object) -> None:  # type: ignore[override]
+        pass
+
+    @property
+    def run(self) -> object:  # type: ignore[override]
+        raise NotImplementedError
+
+    def create_message(self, *args: object, **kwargs: object) -> Message:  # type: ignore[override]
+        raise NotImplementedError
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+    def get_nodes(self) -> list[object]:  # type: ignore[override]
+        return [SimpleNamespace(node_id=k, name=v) for k, v in self.nodes.items()]
+
+    def push_messages(self, messages: object) -> list[str]:  # type: ignore[override]
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: object) -> list[Message]:  # type: ignore[override]
+        raise NotImplementedError
+
+    def send_and_receive(
+        self, messages: object, *, timeout: float | None = None
+    ) -> list[Message]:  # type: ignore[override]
+        raise NotImplementedError
+
+
+def _named_round(strategy: GuardedStrategy, grid: _NamedGrid) -> str:
+    """Round 1 on ``grid``: site 11 replies, 22 fails, 33 sends nothing; the error."""
+    messages = list(strategy.configure_train(1, _initial(), ConfigRecord({}), grid))
+    assert sorted(m.metadata.dst_node_id for m in messages) == [11, 22, 33]
+    by_node = {m.metadata.dst_node_id: m for m in messages}
+    good = Message(
+        RecordDict(
+            {
+                "arrays": _initial(),
+                "metrics": MetricRecord({"num-examples": 5}),
+            }
+        ),
+        reply_to=by_node[11],
+    )
+    failed = Message(Error(0, "ClientApp crashed"), reply_to=by_node[22])
+    grid.nodes.pop(22)  # the failed site goes offline: its name is still known
+    with pytest.raises(NotEnoughSitesError) as err:
+        strategy.aggregate_train(1, [good, failed])
+    return str(err.value)
+
+
+def test_failed_and_missing_sites_are_named_by_their_registered_names(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One site replies, one fails, one sends nothing: the error, the log and the
+    verdicts name the failed site by its registration name, the silent one as well
+    (``node <id>`` when it was registered without a name)."""
+    strategy = build_strategy(StrategyOptions(min_sites=3, wait_for_sites_s=0.0))
+    grid = _NamedGrid()
+    caplog.set_level("INFO")
+    with server_identity(1):
+        text = _named_round(strategy, grid)
+    assert "facility-b: site error: ClientApp crashed" in text
+    assert "node 33: no reply" in text
+    assert {v.node_id: v.reason for v in strategy.rounds[1] if not v.accepted} == {
+        22: "site error: ClientApp crashed",
+        33: "no reply",
+    }
+    assert strategy.site(11) == "facility-a"
+    assert "dropped update from facility-b" in caplog.text
+    assert "facility-a = node 11" in caplog.text
+    assert "node 22" not in text
+
+
+def test_site_labels_tell_apart_a_name_two_nodes_share() -> None:
+    grid = _NamedGrid()
+    grid.nodes = {1: "same", 2: "same", 3: ""}
+    assert site_labels(grid) == {1: "same (node 1)", 2: "same (node 2)", 3: "node 3"}
