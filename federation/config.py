@@ -14,6 +14,7 @@ Relative paths are resolved against the folder that holds the YAML file.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -30,45 +31,6 @@ from cryodiscovery.federation.ledger import default_ledger_path
 NODE_CONFIG_KEY = "facility-config"
 #: Metrics the acceptance gate can compare (computed on the site's validation split).
 GATE_METRICS: tuple[str, ...] = ("auc", "balanced_accuracy")
-
-FACILITY_CONFIG_EXAMPLE = """\
-# federation.yaml: opt-in settings of one facility (a Flower SuperNode "sidecar").
-enabled: false                       # nothing is harvested or sent unless true
-superlink: fed.example.org:9092      # host:port the SuperNode connects to (TLS)
-ca_certificate: /etc/cryodiscovery/ca.crt        # CA that signed the server certificate
-node_private_key: /etc/cryodiscovery/node_key    # this node's EC key (OpenSSH format)
-data:                                # where labelled Class2D jobs are harvested from
-  relion_projects: [/data/relion/projectA]       # Class2D jobs a Select job selected from
-  cryosparc_folders: [/data/cryosparc/P3]        # 2D jobs with Select 2D outputs
-  generated_folders: []                          # folders made by the generator
-caps:
-  max_classes: 20000                 # at most this many classes are used
-  local_epochs: 1                    # local epochs per federated round (upper bound)
-  batch_size: 32
-  threads: 0                         # CPU threads for training; 0 = torch's default
-validation:
-  fraction: 0.2                      # share of classes kept for the local validation split
-  seed: 0
-acceptance:                          # gate before scoring switches to a new global model
-  metric: auc                        # auc | balanced_accuracy, on the validation split
-  tolerance: 0.01                    # accept unless worse than the current model by more
-model_path: /facility/cryodiscovery/model.pt     # the model scoring uses (--model PATH)
-personalise:                         # fine-tune the final global model on this site's
-  epochs: 0                          #   own classes before the gate (0 = off)
-  learning_rate: 0.0005
-# cache_dir: /var/cache/cryodiscovery  # harvest cache (holds class images: stays here);
-#                                      # default ~/.cache/cryodiscovery/harvest, null = off
-# worker_socket: /run/cryodiscovery/site.sock  # long-running site worker (optional;
-#                                      # `cryodiscovery federation worker --config FILE`)
-privacy:
-  dp:                                # optional: clip each update and add Gaussian noise
-    clipping_norm: 1.0               # L2 bound on the weights delta of one round
-    noise_multiplier: 0.5            # noise std = noise_multiplier * clipping_norm
-    max_epsilon: 10                  # optional budget (delta 1e-5) over all runs
-    # ledger: /var/lib/cryodiscovery/privacy-ledger.jsonl   # every noised update sent;
-    #                                # default ~/.local/state/cryodiscovery/...
-  secagg: false                      # SecAgg+ (the server must run with secagg too)
-"""
 
 
 @dataclass(frozen=True)
@@ -190,6 +152,52 @@ class FacilityConfig:
     worker_socket: Path | None = None
 
 
+def _y(value: object) -> str:
+    """A YAML scalar (JSON's spelling of numbers and booleans is YAML's)."""
+    return json.dumps(value)
+
+
+#: A complete, commented federation.yaml; the defaults in it are the dataclasses'.
+FACILITY_CONFIG_EXAMPLE = f"""\
+# federation.yaml: opt-in settings of one facility (a Flower SuperNode "sidecar").
+enabled: {_y(FacilityConfig.enabled)}                       # nothing is harvested or sent unless true
+superlink: fed.example.org:9092      # host:port the SuperNode connects to (TLS)
+ca_certificate: /etc/cryodiscovery/ca.crt        # CA that signed the server certificate
+node_private_key: /etc/cryodiscovery/node_key    # this node's EC key (OpenSSH format)
+data:                                # where labelled Class2D jobs are harvested from
+  relion_projects: [/data/relion/projectA]       # Class2D jobs a Select job selected from
+  cryosparc_folders: [/data/cryosparc/P3]        # 2D jobs with Select 2D outputs
+  generated_folders: []                          # folders made by the generator
+caps:
+  max_classes: {_y(Caps.max_classes)}                 # at most this many classes are used
+  local_epochs: {_y(Caps.local_epochs)}                    # local epochs per federated round (upper bound)
+  batch_size: {_y(Caps.batch_size)}
+  threads: {_y(Caps.threads)}                         # CPU threads for training; 0 = torch's default
+validation:
+  fraction: {_y(FacilityConfig.validation_fraction)}                      # share of classes kept for the local validation split
+  seed: {_y(FacilityConfig.validation_seed)}
+acceptance:                          # gate before scoring switches to a new global model
+  metric: {AcceptanceOptions.metric}                        # auc | balanced_accuracy, on the validation split
+  tolerance: {_y(AcceptanceOptions.tolerance)}                    # accept unless worse than the current model by more
+model_path: /facility/cryodiscovery/model.pt     # the model scoring uses (--model PATH)
+personalise:                         # fine-tune the final global model on this site's
+  epochs: {_y(PersonaliseOptions.epochs)}                          #   own classes before the gate (0 = off)
+  learning_rate: {_y(PersonaliseOptions.learning_rate)}
+# cache_dir: /var/cache/cryodiscovery  # harvest cache (holds class images: stays here);
+#                                      # default ~/.cache/cryodiscovery/harvest, null = off
+# worker_socket: /run/cryodiscovery/site.sock  # long-running site worker (optional;
+#                                      # `cryodiscovery federation worker --config FILE`)
+privacy:
+  dp:                                # optional: clip each update and add Gaussian noise
+    clipping_norm: 1.0               # L2 bound on the weights delta of one round
+    noise_multiplier: 0.5            # noise std = noise_multiplier * clipping_norm
+    max_epsilon: 10                  # optional budget (delta 1e-5) over all runs
+    # ledger: /var/lib/cryodiscovery/privacy-ledger.jsonl   # every noised update sent;
+    #                                # default ~/.local/state/cryodiscovery/...
+  secagg: {_y(PrivacyOptions.secagg)}                      # SecAgg+ (the server must run with secagg too)
+"""
+
+
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/cryodiscovery/harvest``, else ``~/.cache/cryodiscovery/harvest``."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -241,7 +249,11 @@ class _Reader:
             raise self.bad(key, f"must be true or false, got {value!r}")
         return value
 
-    def number(self, key: str, default: float, lo: float, hi: float) -> float:
+    def number(self, key: str, default: float | None, lo: float, hi: float) -> float:
+        """The number at ``key`` in [lo, hi]; ``default`` when absent (``None``: the
+        key is required)."""
+        if default is None and key not in self.data:
+            raise self.bad(key, "is required")
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.bad(key, f"must be a number, got {value!r}")
@@ -313,7 +325,7 @@ def load_facility_config(path: str | Path) -> FacilityConfig:
 def facility_config_from_dict(data: Any, source: Path) -> FacilityConfig:
     """Validate an already parsed YAML document; ``source`` names it in errors."""
     top = _Reader(source, data, "", _TOP_KEYS)
-    enabled = top.boolean("enabled", False)
+    enabled = top.boolean("enabled", FacilityConfig.enabled)
     superlink = top.data.get("superlink", "")
     if not isinstance(superlink, str):
         raise top.bad("superlink", f"must be host:port, got {superlink!r}")
@@ -333,7 +345,7 @@ def facility_config_from_dict(data: Any, source: Path) -> FacilityConfig:
     val = top.sub("validation", ("fraction", "seed"))
     acc = top.sub("acceptance", ("metric", "tolerance"))
     per = top.sub("personalise", ("epochs", "learning_rate"))
-    metric = acc.data.get("metric", "auc")
+    metric = acc.data.get("metric", AcceptanceOptions.metric)
     if metric not in GATE_METRICS:
         raise acc.bad(
             "metric", f"must be one of {', '.join(GATE_METRICS)}, got {metric!r}"
@@ -350,20 +362,27 @@ def facility_config_from_dict(data: Any, source: Path) -> FacilityConfig:
             generated_folders=d.paths("generated_folders"),
         ),
         caps=Caps(
-            max_classes=caps.integer("max_classes", 20000, 1, 10_000_000),
-            local_epochs=caps.integer("local_epochs", 1, 1, 1000),
-            batch_size=caps.integer("batch_size", 32, 1, 4096),
-            threads=caps.integer("threads", 0, 0, 1024),
+            max_classes=caps.integer("max_classes", Caps.max_classes, 1, 10_000_000),
+            local_epochs=caps.integer("local_epochs", Caps.local_epochs, 1, 1000),
+            batch_size=caps.integer("batch_size", Caps.batch_size, 1, 4096),
+            threads=caps.integer("threads", Caps.threads, 0, 1024),
         ),
-        validation_fraction=val.number("fraction", 0.2, 0.05, 0.5),
-        validation_seed=val.integer("seed", 0, 0, 2**31 - 1),
+        validation_fraction=val.number(
+            "fraction", FacilityConfig.validation_fraction, 0.05, 0.5
+        ),
+        validation_seed=val.integer(
+            "seed", FacilityConfig.validation_seed, 0, 2**31 - 1
+        ),
         acceptance=AcceptanceOptions(
-            metric=str(metric), tolerance=acc.number("tolerance", 0.01, 0.0, 1.0)
+            metric=str(metric),
+            tolerance=acc.number("tolerance", AcceptanceOptions.tolerance, 0.0, 1.0),
         ),
         model_path=top.path("model_path", must_exist=False),
         personalise=PersonaliseOptions(
-            epochs=per.integer("epochs", 0, 0, 100),
-            learning_rate=per.number("learning_rate", 5e-4, 1e-7, 1.0),
+            epochs=per.integer("epochs", PersonaliseOptions.epochs, 0, 100),
+            learning_rate=per.number(
+                "learning_rate", PersonaliseOptions.learning_rate, 1e-7, 1.0
+            ),
         ),
         privacy=_privacy(top.sub("privacy", ("dp", "secagg"))),
         cache_dir=(
@@ -392,13 +411,13 @@ def _privacy(reader: _Reader) -> PrivacyOptions:
             if key not in sub.data:
                 raise sub.bad(key, "is required when privacy.dp is given")
         dp = DPOptions(
-            clipping_norm=sub.number("clipping_norm", 1.0, 1e-6, 1e6),
-            noise_multiplier=sub.number("noise_multiplier", 0.0, 0.0, 1e3),
+            clipping_norm=sub.number("clipping_norm", None, 1e-6, 1e6),
+            noise_multiplier=sub.number("noise_multiplier", None, 0.0, 1e3),
             ledger=sub.path("ledger", must_exist=False) or default_ledger_path(),
             max_epsilon=(
-                sub.number("max_epsilon", 0.0, 1e-3, 1e6)
+                sub.number("max_epsilon", None, 1e-3, 1e6)
                 if sub.data.get("max_epsilon") is not None
                 else None
             ),
         )
-    return PrivacyOptions(dp=dp, secagg=reader.boolean("secagg", False))
+    return PrivacyOptions(dp=dp, secagg=reader.boolean("secagg", PrivacyOptions.secagg))

@@ -1,55 +1,56 @@
 """The ServerApp's settings, converted once from Flower's run config
 (``[tool.flwr.app.config]`` in the app's pyproject.toml, or ``flwr run --run-config``).
 
-Unknown keys are an error naming the key. Flower lets ``--run-config`` override only keys
-the app's ``[tool.flwr.app.config]`` declares, so that table must list every key of
-:data:`RUN_CONFIG_KEYS` (``federation/flwr_app/pyproject.toml``).
+Unknown keys are an error naming the key. Each key's default is written once, in the
+app's ``[tool.flwr.app.config]`` (``federation/flwr_app/pyproject.toml``, read by
+:mod:`run_defaults`), which declares every key of :data:`RUN_CONFIG_KEYS` (Flower lets
+``--run-config`` override only declared keys).
 
-==========================  =========  =================================================
-key                         default    meaning
-==========================  =========  =================================================
-num-rounds                  3          federated rounds
-strategy                    "fedavg"   fedavg fedprox fedadam fedyogi trimmed-mean
-                                       median krum
-min-sites                   2          sites needed to start a round and to aggregate
-fraction-train              1.0        fraction of connected sites asked to train
-round-timeout               600        seconds to wait for replies per phase
-wait-for-sites              300        seconds to wait for min-sites to connect
-local-epochs                1          epochs per round (a site may cap it lower)
-evaluate-every              1          sites evaluate the global model of every Nth round
-                                       on their validation split, before training on it
-                                       in the next round (one message per site and round;
-                                       see :mod:`evaluation`; sites not sampled for
-                                       training do not report); the last round's model in
-                                       an evaluate message (where their gate runs)
-learning-rate               0.001      local learning rate
-lr-decay                    "none"     "cosine": the rate sent in round r falls from
-                                       learning-rate to 5% of it over num-rounds
-                                       (:meth:`ServerSettings.round_learning_rate`)
-local-lr-schedule           "constant" the rate within a site's round: "constant", or
-                                       "onecycle" (warm up, then anneal to ~0: every
-                                       round ends at the site's own optimum)
-proximal-mu                 0.01       FedProx proximal weight
-server-lr, tau              0.01,1e-3  FedAdam/FedYogi server step and adaptivity
-trim-beta                   0.2        trimmed mean: fraction cut from each tail
-krum-byzantine              0          Krum: sites assumed malicious
-max-update-norm             0.0        L2 bound on a site's weights delta (0: relative)
-max-relative-update         1.0        bound = this x ||global weights|| when 0 above
-max-examples                1000000    largest num-examples a site may claim
-dp-noise-multiplier         0.0        central DP noise (with dp-clipping-norm > 0)
-dp-clipping-norm            0.0        sites clip their delta to this L2 norm; central
-                                       DP runs fedavg or fedprox, every site's update
-                                       weighted equally
-seed                        0          training seed base
-registry                    ""         model registry folder ("" = none)
-initial-model               ""         start model; "" = registry's latest, else the
-                                       shipped default
-validation-seeds            "424242"   comma-separated generator seeds (one run each)
-validation-classes          60         classes per generated validation run
-target-fnr                  0.03       threshold calibration on the validation set
-secagg                      false      SecAgg+ (fedavg only, no central DP; see secagg)
-secagg-clipping-range       1.0        SecAgg+ fixed-point range of each delta value
-==========================  =========  =================================================
+==========================  ==========================================================
+key                         meaning
+==========================  ==========================================================
+num-rounds                  federated rounds
+strategy                    fedavg fedprox fedadam fedyogi trimmed-mean
+                            median krum
+min-sites                   sites needed to start a round and to aggregate
+fraction-train              fraction of connected sites asked to train
+round-timeout               seconds to wait for replies per phase
+wait-for-sites              seconds to wait for min-sites to connect
+local-epochs                epochs per round (a site may cap it lower)
+evaluate-every              sites evaluate the global model of every Nth round
+                            on their validation split, before training on it
+                            in the next round (one message per site and round;
+                            see :mod:`evaluation`; sites not sampled for
+                            training do not report); the last round's model in
+                            an evaluate message (where their gate runs)
+learning-rate               local learning rate
+lr-decay                    "cosine": the rate sent in round r falls from
+                            learning-rate to 5% of it over num-rounds
+                            (:meth:`ServerSettings.round_learning_rate`)
+local-lr-schedule           the rate within a site's round: "constant", or
+                            "onecycle" (warm up, then anneal to ~0: every
+                            round ends at the site's own optimum)
+proximal-mu                 FedProx proximal weight
+server-lr, tau              FedAdam/FedYogi server step and adaptivity
+trim-beta                   trimmed mean: fraction cut from each tail
+krum-byzantine              Krum: sites assumed malicious
+max-update-norm             L2 bound on a site's weights delta (0: relative)
+max-relative-update         bound = this x ||global weights|| when 0 above
+max-examples                largest num-examples a site may claim
+dp-noise-multiplier         central DP noise (with dp-clipping-norm > 0)
+dp-clipping-norm            sites clip their delta to this L2 norm; central
+                            DP runs fedavg or fedprox, every site's update
+                            weighted equally
+seed                        training seed base
+registry                    model registry folder ("" = none)
+initial-model               start model; "" = registry's latest, else the
+                            shipped default
+validation-seeds            comma-separated generator seeds (one run each)
+validation-classes          classes per generated validation run
+target-fnr                  threshold calibration on the validation set
+secagg                      SecAgg+ (fedavg only, no central DP; see secagg)
+secagg-clipping-range       SecAgg+ fixed-point range of each delta value
+==========================  ==========================================================
 
 Public API (server_app, tests, benchmarks, the deployment's app config; keep it stable)::
 
@@ -65,8 +66,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryodiscovery.core.training import LR_SCHEDULES
+from cryodiscovery.core.model.training import LR_SCHEDULES
+from cryodiscovery.federation.run_defaults import default
 from cryodiscovery.federation.strategy import StrategyOptions
+
+
+def _path(value: Any) -> Path | None:
+    """A path setting; ``""`` means none."""
+    return Path(value).expanduser() if value else None
+
+
+def _seeds(value: Any) -> tuple[int, ...]:
+    """``"1,2"`` -> ``(1, 2)``."""
+    try:
+        return tuple(int(s) for s in str(value).split(",") if s.strip())
+    except ValueError as err:
+        raise ValueError(
+            "run config 'validation-seeds' must be integers, e.g. \"1,2\""
+        ) from err
 
 
 @dataclass(frozen=True)
@@ -74,20 +91,20 @@ class ServerSettings:
     """Everything the server needs, converted once from the run config."""
 
     strategy: StrategyOptions = field(default_factory=StrategyOptions)
-    num_rounds: int = 3
-    local_epochs: int = 1
-    evaluate_every: int = 1
-    learning_rate: float = 1e-3
-    lr_decay: str = "none"
-    local_lr_schedule: str = "constant"
-    seed: int = 0
-    registry: Path | None = None
-    initial_model: Path | None = None
-    validation_seeds: tuple[int, ...] = (424242,)
-    validation_classes: int = 60
-    target_fnr: float = 0.03
-    secagg: bool = False
-    secagg_clipping_range: float = 1.0
+    num_rounds: int = int(default("num-rounds"))
+    local_epochs: int = int(default("local-epochs"))
+    evaluate_every: int = int(default("evaluate-every"))
+    learning_rate: float = float(default("learning-rate"))
+    lr_decay: str = str(default("lr-decay"))
+    local_lr_schedule: str = str(default("local-lr-schedule"))
+    seed: int = int(default("seed"))
+    registry: Path | None = _path(default("registry"))  # noqa: RUF009 (immutable)
+    initial_model: Path | None = _path(default("initial-model"))  # noqa: RUF009
+    validation_seeds: tuple[int, ...] = _seeds(default("validation-seeds"))
+    validation_classes: int = int(default("validation-classes"))
+    target_fnr: float = float(default("target-fnr"))
+    secagg: bool = bool(default("secagg"))
+    secagg_clipping_range: float = float(default("secagg-clipping-range"))
 
     def round_learning_rate(self, server_round: int) -> float:
         """The local learning rate sent to sites in ``server_round`` (1-based).
@@ -182,17 +199,10 @@ def settings_from_run_config(run_config: Mapping[str, Any]) -> ServerSettings:
             known = ", ".join(RUN_CONFIG_KEYS)
             raise ValueError(f"unknown run config key '{key}' (known: {known})")
     for key in ("registry", "initial_model"):
-        server[key] = Path(server[key]).expanduser() if server.get(key) else None
+        if key in server:
+            server[key] = _path(server[key])
     if "validation_seeds" in server:
-        try:
-            seeds = tuple(
-                int(s) for s in server["validation_seeds"].split(",") if s.strip()
-            )
-        except ValueError as err:
-            raise ValueError(
-                "run config 'validation-seeds' must be integers, e.g. \"1,2\""
-            ) from err
-        server["validation_seeds"] = seeds
+        server["validation_seeds"] = _seeds(server["validation_seeds"])
     settings = ServerSettings(strategy=StrategyOptions(**strat), **server)
     checks = {
         "num-rounds": settings.num_rounds >= 1,

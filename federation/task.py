@@ -1,5 +1,5 @@
 """Glue between Flower messages and the core model: what is exchanged, local training and
-evaluation on top of :mod:`cryodiscovery.core.training`, and the acceptance gate.
+evaluation on top of :mod:`cryodiscovery.core.model.training`, and the acceptance gate.
 
 What crosses the network is the floating-point state of every ensemble member (weights
 and BatchNorm running statistics), keyed ``m<i>.<name>`` (:func:`named_arrays`) and
@@ -41,19 +41,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.optim.optimizer as torch_optimizer
-from cryodiscovery.core.calibration import threshold_for_fnr
-from cryodiscovery.core.checkpoint import ClassScorer
 from cryodiscovery.core.classes import ClassAverages, Label
-from cryodiscovery.core.ensemble import BoostConfig, train_members
-from cryodiscovery.core.metrics import classification_report
-from cryodiscovery.core.nets import ClassNet, NetConfig
-from cryodiscovery.core.preprocess import PreprocessConfig
-from cryodiscovery.core.training import (
+from cryodiscovery.core.model.calibration import threshold_for_fnr
+from cryodiscovery.core.model.ensemble import BoostConfig, train_members
+from cryodiscovery.core.model.nets import ClassNet, NetConfig
+from cryodiscovery.core.model.preprocess import PreprocessConfig
+from cryodiscovery.core.model.scorer import ClassScorer
+from cryodiscovery.core.model.training import (
     LR_SCHEDULES,
     TrainConfig,
     TrainingSet,
     build_training_set,
 )
+from cryodiscovery.core.report.metrics import classification_report
 from cryodiscovery.federation.wire import is_packed, pack, unpack
 from flwr.app import Array, ArrayRecord
 
@@ -176,7 +176,7 @@ class LocalTrainOptions:
     """One site's training in one round.
 
     ``proximal_mu > 0`` adds FedProx's ``mu/2 * ||w - w_global||^2`` to the loss;
-    ``schedule``: the learning rate within this training (``core.training.LR_SCHEDULES``).
+    ``schedule``: the learning rate within this training (``core.model.training.LR_SCHEDULES``).
     """
 
     epochs: int = 1
@@ -200,15 +200,16 @@ def train_options(
         value = config.get(key, default)
         return float(value) if isinstance(value, int | float) else default
 
-    schedule = config.get("lr-schedule", "onecycle")
+    fallback = LocalTrainOptions()  # for keys the server did not send
+    schedule = config.get("lr-schedule", fallback.schedule)
     if schedule not in LR_SCHEDULES:
         raise ValueError(f"unknown lr-schedule {schedule!r} from the server")
     return LocalTrainOptions(
-        epochs=max(1, min(int(number("local-epochs", 1)), max_epochs)),
+        epochs=max(1, min(int(number("local-epochs", fallback.epochs)), max_epochs)),
         batch_size=batch_size,
-        lr=number("learning-rate", 1e-3),
-        proximal_mu=number("proximal-mu", 0.0),
-        seed=int(number("seed", 0)) + 7919 * int(number("server-round", 0)),
+        lr=number("learning-rate", fallback.lr),
+        proximal_mu=number("proximal-mu", fallback.proximal_mu),
+        seed=int(number("seed", fallback.seed)) + 7919 * int(number("server-round", 0)),
         schedule=str(schedule),
     )
 
@@ -226,7 +227,7 @@ class LocalTrainResult:
 @contextlib.contextmanager
 def _proximal_term(reference: list[torch.Tensor], mu: float) -> Iterator[None]:
     """Add FedProx's gradient ``mu * (w - w_ref)`` before each optimizer step of this
-    thread whose parameters match ``reference``, so ``core.training`` is used unchanged."""
+    thread whose parameters match ``reference``, so ``core.model.training`` is used unchanged."""
     if mu <= 0:
         yield
         return
@@ -277,9 +278,9 @@ def train_locally(
 ) -> LocalTrainResult:
     """Fine-tune every member of ``scorer`` on the site's classes for ``options.epochs``.
 
-    Members are trained in order as in :func:`~cryodiscovery.core.ensemble.train_boosted`
+    Members are trained in order as in :func:`~cryodiscovery.core.model.ensemble.train_boosted`
     (the second with emphasis on the first one's errors, the third on their
-    disagreement), each by :func:`~cryodiscovery.core.training.train_net` starting from
+    disagreement), each by :func:`~cryodiscovery.core.model.training.train_net` starting from
     the received weights; the ensemble rule and member count never change.
     """
     start = time.perf_counter()
