@@ -293,10 +293,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     candidate = _global_model(msg)
     ev = task.evaluate_scorer(candidate, data.validation)
     server_round = _int(config, "server-round", 0)
-    if server_round >= _int(config, "num-rounds", 1 << 30):
-        _gate(cfg, candidate, data, server_round, ev)
     metrics = MetricRecord(site_metrics(ev))
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    content = RecordDict({"metrics": metrics})
+    if server_round >= _int(config, "num-rounds", 1 << 30):
+        outcome, reason = _gate(cfg, candidate, data, config, ev)
+        metrics.update(outcome)  # the server logs it and records it in the registry
+        content["gate"] = ConfigRecord({"reason": reason})
+    return Message(content, reply_to=msg)
 
 
 def current_model(cfg: FacilityConfig) -> ClassScorer | None:
@@ -313,14 +316,19 @@ def _gate(
     cfg: FacilityConfig,
     candidate: ClassScorer,
     data: Harvest,
-    rnd: int,
+    config: ConfigRecord,
     evaluated: task.Evaluation,
-) -> None:
+) -> tuple[dict[str, float], str]:
     """Personalise (when set), gate and install the final global model
-    (``evaluated``: the global model on the site's validation split)."""
+    (``evaluated``: the global model on the site's validation split); the decision as
+    ``gate-installed`` (1/0), ``gate-candidate``, ``gate-current`` (the compared metric,
+    finite ones) and its reason. The install record names the registry version the
+    server published the model as (``config``'s ``registry-version``/``-sha256``); the
+    installed file's own checksum differs (this site writes it, with its own name)."""
+    rnd = _int(config, "server-round", 0)
     if cfg.model_path is None:
         log.info("no model_path configured: the global model is not installed")
-        return
+        return {"gate-installed": 0.0}, "no model_path configured: not installed"
     personal = gate.personalise_for_site(cfg, candidate, data, rnd)
     if personal is not candidate:
         candidate = personal
@@ -333,15 +341,27 @@ def _gate(
         cfg.acceptance.tolerance,
         evaluated,
     )
+    outcome = {
+        k: v
+        for k, v in (
+            ("gate-installed", float(decision.accepted)),
+            ("gate-candidate", decision.candidate),
+            ("gate-current", decision.current),
+        )
+        if math.isfinite(v)
+    }
     if not decision.accepted:
         log.warning("acceptance gate: kept the current model: %s", decision.reason)
-        return
+        return outcome, f"kept the current model: {decision.reason}"
     record: dict[str, Any] = {
         "source": "federation",
         "server_round": rnd,
+        "registry_version": config.get("registry-version"),
+        "registry_sha256": config.get("registry-sha256"),
         "gate": decision.reason,
         "personalised_epochs": gate.personalised_epochs(candidate),
         "installed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     gate.install_model(candidate, cfg.model_path, record)
     log.info("acceptance gate: installed the global model: %s", decision.reason)
+    return outcome, f"installed: {decision.reason}"

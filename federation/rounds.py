@@ -145,22 +145,7 @@ class FederationRun:
         t_server = time.perf_counter()
         site_metrics: MetricRecord | None = None
         if rnd == self.settings.num_rounds:  # earlier models: on the next train message
-            config = ConfigRecord(
-                {
-                    "model-spec": task.model_spec(candidate),
-                    "num-rounds": self.settings.num_rounds,
-                }
-            )
-            site_metrics = self.strategy.aggregate_evaluate(
-                rnd,
-                send_and_receive(
-                    self.grid,
-                    self.strategy.configure_evaluate(
-                        rnd, new_arrays, config, self.grid
-                    ),
-                    timeout,
-                ),
-            )
+            site_metrics = self._final_evaluation(rnd, new_arrays, candidate, timeout)
         log.info(
             "round %d timing: send train %.2f s, wait for train replies %.2f s, "
             "screen+aggregate+central evaluation+publish %.2f s, evaluate phase %.2f s",
@@ -195,6 +180,47 @@ class FederationRun:
         self._log_round(summary)
         self.result.rounds.append(summary)
         return new_arrays, candidate
+
+    def _final_evaluation(
+        self,
+        rnd: int,
+        arrays: ArrayRecord,
+        candidate: ClassScorer,
+        timeout: float,
+    ) -> MetricRecord | None:
+        """Sites evaluate the final model and run their gate (the message names the
+        registry version, which a site records with the model it installs); their
+        results are logged and added to that version in the registry."""
+        config: dict[str, Any] = {
+            "model-spec": task.model_spec(candidate),
+            "num-rounds": self.settings.num_rounds,
+        }
+        version = self.result.versions[-1] if self.result.versions else None
+        if version is not None and version.server_round == rnd:
+            config["registry-version"] = version.version
+            config["registry-sha256"] = version.sha256
+        messages = self.strategy.configure_evaluate(
+            rnd, arrays, ConfigRecord(config), self.grid
+        )
+        metrics = self.strategy.aggregate_evaluate(
+            rnd, send_and_receive(self.grid, messages, timeout)
+        )
+        if metrics is not None:
+            log.info(
+                "round %d final model, as the sites evaluated it: %s",
+                rnd,
+                ", ".join(
+                    f"{k} {v:.4g}"
+                    for k, v in sorted(metrics.items())
+                    if not isinstance(v, list)
+                ),
+            )
+        results = self.strategy.site_results.get(rnd, {})
+        if version is not None and self.registry is not None and results:
+            self.result.versions[-1] = self.registry.record_site_results(
+                version.version, results
+            )
+        return metrics
 
     def train_config(
         self, rnd: int, scorer: ClassScorer, evaluate: bool = True

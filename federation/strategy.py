@@ -227,6 +227,8 @@ class GuardedStrategy(Strategy):
         self._reference: ArrayRecord | None = None
         self._labels: dict[int, str] = {}
         self._asked: set[int] = set()
+        #: round -> site -> its evaluation reply (metrics, gate decision)
+        self.site_results: dict[int, dict[str, dict[str, Any]]] = {}
 
     def site(self, node_id: int) -> str:
         """The site's registered name (``node <id>`` when it has none)."""
@@ -360,6 +362,7 @@ class GuardedStrategy(Strategy):
                 )
             elif len(msg.content.metric_records) == 1 and not msg.content.array_records:
                 good.append(msg)
+                self._record_site_result(server_round, msg)
             else:
                 log.warning(
                     "round %d: dropped malformed evaluation reply from %s",
@@ -369,6 +372,27 @@ class GuardedStrategy(Strategy):
         if not good:
             return None
         return aggregate_metrics([m.content for m in good], NUM_EXAMPLES)
+
+    def _record_site_result(self, server_round: int, msg: Message) -> None:
+        """Keep and log one site's evaluation reply: its metrics and, after the last
+        round, its gate decision (``gate-*`` metrics, ``gate`` config ``reason``)."""
+        site = self.site(msg.metadata.src_node_id)
+        metrics = next(iter(msg.content.metric_records.values()))
+        result: dict[str, Any] = {
+            k: float(v) for k, v in metrics.items() if isinstance(v, int | float)
+        }
+        gate = msg.content.config_records.get("gate")
+        if gate is not None and isinstance(gate.get("reason"), str):
+            result["gate"] = str(gate["reason"])
+        self.site_results.setdefault(server_round, {})[site] = result
+        shown = ", ".join(
+            f"{k} {v:.4g}" for k, v in sorted(result.items()) if k != "gate"
+        )
+        if "gate" in result:
+            shown += f"; gate: {result['gate']}"
+        log.info(
+            "round %d: %s evaluated the global model: %s", server_round, site, shown
+        )
 
 
 def wait_for_sites(grid: Grid, minimum: int, seconds: float) -> list[int]:

@@ -19,6 +19,7 @@ from cryodiscovery.federation.harvest import harvest
 from cryodiscovery.federation.registry import ModelRegistry
 from cryodiscovery.federation.strategy import NotEnoughSitesError
 from fed_fixtures import make_sites, run_apps, run_config, save_initial
+from flwr.app import ConfigRecord
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,6 @@ def test_sites_send_weights_and_scalar_metrics_only(
     trains: dict[int, int] = {}
     for transfer in up:
         content = transfer.message.content
-        assert not content.config_records
         (metrics,) = content.metric_records.values()
         if transfer.message_type == "train":
             (arrays,) = content.array_records.values()
@@ -107,15 +107,26 @@ def test_sites_send_weights_and_scalar_metrics_only(
             # round 2's replies also evaluate the round-1 model they received
             extra = received if trains[transfer.node_id] == 2 else set()
             assert set(metrics.keys()) == {"num-examples", "loss"} | extra
+            assert not content.config_records
         else:
             assert not content.array_records
-            assert set(metrics.keys()) == {
-                "num-examples",
-                "loss",
-                "auc",
-                "balanced-accuracy",
-                "fnr",
-            }
+            # the gate's decision (the compared metric, where there was a comparison)
+            gate_keys = {"gate-installed"} | (
+                {"gate-candidate", "gate-current"} if transfer.node_id != 3 else set()
+            )
+            assert (
+                set(metrics.keys())
+                == {
+                    "num-examples",
+                    "loss",
+                    "auc",
+                    "balanced-accuracy",
+                    "fnr",
+                }
+                | gate_keys
+            )
+            (gate_record,) = content.config_records.values()
+            assert list(gate_record.keys()) == ["reason"]
 
 
 def test_gate_installs_the_last_global_model_where_allowed(
@@ -127,12 +138,29 @@ def test_gate_installs_the_last_global_model_where_allowed(
     assert installed is not None and installed.is_file()
     record = json.loads(gate.install_record_path(installed).read_text())
     assert record["server_round"] == 2 and record["source"] == "federation"
+    # the registry version it came from (the file itself is written by the site)
+    assert record["registry_version"] == latest.version
+    assert record["registry_sha256"] == latest.sha256
     model = load_scorer(installed)
     assert model.sha256 == record["sha256"]
     reference = load_scorer(latest.checkpoint)
     data = harvest(sites[1]).validation
     assert np.allclose(model.predict(data[0]), reference.predict(data[0]), atol=1e-6)
     assert sites[3].model_path is None  # no model_path: nothing installed
+
+
+def test_registry_records_each_sites_final_evaluation_and_gate_decision(
+    federation: SimpleNamespace,
+) -> None:
+    latest = federation.registry.latest()
+    results = latest.site_results
+    assert sorted(results) == ["node 1", "node 2", "node 3"]
+    assert all(0 <= r["auc"] <= 1 and r["num-examples"] > 0 for r in results.values())
+    assert results["node 1"]["gate-installed"] == 1.0
+    assert results["node 1"]["gate"].startswith("installed: candidate auc")
+    assert results["node 3"] == {**results["node 3"], "gate-installed": 0.0}
+    assert "no model_path" in results["node 3"]["gate"]
+    assert federation.registry.versions()[0].site_results == {}  # final version only
 
 
 def test_a_site_can_personalise_the_final_model_before_the_gate(
@@ -181,8 +209,13 @@ def test_gate_keeps_the_current_model_when_the_candidate_is_worse(
     assert task.evaluate_scorer(current, data.validation).auc > 0.55
     with caplog.at_level("WARNING"):
         evaluated = task.evaluate_scorer(inverted, data.validation)
-        client_app._gate(cfg, inverted, data, 2, evaluated)
+        outcome, reason = client_app._gate(
+            cfg, inverted, data, ConfigRecord({"server-round": 2}), evaluated
+        )
     assert "acceptance gate: kept the current model: candidate auc" in caplog.text
+    assert reason.startswith("kept the current model: candidate auc")
+    assert outcome["gate-installed"] == 0.0
+    assert outcome["gate-candidate"] < outcome["gate-current"]
     assert cfg.model_path.read_bytes() == before
 
 
