@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryodiscovery.core.checkpoint import ClassScorer, save_scorer
 from cryodiscovery.core.classes import ClassAverages
+from cryodiscovery.core.model.checkpoint import save_scorer
+from cryodiscovery.core.model.scorer import ClassScorer
 from cryodiscovery.core.outputs import atomic_path
 from cryodiscovery.federation import task
 

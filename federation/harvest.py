@@ -2,7 +2,7 @@
 
 Every labelled Class2D set under the configured roots (RELION projects: Class2D jobs a
 Select job selected from; cryoSPARC 2D jobs with Select 2D outputs; generated folders) is
-found by :func:`cryodiscovery.core.readers.find_labelled_sets`. Then:
+found by :func:`cryodiscovery.core.io.history.find_labelled_sets`. Then:
 
 - only classes with a label (selected or rejected) are kept;
 - duplicates are removed by the exact content of the class image (a job reached through
@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 from cryodiscovery.core.classes import ClassAverages, Label
 from cryodiscovery.core.errors import InputError
-from cryodiscovery.core.readers import find_labelled_sets
+from cryodiscovery.core.io.history import find_labelled_sets
 from cryodiscovery.federation.config import FacilityConfig
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def harvest(config: FacilityConfig, finder: Finder | None = None) -> Harvest:
     config:
         The facility configuration (data roots, caps, validation split).
     finder:
-        Replaces :func:`~cryodiscovery.core.readers.find_labelled_sets` (tests).
+        Replaces :func:`~cryodiscovery.core.io.history.find_labelled_sets` (tests).
     """
     found = _collect(config, _find(finder))
     first_label: dict[str, int] = {}

@@ -21,8 +21,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cryodiscovery.core.checkpoint import ClassScorer, load_scorer
 from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.model.checkpoint import load_scorer
+from cryodiscovery.core.model.scorer import ClassScorer
 from cryodiscovery.core.outputs import atomic_path, sha256_file
 from cryodiscovery.federation import gate, task
 from cryodiscovery.federation.accounting import DP_DELTA, local_dp_epsilon

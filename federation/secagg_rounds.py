@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from cryodiscovery.core.checkpoint import ClassScorer
+from cryodiscovery.core.model.scorer import ClassScorer
 from cryodiscovery.federation import task
 from cryodiscovery.federation.registry import Contribution
 from cryodiscovery.federation.rounds import (

@@ -31,8 +31,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from cryodiscovery.core.checkpoint import ClassScorer, load_scorer
 from cryodiscovery.core.classes import ClassAverages
+from cryodiscovery.core.model.checkpoint import load_scorer
+from cryodiscovery.core.model.scorer import ClassScorer
 from cryodiscovery.core.synthetic.generator import (
     SimulationConfig,
     simulate_class_averages,

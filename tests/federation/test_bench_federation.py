@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 import torch
-from cryodiscovery.core.checkpoint import load_scorer
+from cryodiscovery.core.model.checkpoint import load_scorer
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_federation.py"
 

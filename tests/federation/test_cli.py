@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cryodiscovery.core.checkpoint import load_scorer, save_scorer
 from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.model.checkpoint import load_scorer, save_scorer
 from cryodiscovery.core.outputs import sha256_file
 from cryodiscovery.federation import cli, gate, task
 from cryodiscovery.federation.accounting import rdp_epsilon

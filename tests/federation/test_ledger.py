@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from cryodiscovery.core.checkpoint import load_scorer
 from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.model.checkpoint import load_scorer
 from cryodiscovery.federation import client_app, task
 from cryodiscovery.federation.accounting import (
     DP_DELTA,

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from cryodiscovery.core.checkpoint import load_scorer
 from cryodiscovery.core.classes import METADATA_FIELDS
+from cryodiscovery.core.model.checkpoint import load_scorer
 from cryodiscovery.federation import task, wire
 from cryodiscovery.federation.accounting import local_dp_epsilon, rdp_epsilon
 from cryodiscovery.federation.config import load_facility_config
