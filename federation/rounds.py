@@ -23,7 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cryodiscovery.core.checkpoint import ClassScorer, save_scorer
+from cryodiscovery.core.model.checkpoint import save_scorer
+from cryodiscovery.core.model.scorer import ClassScorer
 from cryodiscovery.federation import task
 from cryodiscovery.federation.accounting import DP_DELTA, central_dp_record
 from cryodiscovery.federation.evaluation import EVALUATE_RECEIVED, received_metrics

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cryodiscovery.core.checkpoint import load_scorer, save_scorer
+from cryodiscovery.core.model.checkpoint import load_scorer, save_scorer
 from cryodiscovery.federation import client_app, gate, task
 from cryodiscovery.federation.config import load_facility_config
 from cryodiscovery.federation.harvest import harvest

@@ -1,4 +1,4 @@
-"""Model glue: what is exchanged, local training on core.training, FedProx, the gate."""
+"""Model glue: what is exchanged, local training on core.model.training, FedProx, the gate."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cryodiscovery.core.checkpoint import ClassScorer, load_scorer
 from cryodiscovery.core.classes import ClassAverages
+from cryodiscovery.core.model.checkpoint import load_scorer
+from cryodiscovery.core.model.scorer import ClassScorer
 from cryodiscovery.core.synthetic.generator import (
     SimulationConfig,
     simulate_class_averages,
