@@ -174,8 +174,9 @@ def count_parameters(model: nn.Module) -> int:
 
 
 BOOSTED = "boosted3"
+MEAN = "mean3"
 SINGLE = "single"
-RULES = (BOOSTED, SINGLE)
+RULES = (BOOSTED, MEAN, SINGLE)
 
 
 def combine_logits(member_logits: list[torch.Tensor], rule: str) -> torch.Tensor:
@@ -184,13 +185,15 @@ def combine_logits(member_logits: list[torch.Tensor], rule: str) -> torch.Tensor
     ``"boosted3"``: with ``p_i = sigmoid(z_i)`` and ``g = |p1 - p2|``, the result is
     ``(1 - g) * (p1 + p2) / 2 + g * p3``: the mean of the first two where they agree, the
     third member where they disagree, continuously in between (scores stay sortable).
+    ``"mean3"``: the mean of the three members' probabilities (less variance than any
+    one network: members trained from different seeds disagree most on real data).
 
     Parameters
     ----------
     member_logits:
-        One ``(n,)`` logit tensor per member (1 for ``"single"``, 3 for ``"boosted3"``).
+        One ``(n,)`` logit tensor per member (1 for ``"single"``, 3 otherwise).
     rule:
-        ``"single"`` or ``"boosted3"``.
+        ``"single"``, ``"boosted3"`` or ``"mean3"``.
 
     Returns
     -------
@@ -202,4 +205,6 @@ def combine_logits(member_logits: list[torch.Tensor], rule: str) -> torch.Tensor
         p1, p2, p3 = (torch.sigmoid(z) for z in member_logits)
         g = (p1 - p2).abs()
         return (1 - g) * 0.5 * (p1 + p2) + g * p3
+    if rule == MEAN and len(member_logits) == 3:
+        return torch.stack([torch.sigmoid(z) for z in member_logits]).mean(dim=0)
     raise ValueError(f"rule {rule!r} does not take {len(member_logits)} members")

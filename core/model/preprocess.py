@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from cryodiscovery.core.classes import ClassAverages
+from scipy import ndimage
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,14 @@ FEATURE_NAMES: tuple[str, ...] = (
     "log_eca",
     "mean_posterior",
 )
+
+#: How the network's window is placed on a class average: ``"box"`` resamples the
+#: whole box; ``"particle"`` cuts a window scaled to the particle's own extent first.
+FRAMINGS: tuple[str, ...] = ("box", "particle")
+
+#: Window sizes are rounded to steps of this ratio, so that few resampling matrices
+#: serve a whole job (each distinct size costs one matrix).
+_WINDOW_STEP = 1.03
 
 #: Length of the metadata vector: the features then one present flag per feature.
 N_META = 2 * len(FEATURE_NAMES)
@@ -74,12 +83,20 @@ class PreprocessConfig:
     size: int = 64
     clip: float = 6.0
     canonical_sign: bool = True
+    framing: str = "particle"
+    particle_fill: float = 0.45
 
     def __post_init__(self) -> None:
         if not 16 <= self.size <= 256 or self.size % 2:
             raise ValueError(f"size must be even and in 16-256, got {self.size}")
         if not self.clip > 0:
             raise ValueError(f"clip must be positive, got {self.clip}")
+        if self.framing not in FRAMINGS:
+            raise ValueError(f"framing must be one of {FRAMINGS}, got {self.framing!r}")
+        if not 0.1 <= self.particle_fill <= 0.9:
+            raise ValueError(
+                f"particle_fill must be in 0.1-0.9, got {self.particle_fill}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for a checkpoint."""
@@ -91,7 +108,8 @@ class PreprocessConfig:
         unknown = set(values) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown preprocessing keys {sorted(unknown)}")
-        return cls(**values)
+        # Models written before particle framing existed resampled the whole box.
+        return cls(**{"framing": "box", **values})
 
 
 def spectral_map(n_in: int, n_out: int) -> npt.NDArray[np.complex128]:
@@ -126,7 +144,7 @@ def _dft(n: int, inverse: bool = False) -> npt.NDArray[np.complex128]:
     return np.asarray(mat / n if inverse else mat, dtype=np.complex128)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def resampling_matrix(n_in: int, n_out: int) -> npt.NDArray[np.float64]:
     """Real ``(n_out, n_in)`` matrix ``A`` of 1-D Fourier resampling (mean preserved);
     a square image ``X`` resamples as ``A @ X @ A.T``."""
@@ -268,19 +286,107 @@ def normalise_images(
     return (x.reshape(n, s, s) * weights).unsqueeze(1)
 
 
+def particle_radius(images: npt.ArrayLike, mask: npt.ArrayLike) -> FloatArray:
+    """Radius (px) holding 85% of each image's contrast against its solvent.
+
+    The image is smoothed (σ = box / 64), the solvent level is the median of the outer
+    fifth of the mask, and each pixel inside the mask weighs by how far it stands from
+    that level beyond half the image's spread, so that solvent noise weighs nothing.
+    A centred particle gives its own radius; junk that fills the mask (noise, streaks,
+    edges) gives about the mask radius. Padding or cropping the box (as long as the
+    particle stays inside) leaves the value unchanged.
+
+    Parameters
+    ----------
+    images:
+        ``(n, b, b)`` images at their original sampling.
+    mask:
+        ``(n,)`` mask radii as fractions of half the box (:func:`mask_radius_fraction`).
+
+    Returns
+    -------
+    ``(n,)`` float32 radii in pixels of the original sampling.
+    """
+    imgs = np.asarray(images, dtype=np.float64)
+    masks = np.asarray(mask, dtype=np.float64)
+    n, box = imgs.shape[0], imgs.shape[-1]
+    c = (box - 1) / 2.0
+    yy, xx = np.mgrid[:box, :box]
+    r = np.hypot(yy - c, xx - c)
+    shells = np.minimum(r.astype(np.int64), box).ravel()
+    smooth = ndimage.gaussian_filter(imgs, (0.0, box / 64.0, box / 64.0))
+    out = np.empty(n, dtype=np.float32)
+    for i in range(n):
+        rm = float(masks[i]) * box / 2.0
+        inside = r <= 0.97 * rm
+        bg = np.median(smooth[i][inside & (r >= 0.8 * rm)])
+        spread = float(smooth[i][inside].std()) + 1e-12
+        w = np.where(inside, np.maximum(np.abs(smooth[i] - bg) / spread - 0.5, 0), 0)
+        total = float(w.sum())
+        if total <= 0:
+            out[i] = rm
+            continue
+        cum = np.cumsum(np.bincount(shells, w.ravel(), minlength=box + 1))
+        out[i] = float(np.searchsorted(cum, 0.85 * total)) + 0.5
+    return out
+
+
+def _window_sizes(
+    radius_px: FloatArray, mask_px: FloatArray, fill: float
+) -> npt.NDArray[np.int64]:
+    """Even window sizes (px) where the particle radius is ``fill`` of half the window,
+    kept within 0.6-2 mask radii and rounded to :data:`_WINDOW_STEP` steps."""
+    half = np.clip(radius_px / fill, 0.6 * mask_px, 2.0 * mask_px)
+    steps = np.round(np.log(np.maximum(2.0 * half, 8.0)) / np.log(_WINDOW_STEP))
+    sizes: npt.NDArray[np.int64] = (2 * np.round(_WINDOW_STEP**steps / 2.0)).astype(
+        np.int64
+    )
+    return sizes
+
+
+def _cut_window(images: FloatArray, size: int) -> FloatArray:
+    """Centred ``size`` window of ``(n, b, b)`` images; beyond the box: the corner level."""
+    box = images.shape[-1]
+    if size <= box:
+        o = (box - size) // 2
+        return images[:, o : o + size, o : o + size]
+    corner = np.median(images[:, [0, 0, -1, -1], [0, -1, 0, -1]], axis=1)
+    out = np.repeat(corner[:, None, None], size, axis=1).repeat(size, axis=2)
+    o = (size - box) // 2
+    out[:, o : o + box, o : o + box] = images
+    return out.astype(np.float32)
+
+
 def resample_classes(
     classes: ClassAverages, config: PreprocessConfig
 ) -> tuple[FloatArray, FloatArray]:
     """Internal-size images and mask radii of a set, not yet normalised.
 
+    With ``framing="particle"`` each image is first cut (or padded) to a centred window
+    in which the particle's radius (:func:`particle_radius`) is ``particle_fill`` of half
+    the window, so the network sees every particle at one scale whatever box and mask
+    the user chose; ``"box"`` resamples the whole box.
+
     Returns
     -------
-    ``(n, size, size)`` float32 images and ``(n,)`` float32 mask radius fractions.
+    ``(n, size, size)`` float32 images and ``(n,)`` float32 mask radius fractions
+    (of half the window).
     """
     imgs = classes.images
     if not np.isfinite(imgs).all():
         raise ValueError("class averages contain NaN or Inf values")
-    return fourier_resample(imgs, config.size), mask_radius_fraction(imgs)
+    mask = mask_radius_fraction(imgs)
+    if config.framing == "box":
+        return fourier_resample(imgs, config.size), mask
+    box = imgs.shape[-1]
+    mask_px = mask * box / 2.0
+    windows = _window_sizes(particle_radius(imgs, mask), mask_px, config.particle_fill)
+    out = np.empty((len(imgs), config.size, config.size), dtype=np.float32)
+    for size in np.unique(windows).tolist():
+        pick = np.flatnonzero(windows == size)
+        out[pick] = fourier_resample(_cut_window(imgs[pick], size), config.size)
+    radius = np.clip(mask_px / (windows / 2.0), 0.25, 1.0).astype(np.float32)
+    return out, radius
 
 
 def metadata_features(classes: ClassAverages) -> FloatArray:

@@ -136,7 +136,7 @@ def _sample_geometry(
     box = int(rng.choice(config.box_sizes))
     apix = _log_uniform(rng, *config.pixel_size_range)
     shape = _choose(rng, config.shapes, _SHAPE_WEIGHTS)
-    mask_px = box * rng.uniform(0.31, 0.46)
+    mask_px = box * rng.uniform(0.31, 0.5)
     filament = shape == "filament"
     fill = rng.uniform(0.9, 1.3) if filament else rng.uniform(0.45, 0.8)
     target = min(2 * mask_px * apix * fill, _LARGEST[shape])
@@ -146,7 +146,7 @@ def _sample_geometry(
         radius_px = float(np.percentile(radial, 99)) / apix + 2.0
     else:
         fill = rng.uniform(0.45, 0.8)
-        if not 0.25 * box <= molecule.diameter / 2 / apix / fill <= 0.47 * box:
+        if not 0.25 * box <= molecule.diameter / 2 / apix / fill <= 0.5 * box:
             # The molecule does not fit this sampling: resample within the allowed range.
             apix = float(
                 np.clip(
@@ -154,27 +154,32 @@ def _sample_geometry(
                 )
             )
         radius_px = molecule.diameter / 2 / apix
-        mask_px = float(np.clip(radius_px / fill, 0.25 * box, 0.47 * box))
+        mask_px = float(np.clip(radius_px / fill, 0.25 * box, 0.5 * box))
     molecule = bounded(molecule, apix, int(np.clip(0.6 * box * box, 6000, 30000)))
     return box, apix, shape, molecule, float(mask_px), float(radius_px)
 
 
 def _sample_physics_params(
-    config: SimulationConfig, rng: np.random.Generator
+    config: SimulationConfig, rng: np.random.Generator, diameter_A: float
 ) -> PhysicsParams:
     return PhysicsParams(
         defocus_um=_defocus_window(rng, config.defocus_range_um),
         amplitude_contrast=float(rng.uniform(*config.amplitude_contrast_range)),
         voltage_kv=config.voltage_kv,
         cs_mm=config.cs_mm,
-        bfactor=float(rng.uniform(30.0, 160.0)),
+        # 2D classes carry the alignment and heterogeneity blur of their particles:
+        # real classes are smooth on the scale of the particle (a Gaussian of D/60-D/15
+        # for a particle of diameter D), not resolved to its atoms.
+        bfactor=float(
+            8 * np.pi**2 * (diameter_A * _log_uniform(rng, 1 / 60, 1 / 15)) ** 2
+        ),
         low_noise_boost=float(_log_uniform(rng, 0.3, 8.0)),
         low_noise_scale_A=float(rng.uniform(30.0, 100.0)),
         high_noise_tilt=float(rng.uniform(0.0, 0.4)),
         detector_mtf=float(rng.uniform(0.5, 0.9)),
         tau2_fudge=float(rng.choice([1.0, 2.0, 2.0, 2.0, 3.0, 4.0])),
-        halo_strength=float(rng.uniform(0.1, 0.8)),
-        halo_scale=float(rng.uniform(0.5, 1.2)),
+        halo_strength=float(rng.uniform(0.5, 1.0)),
+        halo_scale=float(rng.uniform(0.6, 1.5)),
         noise_leak=float(rng.uniform(0.1, 0.6)),
     )
 
@@ -182,7 +187,7 @@ def _sample_physics_params(
 def _sample_run(config: SimulationConfig, rng: np.random.Generator) -> _Run:
     """Draw a run: box, sampling, molecule, mask, particle physics and counts."""
     box, apix, shape, molecule, mask_px, radius_px = _sample_geometry(config, rng)
-    params = _sample_physics_params(config, rng)
+    params = _sample_physics_params(config, rng, 2.0 * radius_px * apix)
     physics = make_physics(box, apix, _log_uniform(rng, *config.snr_range), params, rng)
     one = (np.zeros((1, 2)), np.ones(1), apix, box)
     refs = np.stack(

@@ -181,9 +181,32 @@ def good_view(scene: Scene, rng: np.random.Generator, blurry: bool = False) -> S
         1.0, scene.pixel_size / 2.5
     )  # Å-scale errors at coarse sampling
     jitter = Jitter(tilt, psi, shift, mis, int(rng.integers(6, 11)))
-    image = aligned_view(scene, rng, scene.view(rng), jitter)
+    view = scene.view(rng)
+    image = aligned_view(scene, rng, view, jitter)
     spread_ref = rng.uniform(0.05, 0.2) if blurry else rng.uniform(0.01, 0.08)
+    if rng.random() < 0.3:
+        # Real classes pool neighbouring views: a second view 10-20 degrees away.
+        turn = axis_rotation(rng.normal(size=3), np.deg2rad(rng.uniform(10.0, 20.0)))
+        w = rng.uniform(0.2, 0.5)
+        image = (1 - w) * image + w * aligned_view(scene, rng, turn @ view, jitter)
+        spread_ref += 0.5 * w * rng.uniform(0.05, 0.2)
+    if rng.random() < 0.25:
+        image = image + edge_neighbour(scene, rng)
     return Signal(image, psi, shift, spread_ref=spread_ref)
+
+
+def edge_neighbour(scene: Scene, rng: np.random.Generator) -> F64:
+    """The faint smear of neighbouring particles at the mask edge of a good class: in
+    crowded micrographs each particle has neighbours at random places just beyond its
+    own radius, so their unaligned sum is a weak, blurred partial ring or arc."""
+    count = 8
+    ang = rng.uniform(0, 2 * np.pi) + rng.normal(0, rng.uniform(0.2, 1.2), count)
+    d = scene.particle_radius * rng.uniform(1.9, 2.5) + rng.normal(0, 1.5, count)
+    d = np.minimum(d, 1.1 * scene.mask_radius)
+    shifts = np.stack([d * np.cos(ang), d * np.sin(ang)], axis=1)
+    rots = np.stack([scene.view(rng) for _ in range(count)])
+    weights = np.full(count, rng.uniform(0.15, 0.4) / count)
+    return scene.project(rots, shifts, weights)
 
 
 def featureless_blob(scene: Scene, rng: np.random.Generator) -> Signal:

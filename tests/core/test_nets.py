@@ -74,3 +74,18 @@ def test_group_norm_option_round_trips_and_is_batch_independent() -> None:
     net.eval()
     x, meta = torch.randn(6, 1, 64, 64), torch.randn(6, N_META)
     torch.testing.assert_close(net(x[:2], meta[:2]), net(x, meta)[:2])
+
+
+def test_ensemble_rules_combine_three_members() -> None:
+    from cryodiscovery.core.model.nets import combine_logits
+
+    z = [torch.tensor([2.0, -1.0]), torch.tensor([0.0, -3.0]), torch.tensor([1.0, 4.0])]
+    p = [torch.sigmoid(t) for t in z]
+    mean = combine_logits(z, "mean3")
+    torch.testing.assert_close(mean, (p[0] + p[1] + p[2]) / 3)
+    g = (p[0] - p[1]).abs()
+    torch.testing.assert_close(
+        combine_logits(z, "boosted3"), (1 - g) * (p[0] + p[1]) / 2 + g * p[2]
+    )
+    with pytest.raises(ValueError, match="mean3"):
+        combine_logits(z[:2], "mean3")

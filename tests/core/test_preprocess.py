@@ -64,7 +64,7 @@ def test_normalisation_removes_offset_scale_and_sign() -> None:
 
 
 def test_outside_of_mask_is_zero() -> None:
-    imgs = torch.randn(3, 64, 64) + 5.0
+    imgs = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(0)) + 5.0
     radius = torch.tensor([0.5, 0.8, 1.0])
     x = normalise_images(imgs, radius, PreprocessConfig())
     yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
@@ -112,3 +112,66 @@ def test_prepare_inputs_shapes_for_any_box_and_bad_values() -> None:
         PreprocessConfig(size=63)
     with pytest.raises(ValueError, match="unknown"):
         PreprocessConfig.from_dict({"size": 64, "colour": 1})
+
+
+def _pad_or_crop(images: np.ndarray, factor: float) -> np.ndarray:
+    """A new box ``factor`` times the old: padded with the corner level, or cropped."""
+    box = images.shape[-1]
+    new = round(box * factor / 2) * 2
+    if new <= box:
+        o = (box - new) // 2
+        return images[:, o : o + new, o : o + new].copy()
+    out = np.repeat(images[:, :1, :1], new, axis=1).repeat(new, axis=2)
+    o = (new - box) // 2
+    out[:, o : o + box, o : o + box] = images
+    return out
+
+
+@pytest.mark.parametrize("factor", [0.75, 1.25, 1.6])
+def test_particle_framing_is_invariant_to_the_box(factor: float) -> None:
+    """The user's choice of box does not change what the network sees: the particle's
+    radius is measured the same and the network inputs agree closely."""
+    from cryodiscovery.core.model.preprocess import particle_radius
+    from cryodiscovery.core.synthetic.generator import (
+        SimulationConfig,
+        simulate_class_averages,
+    )
+
+    config = SimulationConfig(
+        n_classes=6, junk_fraction=0.0, box_sizes=(128,), nuisance=False
+    )
+    sim = simulate_class_averages(config, 11)
+    # A box with room around the particle, as users box real particles (~0.45 of it).
+    classes = ClassAverages.create(_pad_or_crop(sim.images, 1.4), pixel_size=2.0)
+    other = ClassAverages.create(
+        _pad_or_crop(classes.images, factor), pixel_size=classes.pixel_size
+    )
+    mask = mask_radius_fraction(classes.images)
+    r0 = particle_radius(classes.images, mask)
+    r1 = particle_radius(other.images, mask_radius_fraction(other.images))
+    np.testing.assert_allclose(r1, r0, rtol=0.08)
+    pre = PreprocessConfig(framing="particle")
+    a = prepare_inputs(classes, pre)[0][:, 0].reshape(len(classes), -1).numpy()
+    b = prepare_inputs(other, pre)[0][:, 0].reshape(len(other), -1).numpy()
+    centre = np.hypot(*np.meshgrid(np.arange(64) - 31.5, np.arange(64) - 31.5)) < 20
+    a, b = a[:, centre.ravel()], b[:, centre.ravel()]
+    corr = [np.corrcoef(x, y)[0, 1] for x, y in zip(a, b, strict=True)]
+    assert min(corr) > 0.9, corr
+    # The whole-box framing of old models sees a different picture after the same change.
+    box = prepare_inputs(other, PreprocessConfig(framing="box"))[0][:, 0]
+    box_corr = np.corrcoef(box.reshape(len(other), -1)[0, centre.ravel()], a[0])[0, 1]
+    assert box_corr < min(corr)
+
+
+def test_particle_framing_config_and_old_models() -> None:
+    assert PreprocessConfig().framing == "particle"
+    # A model file written before particle framing resampled the whole box.
+    old = PreprocessConfig.from_dict({"size": 64, "clip": 6.0, "canonical_sign": True})
+    assert old.framing == "box"
+    assert (
+        PreprocessConfig.from_dict(PreprocessConfig().to_dict()) == PreprocessConfig()
+    )
+    with pytest.raises(ValueError, match="framing"):
+        PreprocessConfig(framing="mask")
+    with pytest.raises(ValueError, match="particle_fill"):
+        PreprocessConfig(particle_fill=0.95)
