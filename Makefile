@@ -11,10 +11,13 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# torch is installed alone first and pinned: an unpinned torch pulls the CUDA build.
+# pyproject asks for torch>=2.13; the venv gets the tested CPU build, installed alone first
+# and pinned again beside the package: an unpinned torch pulls the CUDA build (several GB).
+# The federation extra is installed too, so the tests cover everything.
+TORCH ?= torch==2.13.0
 $(DEPS_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q "$(TORCH)" -e ".[dev,federation]"
 	touch $(DEPS_STAMP)
 
 install: $(DEPS_STAMP)

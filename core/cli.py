@@ -27,8 +27,28 @@ def _command_modules() -> dict[str, ModuleType]:
         for name in CORE_COMMANDS
     }
     for ep in entry_points(group="cryodiscovery.commands"):
-        modules[ep.name] = ep.load()
+        try:
+            modules[ep.name] = ep.load()
+        except ImportError as err:  # its extra is not installed: the rest still work
+            modules[ep.name] = _unavailable(ep.name, err)
     return modules
+
+
+def _unavailable(name: str, err: ImportError) -> ModuleType:
+    """A stand-in subcommand that fails with one line naming the extra to install."""
+    module = ModuleType(name, f"(not available: {err})")
+
+    def add_args(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    def main(args: argparse.Namespace) -> int:
+        raise InputError(
+            None, f'cannot load it ({err}): pip install "cryodiscovery[{name}]"'
+        )
+
+    module.add_args = add_args  # type: ignore[attr-defined]
+    module.main = main  # type: ignore[attr-defined]
+    return module
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,12 +28,37 @@ current model is kept); --force skips the gate.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 from pathlib import Path
 
 from cryodiscovery.core.errors import InputError
 
 log = logging.getLogger(__name__)
+
+#: What the ``federation`` extra installs: import name -> distribution.
+EXTRA_MODULES = {
+    "flwr": "flwr",
+    "dp_accounting": "dp-accounting",
+    "yaml": "pyyaml",
+    "cryptography": "cryptography",
+}
+
+
+def check_extra() -> None:
+    """``InputError`` naming what is missing when the ``federation`` extra is not
+    installed (this module itself imports none of it, so ``--help`` still works)."""
+    missing = [
+        dist
+        for module, dist in EXTRA_MODULES.items()
+        if importlib.util.find_spec(module) is None
+    ]
+    if missing:
+        raise InputError(
+            None,
+            f"the federation commands need {', '.join(missing)}, not installed here: "
+            'pip install "cryodiscovery[federation]"',
+        )
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +111,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``check``, ``pull`` or ``worker``; returns the exit status."""
+    check_extra()
     from cryodiscovery.federation.config import load_facility_config
     from cryodiscovery.federation.operations import check_report, pull_latest
 
