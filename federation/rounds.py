@@ -1,12 +1,13 @@
-"""The federation's round driver: one round of train, screen, aggregate, central
-evaluation, publish and site evaluation (:class:`FederationRun`); the same rounds under
-SecAgg+ are driven by :mod:`secagg_rounds`. :mod:`server_app` sets a run up and calls
-them.
+"""The federation's rounds, driven by Flower's own ``Strategy.start``:
+:class:`FederationRun` is the guarded strategy (:mod:`strategy`) with the run's round
+work in Flower's hooks (train config, screen and aggregate, central evaluation and
+publishing, the sites' final evaluation); the same rounds under SecAgg+ are driven by
+:mod:`secagg_rounds` (Flower's legacy workflow). :mod:`server_app` sets a run up and
+starts it.
 
 Public API (server_app, tests, benchmarks; keep it stable)::
 
-    FederationRun(grid, settings, val, result).round(rnd, arrays, scorer)
-        -> (arrays, scorer)
+    FederationRun(grid, settings, val, result).start_rounds() -> ClassScorer
     FederationRun.train_config(rnd, scorer, evaluate=True) -> dict  # train message
     FederationResult(scorer, rounds: list[RoundSummary], versions, initial_metrics)
     RoundSummary; evaluation_dict(evaluation) -> dict[str, float]
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,10 +30,14 @@ from cryodiscovery.core.model.scorer import ClassScorer
 from cryodiscovery.federation import task
 from cryodiscovery.federation.accounting import DP_DELTA, central_dp_record
 from cryodiscovery.federation.evaluation import EVALUATE_RECEIVED, received_metrics
-from cryodiscovery.federation.polling import send_and_receive
+from cryodiscovery.federation.polling import PollingGrid
 from cryodiscovery.federation.registry import Contribution, ModelRegistry, ModelVersion
 from cryodiscovery.federation.settings import ServerSettings
-from cryodiscovery.federation.strategy import build_strategy, site_labels
+from cryodiscovery.federation.strategy import (
+    GuardedStrategy,
+    flower_strategy,
+    site_labels,
+)
 from cryodiscovery.federation.validation import model_problem
 from cryodiscovery.federation.wire import keep_statistics
 from flwr.app import (
@@ -43,6 +49,9 @@ from flwr.app import (
 from flwr.serverapp import Grid
 
 log = logging.getLogger(__name__)
+
+#: Train-config keys that are the same in every round (given to ``Strategy.start``).
+_RUN_TRAIN_KEYS = ("local-epochs", "lr-schedule", "seed")
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,13 @@ def evaluation_dict(ev: task.Evaluation) -> dict[str, float]:
     }
 
 
+def _metric_record(ev: task.Evaluation) -> MetricRecord:
+    record = MetricRecord()
+    for key, value in evaluation_dict(ev).items():
+        record[key] = value
+    return record
+
+
 def usable_aggregate(
     scorer: ClassScorer, arrays: ArrayRecord, where: str
 ) -> ClassScorer:
@@ -102,8 +118,39 @@ def usable_aggregate(
     return candidate
 
 
-class FederationRun:
-    """State of one federation run: strategy, registry, history."""
+@dataclass
+class _RoundTimes:
+    """When the phases of the current round began and what it moved (for its summary)."""
+
+    arrays: ArrayRecord  # the global model the round started from
+    t0: float
+    sent: float
+    bytes_down: int
+    replies: float = math.nan
+    server: float = math.nan
+    bytes_up: int = 0
+    central: task.Evaluation | None = None
+    site_metrics: MetricRecord | None = None
+
+
+class FederationRun(GuardedStrategy):
+    """One federation run as a Flower strategy: the guard's hooks (update screening,
+    site minimum, site names) extended with the run's round work, and driven by Flower's
+    own ``Strategy.start`` (:meth:`start_rounds`):
+
+    - ``configure_train``: the round's train config (:meth:`train_config`);
+    - ``aggregate_train``: the screened aggregate, checked, recalibrated and evaluated on
+      the server's validation set, published to the registry;
+    - ``configure_evaluate``: nothing before the last round (the sites evaluate the
+      previous model on the next train message, ``evaluate-received``); after the last,
+      every site evaluates the final model and runs its gate;
+    - ``aggregate_evaluate``: the sites' results, logged and recorded in the registry;
+    - ``evaluate_fn`` (:meth:`central_metrics`): the central metrics; closes the round's
+      summary.
+
+    Replies are collected through :class:`~.polling.PollingGrid` (Flower's deployment
+    Grid checks for them every 3 s; see there).
+    """
 
     def __init__(
         self,
@@ -112,9 +159,9 @@ class FederationRun:
         val: task.PreparedSet,
         result: FederationResult,
     ) -> None:
+        super().__init__(flower_strategy(settings.strategy), settings.strategy)
         self.grid, self.settings, self.val, self.result = grid, settings, val, result
-        self.strategy = build_strategy(settings.strategy)
-        self.strategy.summary()
+        self.scorer = result.scorer  # the current global model (its spec, threshold)
         self.registry = ModelRegistry(settings.registry) if settings.registry else None
         self.info: dict[str, Any] = {
             "run_id": grid.run.run_id,
@@ -123,105 +170,177 @@ class FederationRun:
             "settings": repr(settings),
         }
         self.initial_info = dict(result.scorer.info)  # for the DP lineage
+        self._times: dict[int, _RoundTimes] = {}
 
-    def round(
-        self, rnd: int, arrays: ArrayRecord, scorer: ClassScorer
-    ) -> tuple[ArrayRecord, ClassScorer]:
-        """Train, screen, aggregate, evaluate centrally, publish; after the last round,
-        sites evaluate the final model."""
+    def start_rounds(self) -> ClassScorer:
+        """Run ``settings.num_rounds`` rounds with Flower's ``Strategy.start``; the
+        final global model."""
+        settings = self.settings
+        first = self.train_config(1, self.scorer)
+        self.start(
+            grid=PollingGrid(self.grid),
+            initial_arrays=task.scorer_to_arrays(self.scorer),
+            num_rounds=settings.num_rounds,
+            timeout=settings.strategy.round_timeout_s,
+            # what every round's train config holds; configure_train adds the rest
+            train_config=ConfigRecord({k: first[k] for k in _RUN_TRAIN_KEYS}),
+            evaluate_config=ConfigRecord({"num-rounds": settings.num_rounds}),
+            evaluate_fn=self.central_metrics,
+        )
+        return self.scorer
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """The guard's train messages with this round's config."""
         t0 = time.perf_counter()
-        timeout = self.settings.strategy.round_timeout_s
-        messages = list(
-            self.strategy.configure_train(
-                rnd, arrays, ConfigRecord(self.train_config(rnd, scorer)), self.grid
-            )
+        config = ConfigRecord(
+            {**dict(config), **self.train_config(server_round, self.scorer)}
         )
-        t_sent = time.perf_counter()
-        replies = send_and_receive(self.grid, messages, timeout)
-        t_replies = time.perf_counter()
-        self._record_received(rnd, replies)
-        new_arrays, candidate, central = self._aggregate(rnd, arrays, scorer, replies)
-        contributions = self._contributions(rnd)
-        self._publish(rnd, scorer, candidate, central, contributions)
-        t_server = time.perf_counter()
-        site_metrics: MetricRecord | None = None
-        if rnd == self.settings.num_rounds:  # earlier models: on the next train message
-            site_metrics = self._final_evaluation(rnd, new_arrays, candidate, timeout)
-        log.info(
-            "round %d timing: send train %.2f s, wait for train replies %.2f s, "
-            "screen+aggregate+central evaluation+publish %.2f s, evaluate phase %.2f s",
-            rnd,
-            t_sent - t0,
-            t_replies - t_sent,
-            t_server - t_replies,
-            time.perf_counter() - t_server,
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._times[server_round] = _RoundTimes(
+            arrays, t0, time.perf_counter(), arrays.count_bytes() * len(messages)
         )
-        summary = RoundSummary(
-            server_round=rnd,
-            seconds=time.perf_counter() - t0,
-            accepted=sum(c.accepted for c in contributions),
-            dropped=sum(not c.accepted for c in contributions),
-            examples=sum(c.num_examples for c in contributions if c.accepted),
-            central=central,
-            sites={
-                k: float(v)
-                for k, v in (site_metrics or MetricRecord()).items()
-                if not isinstance(v, list)
-            },
-            bytes_down=arrays.count_bytes() * len(messages),
-            bytes_up=sum(
-                next(iter(m.content.array_records.values())).count_bytes()
-                for m in replies
-                if m.has_content() and m.content.array_records
-            ),
-            update_norms=tuple(
-                v.delta_norm for v in self.strategy.rounds[rnd] if v.accepted
-            ),
-        )
-        self._log_round(summary)
-        self.result.rounds.append(summary)
-        return new_arrays, candidate
+        return messages
 
-    def _final_evaluation(
-        self,
-        rnd: int,
-        arrays: ArrayRecord,
-        candidate: ClassScorer,
-        timeout: float,
-    ) -> MetricRecord | None:
-        """Sites evaluate the final model and run their gate (the message names the
-        registry version, which a site records with the model it installs); their
-        results are logged and added to that version in the registry."""
-        config: dict[str, Any] = {
-            "model-spec": task.model_spec(candidate),
-            "num-rounds": self.settings.num_rounds,
-        }
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The guard's screened aggregate, checked, its threshold recalibrated for
+        ``target-fnr`` on the server's validation set (where it is evaluated), and
+        published.
+
+        This is done here, not in ``evaluate_fn``, because ``Strategy.start`` calls
+        ``configure_evaluate`` before ``evaluate_fn``, and the last round's evaluate
+        message must carry the recalibrated model (the threshold is in its spec) and
+        the registry version it was published as.
+        """
+        times = self._times[server_round]
+        replies = list(replies)
+        times.replies = time.perf_counter()
+        times.bytes_up = sum(
+            next(iter(m.content.array_records.values())).count_bytes()
+            for m in replies
+            if m.has_content() and m.content.array_records
+        )
+        self._record_received(server_round, replies)
+        new_arrays, metrics = super().aggregate_train(server_round, replies)
+        if new_arrays is None:  # the guard raises before this; kept for type narrowing
+            raise RuntimeError(f"round {server_round}: no aggregated model")
+        if self.settings.strategy.dp:  # the noise reaches BatchNorm statistics too
+            new_arrays = keep_statistics(
+                new_arrays, times.arrays, task.named_arrays(self.scorer)
+            )
+        where = f"round {server_round} (strategy {self.settings.strategy.name})"
+        candidate, times.central = task.recalibrate(
+            usable_aggregate(self.scorer, new_arrays, where),
+            self.val,
+            self.settings.target_fnr,
+        )
+        self._publish(
+            server_round,
+            self.scorer,
+            candidate,
+            times.central,
+            self._contributions(server_round),
+        )
+        self.scorer = candidate
+        times.server = time.perf_counter()
+        return new_arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """After the last round only: every site evaluates the final model and runs its
+        gate (the message names the registry version, which a site records with the
+        model it installs). Earlier models reach the sites with the next train message
+        (``evaluate-received``), so those rounds send nothing here."""
+        if server_round < self.settings.num_rounds:
+            return []
+        final: dict[str, Any] = {"model-spec": task.model_spec(self.scorer)}
+        final.update(dict(config))
         version = self.result.versions[-1] if self.result.versions else None
-        if version is not None and version.server_round == rnd:
-            config["registry-version"] = version.version
-            config["registry-sha256"] = version.sha256
-        messages = self.strategy.configure_evaluate(
-            rnd, arrays, ConfigRecord(config), self.grid
+        if version is not None and version.server_round == server_round:
+            final["registry-version"] = version.version
+            final["registry-sha256"] = version.sha256
+        return super().configure_evaluate(
+            server_round, arrays, ConfigRecord(final), grid
         )
-        metrics = self.strategy.aggregate_evaluate(
-            rnd, send_and_receive(self.grid, messages, timeout)
-        )
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """The sites' evaluation of the final model: logged, each site's result (and
+        gate decision) added to that version in the registry."""
+        metrics = super().aggregate_evaluate(server_round, replies)
+        self._times[server_round].site_metrics = metrics
         if metrics is not None:
             log.info(
                 "round %d final model, as the sites evaluated it: %s",
-                rnd,
+                server_round,
                 ", ".join(
                     f"{k} {v:.4g}"
                     for k, v in sorted(metrics.items())
                     if not isinstance(v, list)
                 ),
             )
-        results = self.strategy.site_results.get(rnd, {})
-        if version is not None and self.registry is not None and results:
+        results = self.site_results.get(server_round, {})
+        version = self.result.versions[-1] if self.result.versions else None
+        if (
+            version is not None
+            and version.server_round == server_round
+            and self.registry is not None
+            and results
+        ):
             self.result.versions[-1] = self.registry.record_site_results(
                 version.version, results
             )
         return metrics
+
+    def central_metrics(
+        self, server_round: int, arrays: ArrayRecord
+    ) -> MetricRecord | None:
+        """``evaluate_fn`` of ``Strategy.start``: the global model's metrics on the
+        server's validation set (round 0: the initial model's), computed with its
+        recalibration in :meth:`aggregate_train`; ends the round's summary."""
+        if server_round == 0:
+            return _metric_record(self.result.initial_metrics)
+        times = self._times.pop(server_round)
+        if times.central is None:  # aggregate_train raises before this
+            raise RuntimeError(f"round {server_round}: no central evaluation")
+        end = time.perf_counter()
+        log.info(
+            "round %d timing: send train %.2f s, wait for train replies %.2f s, "
+            "screen+aggregate+central evaluation+publish %.2f s, evaluate phase %.2f s",
+            server_round,
+            times.sent - times.t0,
+            times.replies - times.sent,
+            times.server - times.replies,
+            end - times.server,
+        )
+        verdicts = self.rounds[server_round]
+        accepted = [v for v in verdicts if v.accepted]
+        summary = RoundSummary(
+            server_round=server_round,
+            seconds=end - times.t0,
+            accepted=len(accepted),
+            dropped=len(verdicts) - len(accepted),
+            examples=sum(
+                int(v.num_examples) for v in accepted if math.isfinite(v.num_examples)
+            ),
+            central=times.central,
+            sites={
+                k: float(v)
+                for k, v in (times.site_metrics or MetricRecord()).items()
+                if not isinstance(v, list)
+            },
+            bytes_down=times.bytes_down,
+            bytes_up=times.bytes_up,
+            update_norms=tuple(v.delta_norm for v in accepted),
+        )
+        self._log_round(summary)
+        self.result.rounds.append(summary)
+        return _metric_record(times.central)
 
     def train_config(
         self, rnd: int, scorer: ClassScorer, evaluate: bool = True
@@ -238,27 +357,6 @@ class FederationRun:
             "seed": settings.seed,
             EVALUATE_RECEIVED: asked,
         }
-
-    def _aggregate(
-        self,
-        rnd: int,
-        arrays: ArrayRecord,
-        scorer: ClassScorer,
-        replies: list[Message],
-    ) -> tuple[ArrayRecord, ClassScorer, task.Evaluation]:
-        """Screened aggregate, checked and recalibrated: (arrays, model, central)."""
-        new_arrays, _ = self.strategy.aggregate_train(rnd, replies)
-        if new_arrays is None:  # the guard raises before this; kept for type narrowing
-            raise RuntimeError(f"round {rnd}: no aggregated model")
-        if self.settings.strategy.dp:  # the noise reaches BatchNorm statistics too
-            new_arrays = keep_statistics(new_arrays, arrays, task.named_arrays(scorer))
-        where = f"round {rnd} (strategy {self.settings.strategy.name})"
-        candidate, central = task.recalibrate(
-            usable_aggregate(scorer, new_arrays, where),
-            self.val,
-            self.settings.target_fnr,
-        )
-        return new_arrays, candidate, central
 
     @staticmethod
     def _log_round(summary: RoundSummary) -> None:
@@ -294,14 +392,14 @@ class FederationRun:
     def _contributions(self, rnd: int) -> list[Contribution]:
         return [
             Contribution(
-                site=self.strategy.site(v.node_id),
+                site=self.site(v.node_id),
                 num_examples=int(v.num_examples)
                 if math.isfinite(v.num_examples)
                 else 0,
                 accepted=v.accepted,
                 reason=v.reason,
             )
-            for v in self.strategy.rounds[rnd]
+            for v in self.rounds[rnd]
         ]
 
     def _publish(

@@ -14,7 +14,8 @@ contribution of every site. After the last round sites evaluate the final model
 switches to it.
 
 Run config: see :mod:`cryodiscovery.federation.settings` (every key, default and meaning).
-The round drivers are in :mod:`~.rounds` (plain) and :mod:`~.secagg_rounds` (SecAgg+).
+Plain rounds are driven by Flower's ``Strategy.start`` with the hooks in :mod:`~.rounds`;
+SecAgg+ rounds by Flower's legacy workflow (:mod:`~.secagg_rounds`).
 
 Public API (tests, benchmarks; keep it stable)::
 
@@ -117,13 +118,11 @@ def run_federation(
         grid, settings, prepared, FederationResult(scorer, [], [], first)
     )
     run.info["initial_metrics"] = evaluation_dict(first)
-    arrays = task.scorer_to_arrays(scorer)
     if settings.secagg:
+        arrays = task.scorer_to_arrays(scorer)
         run.result.scorer = secagg_rounds(run, context, arrays, scorer)
         return run.result
-    for rnd in range(1, settings.num_rounds + 1):
-        arrays, scorer = run.round(rnd, arrays, scorer)
-    run.result.scorer = scorer
+    run.result.scorer = run.start_rounds()  # Flower's Strategy.start
     return run.result
 
 

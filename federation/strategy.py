@@ -26,6 +26,7 @@ Public API (used by ``server_app``, tests, benchmarks; keep it stable)::
     STRATEGIES: tuple[str, ...]
     StrategyOptions (frozen dataclass, fields below)
     build_strategy(options: StrategyOptions) -> GuardedStrategy
+    flower_strategy(options: StrategyOptions) -> Strategy  # what the guard wraps
     update_bounds(options, reference: ArrayRecord) -> UpdateBounds
     wait_for_sites(grid, minimum, seconds) -> list[int]
     site_labels(grid) -> dict[int, str]     # node id -> registered name, else "node <id>"
@@ -456,6 +457,11 @@ def _restore(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
 
 def build_strategy(options: StrategyOptions) -> GuardedStrategy:
     """The configured Flower strategy, DP-wrapped if asked, inside the guard."""
+    return GuardedStrategy(flower_strategy(options), options)
+
+
+def flower_strategy(options: StrategyOptions) -> Strategy:
+    """The configured Flower strategy, DP-wrapped if asked (what the guard wraps)."""
     common: dict[str, Any] = {
         "fraction_train": options.fraction_train,
         "fraction_evaluate": 1.0,
@@ -488,4 +494,4 @@ def build_strategy(options: StrategyOptions) -> GuardedStrategy:
             clipping_norm=options.dp_clipping_norm,
             num_sampled_clients=options.min_sites,
         )
-    return GuardedStrategy(inner, options)
+    return inner

@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from cryodiscovery.federation.registry import ModelRegistry
 from cryodiscovery.federation.strategy import NotEnoughSitesError
 from fed_fixtures import make_sites, run_apps, run_config, save_initial
 from flwr.app import ConfigRecord
+from flwr.serverapp.strategy import Result, Strategy
 
 
 @pytest.fixture(scope="module")
@@ -305,11 +307,24 @@ def test_secure_aggregation_hides_every_site_update(
 
 
 def test_sites_evaluate_every_n_rounds_and_the_rate_decays(
-    federation: SimpleNamespace, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    federation: SimpleNamespace,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Round 2's model is evaluated on round 3's train messages (one message per site
     and round), the last model by evaluate messages; the local rate decays across
-    rounds and is constant within one (the default local-lr-schedule)."""
+    rounds and is constant within one (the default local-lr-schedule). The rounds are
+    driven by Flower's own ``Strategy.start``, whose result holds the central metrics
+    of every version."""
+    started: list[Result] = []
+    flower_start = Strategy.start
+
+    def start(self: Strategy, *args: Any, **kwargs: Any) -> Result:
+        started.append(flower_start(self, *args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(Strategy, "start", start)
     config = run_config(
         tmp_path,
         **{
@@ -362,13 +377,15 @@ def test_sites_evaluate_every_n_rounds_and_the_rate_decays(
         next(iter(t.message.content.config_records.values()))["lr-schedule"]
         for t in trained
     } == {"constant"}
-    assert [
-        v.server_round for v in ModelRegistry(tmp_path / "registry").versions()
-    ] == [
-        1,
-        2,
-        3,
+    versions = ModelRegistry(tmp_path / "registry").versions()
+    assert [v.server_round for v in versions] == [1, 2, 3]
+    (result,) = started
+    central = result.evaluate_metrics_serverapp
+    assert sorted(central) == [0, 1, 2, 3]
+    assert [central[v.server_round]["auc"] for v in versions] == [
+        pytest.approx(v.metrics["auc"]) for v in versions
     ]
+    assert central[0]["auc"] == pytest.approx(versions[0].run["initial_metrics"]["auc"])
 
 
 def test_an_unusable_aggregate_is_never_published(
