@@ -41,6 +41,7 @@ from cryodiscovery.core.synthetic.generator import (
     SimulationConfig,
     simulate_class_averages,
 )
+from cryodiscovery.core.synthetic.library import find_structures
 
 log = logging.getLogger("train_default_model")
 
@@ -51,29 +52,37 @@ CLASSES_PER_RUN = 40
 LARGE_BOXES = (288, 320, 384)
 
 
-def run_config(seed: int) -> SimulationConfig:
+#: Real structures (atomic models, EM maps) used when present beside the project; the
+#: model card lists the files a model was trained with.
+DEFAULT_STRUCTURES = Path(__file__).resolve().parents[2] / "shared/data/maps_models"
+
+
+def run_config(seed: int, structures: tuple[str, ...] = ()) -> SimulationConfig:
     """The generator settings of one run, varied per run from its seed."""
     rng = np.random.default_rng([seed, 7])
     large = rng.random() < 0.1
     return SimulationConfig(
         n_classes=CLASSES_PER_RUN,
         junk_fraction=float(np.round(rng.uniform(0.3, 0.6), 2)),
+        structures=structures,
         **({"box_sizes": LARGE_BOXES} if large else {}),
     )
 
 
-def _simulate(seed: int) -> TrainingSet:
+def _simulate(seed: int, structures: tuple[str, ...]) -> TrainingSet:
     """One run reduced at once to network inputs (keeps memory small); group = seed."""
     torch.set_num_threads(1)
-    classes = simulate_class_averages(run_config(seed), seed)
+    classes = simulate_class_averages(run_config(seed, structures), seed)
     return build_training_set([classes], PreprocessConfig(), group0=seed)
 
 
-def generate(seeds: range, workers: int, what: str) -> TrainingSet:
+def generate(
+    seeds: range, workers: int, what: str, structures: tuple[str, ...] = ()
+) -> TrainingSet:
     """Generate and preprocess the runs of ``seeds`` (in order; deterministic)."""
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        parts = list(pool.map(_simulate, seeds, chunksize=4))
+        parts = list(pool.map(_simulate, seeds, [structures] * len(seeds), chunksize=4))
     data = TrainingSet(
         *(
             torch.cat([getattr(p, f) for p in parts])
@@ -104,15 +113,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-runs", type=int, default=30)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--structures",
+        type=Path,
+        default=DEFAULT_STRUCTURES,
+        help="folder of atomic models / EM maps for the generator (used when present)",
+    )
     args = parser.parse_args(argv)
     configure_logging()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     cpu0 = time.process_time()
     workers = max(1, min(args.threads, os.cpu_count() or 1))
-    train = generate(range(TRAIN_SEED0, TRAIN_SEED0 + args.runs), workers, "training")
-    val = generate(range(VAL_SEED0, VAL_SEED0 + args.val_runs), workers, "validation")
-    test = generate(range(TEST_SEED0, TEST_SEED0 + args.test_runs), workers, "test")
+    structures = tuple(str(p) for p in find_structures(args.structures))
+    print(
+        f"structures: {len(structures)} files from {args.structures}"
+        if structures
+        else f"structures: none ({args.structures} absent): shipped and procedural only"
+    )
+    for path in structures:
+        log.info("structure %s", path)
+    train = generate(
+        range(TRAIN_SEED0, TRAIN_SEED0 + args.runs), workers, "training", structures
+    )
+    val = generate(
+        range(VAL_SEED0, VAL_SEED0 + args.val_runs), workers, "validation", structures
+    )
+    test = generate(
+        range(TEST_SEED0, TEST_SEED0 + args.test_runs), workers, "test", structures
+    )
     gen_seconds = time.perf_counter() - start
     net_config, pre = NetConfig(), PreprocessConfig()
     # Particle framing puts every particle at one scale, but the size estimate differs
@@ -140,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                     "test": [TEST_SEED0, TEST_SEED0 + args.test_runs],
                 },
                 "classes_per_run": CLASSES_PER_RUN,
+                "structures": [Path(p).name for p in structures],
                 "run_settings": "SimulationConfig defaults; junk fraction 0.3-0.6 per run; "
                 f"10% of runs in {LARGE_BOXES} px boxes",
             },

@@ -49,6 +49,10 @@ class SimulationConfig:
     nuisance:
         Randomise output conventions (sign, normalisation, outside mask, blur); False
         gives RELION's own conventions for every run.
+    structures:
+        Structure files (atomic models or EM maps, :mod:`.library`) for the "atomic"
+        family beside the two shipped models; with any, that family is drawn for 45% of
+        runs, each run on one file chosen at random.
     metadata_style:
         Which metadata a run has, as the readers return it from files: ``"relion"``
         (no ECA or mean posterior), ``"cryosparc"`` (no accuracies or Fourier
@@ -71,6 +75,7 @@ class SimulationConfig:
     borderline_fraction: float = 0.3
     nuisance: bool = True
     metadata_style: str = "mixed"
+    structures: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.n_classes < 1:

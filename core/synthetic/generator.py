@@ -40,6 +40,7 @@ from cryodiscovery.core.synthetic.junk import (
     is_good,
     make_signal,
 )
+from cryodiscovery.core.synthetic.library import load_structure
 from cryodiscovery.core.synthetic.projection import gaussian_filter_ft, project
 from cryodiscovery.core.synthetic.shapes import SHAPE_FAMILIES, build_molecule
 from cryodiscovery.core.synthetic.views import Scene
@@ -59,6 +60,7 @@ _JUNK_WEIGHTS = {
     "ghosted": 1.0,
     "ring": 0.6,
     "lattice": 0.4,
+    "noise_aligned": 1.0,
 }
 # Largest molecule (Å) of each family: a 500 Å membrane protein does not exist.
 _LARGEST = {
@@ -75,6 +77,10 @@ _SHAPE_WEIGHTS = {
     "filament": 0.1,
     "membrane": 0.15,
 }
+
+
+#: Share of runs on a real structure when :attr:`SimulationConfig.structures` names some.
+_ATOMIC_WEIGHT_WITH_LIBRARY = 0.45
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,12 +141,19 @@ def _sample_geometry(
     """
     box = int(rng.choice(config.box_sizes))
     apix = _log_uniform(rng, *config.pixel_size_range)
-    shape = _choose(rng, config.shapes, _SHAPE_WEIGHTS)
+    weights = dict(_SHAPE_WEIGHTS)
+    if config.structures:
+        weights["atomic"] = _ATOMIC_WEIGHT_WITH_LIBRARY
+    shape = _choose(rng, config.shapes, weights)
     mask_px = box * rng.uniform(0.31, 0.5)
     filament = shape == "filament"
     fill = rng.uniform(0.9, 1.3) if filament else rng.uniform(0.45, 0.8)
     target = min(2 * mask_px * apix * fill, _LARGEST[shape])
-    molecule = build_molecule(shape, rng, target)
+    if shape == "atomic" and config.structures:
+        path = config.structures[int(rng.integers(len(config.structures)))]
+        molecule = load_structure(path).transformed(random_rotation(rng))
+    else:
+        molecule = build_molecule(shape, rng, target)
     if filament:
         radial = np.hypot(molecule.points[:, 0], molecule.points[:, 1])
         radius_px = float(np.percentile(radial, 99)) / apix + 2.0

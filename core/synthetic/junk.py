@@ -32,6 +32,7 @@ JUNK_KINDS: tuple[str, ...] = (
     "ghosted",
     "ring",
     "lattice",
+    "noise_aligned",
 )
 
 ALL_KINDS: tuple[str, ...] = GOOD_KINDS + JUNK_KINDS
@@ -249,6 +250,22 @@ def lattice(scene: Scene, rng: np.random.Generator) -> Signal:
     )
 
 
+def noise_aligned(scene: Scene, rng: np.random.Generator) -> Signal:
+    """Noise aligned to noise (reference bias): particles that hold no molecule, aligned
+    to the molecule's references, average to the reference's rough outline filled with
+    fine speckle, a particle-sized class of noisy texture with no consistent detail."""
+    outline = views.featureless_blob(scene, rng).image
+    envelope = outline / (np.abs(outline).max() + 1e-12)
+    speckle = _smooth_noise(scene, rng, rng.uniform(0.6, 1.5))
+    image = scene.ref_peak * (
+        rng.uniform(0.1, 0.4) * envelope
+        + rng.uniform(0.15, 0.4) * speckle * np.clip(np.abs(envelope) + 0.3, 0, 1)
+    )
+    return Signal(
+        image, 60.0, 3.0, blur_px=rng.uniform(0.0, 0.5), spread=rng.uniform(0.8, 2.5)
+    )
+
+
 Recipe = Callable[[Scene, np.random.Generator], Signal]
 
 RECIPES: dict[str, Recipe] = {
@@ -266,6 +283,7 @@ RECIPES: dict[str, Recipe] = {
     "ghosted": views.ghosted,
     "ring": ring,
     "lattice": lattice,
+    "noise_aligned": noise_aligned,
 }
 
 

@@ -31,6 +31,7 @@ _PROFILE: dict[str, tuple[float, float, float]] = {
     "ghosted": (-0.6, 0.8, 0.45),
     "ring": (-1.2, 0.9, 0.7),
     "lattice": (-1.0, 0.9, 0.7),
+    "noise_aligned": (-0.7, 0.9, 0.75),
 }
 
 
