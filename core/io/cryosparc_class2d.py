@@ -234,8 +234,8 @@ def class_averages_from_datasets(
     Raises
     ------
     InputError
-        A missing field, a class index twice, a stack too short, or particles in classes
-        that have no class average.
+        A missing field, a class index twice, a stack too short, a ``blob/shape`` that
+        is not the stack's, or particles in classes that have no class average.
     """
     _require(class_averages, ["blob/idx"], what)
     idx = np.asarray(class_averages["blob/idx"], dtype=np.int64)
@@ -258,6 +258,8 @@ def class_averages_from_datasets(
             f"class index {int(idx.max())} is past the {len(stack)} images of the stack",
         )
     fields = set(class_averages.fields())
+    if "blob/shape" in fields:
+        _check_shape(np.asarray(class_averages["blob/shape"]), stack.shape[1:], what)
     psize = (
         float(class_averages["blob/psize_A"][0]) if "blob/psize_A" in fields else 0.0
     )
@@ -275,6 +277,21 @@ def class_averages_from_datasets(
         metadata=metadata,
         provenance=provenance or Provenance("cryosparc", (), ""),
     )
+
+
+def _check_shape(
+    shapes: npt.NDArray[np.generic], box: tuple[int, ...], what: str | Path
+) -> None:
+    """``blob/shape`` (rows of ``(h, w)`` px) must be the stack's image shape: another
+    job's stack would otherwise be scored under this job's name."""
+    stated = {tuple(int(v) for v in row) for row in shapes.reshape(len(shapes), -1)}
+    if stated and stated != {tuple(box)}:
+        shown = ", ".join("x".join(map(str, s)) for s in sorted(stated))
+        raise InputError(
+            what,
+            f"blob/shape is {shown} px but the class-average stack has "
+            f"{'x'.join(map(str, box))} px images",
+        )
 
 
 def _particle_stats(

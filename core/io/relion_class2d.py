@@ -67,6 +67,9 @@ class RelionClass2DJob:
         ``# version`` line and the columns).
     algorithm:
         ``"EM"`` or ``"VDAM"``.
+    model_classes:
+        The ``data_model_classes`` table of model.star as read, one row per class in
+        class-number order (for writers that copy its columns without reading it again).
     """
 
     classes: ClassAverages
@@ -78,6 +81,7 @@ class RelionClass2DJob:
     iteration: int
     version: str
     algorithm: str
+    model_classes: pd.DataFrame
 
     @property
     def job(self) -> str:
@@ -105,7 +109,7 @@ def read_relion_class2d(
     ------
     InputError
         A missing or malformed file, a missing column, an unsupported STAR version, a
-        class count that differs from the stack, or bad images.
+        class count or box size that differs from the stack, or bad images.
     """
     folder, root, iteration = _locate_run(Path(path))
     stem = f"{root}_it{iteration:03d}"
@@ -132,10 +136,12 @@ def read_relion_class2d(
         raise InputError(
             model_star, f"{n} classes but the stack {stack} has {len(images)} images"
         )
+    optics = _read_optics(data_star)
+    _check_box(images.shape[-1], stack, general, model_star, optics, data_star)
     opt_general, opt_version = _read_optimiser(optimiser_star)
     algorithm = _algorithm(table, opt_general)
     version = _version(star_ver, general, opt_version, algorithm)
-    pixel_size = _pixel_size(general, data_star, voxel)
+    pixel_size = _pixel_size(general, optics, voxel)
     metadata = _class_metadata(table, pixel_size)
     if data_star.is_file():
         metadata["particle_count"] = _particle_counts(data_star, n)
@@ -163,6 +169,7 @@ def read_relion_class2d(
         iteration,
         version,
         algorithm,
+        table.reset_index(drop=True),
     )
 
 
@@ -311,20 +318,66 @@ def _version(
     return "3.0"
 
 
+#: Columns of data.star's ``data_optics`` that the reader uses.
+_OPTICS_COLUMNS = ("rlnImageSize", "rlnImagePixelSize")
+
+
+def _read_optics(data_star: Path) -> pd.DataFrame:
+    """The used columns of ``data_optics`` of a RELION 3.1+ data.star, streamed from the
+    top of the file only (starfile would load the whole file); an empty table for a
+    RELION 3.0 file (no ``# version`` line, no optics) or none."""
+    if not data_star.is_file() or star_version(data_star) is None:
+        return pd.DataFrame()
+    columns = {}
+    for name in _OPTICS_COLUMNS:
+        try:
+            columns[name] = read_loop_column(data_star, "optics", name)
+        except InputError:
+            continue
+    if len({len(v) for v in columns.values()}) > 1:
+        raise InputError(data_star, "data_optics has rows of different lengths")
+    return pd.DataFrame(columns)
+
+
+def _check_box(
+    box: int,
+    stack: Path,
+    general: dict[str, Any],
+    model_star: Path,
+    optics: pd.DataFrame,
+    data_star: Path,
+) -> None:
+    """The box the STAR files state must be the stack's: a stack of another job (or a
+    re-extraction) would otherwise be scored and passed on under this job's name."""
+    stated = general.get("rlnOriginalImageSize")
+    if isinstance(stated, int | float) and int(stated) != box:
+        raise InputError(
+            model_star,
+            f"rlnOriginalImageSize is {int(stated)} px but the stack {stack} has "
+            f"{box} px images",
+        )
+    if "rlnImageSize" in optics.columns:
+        sizes = set(numeric_column(optics, "rlnImageSize").tolist())
+        if sizes != {float(box)}:
+            shown = ", ".join(f"{s:g}" for s in sorted(sizes))
+            raise InputError(
+                data_star,
+                f"data_optics rlnImageSize is {shown} px but the stack {stack} has "
+                f"{box} px images",
+            )
+
+
 def _pixel_size(
-    general: dict[str, Any], data_star: Path, voxel: float | None
+    general: dict[str, Any], optics: pd.DataFrame, voxel: float | None
 ) -> float | None:
     """rlnPixelSize of model_general, else the optics table's, else the stack header's."""
     value = general.get("rlnPixelSize")
     if isinstance(value, int | float) and value > 0:
         return float(value)
-    if data_star.is_file():
-        try:  # streams only the optics table at the top of the file
-            sizes = read_loop_column(data_star, "optics", "rlnImagePixelSize")
-        except InputError:
-            sizes = np.zeros(0)
-        if len(sizes) and float(sizes[0]) > 0:
-            return float(sizes[0])
+    if "rlnImagePixelSize" in optics.columns and len(optics):
+        size = float(numeric_column(optics, "rlnImagePixelSize")[0])
+        if size > 0:
+            return size
     return voxel
 
 

@@ -8,10 +8,12 @@ Every reader of class averages (RELION ``run_itNNN_classes.mrcs``, cryoSPARC
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
 import mrcfile
+import mrcfile.utils
 import numpy as np
 import numpy.typing as npt
 from cryodiscovery.core.classes import ClassAverages, Provenance
@@ -48,21 +50,15 @@ def read_mrc_images(path: Path) -> tuple[npt.NDArray[np.float32], float | None]:
     """
     if not path.is_file():
         raise InputError(path, "file not found")
+    _check_header(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             with mrcfile.open(path, mode="r", permissive=True) as mrc:
-                mode = int(mrc.header.mode)
                 data = None if mrc.data is None else np.array(mrc.data)
                 voxel = float(mrc.voxel_size.x)
         except Exception as exc:  # mrcfile raises ValueError and others on bad headers
             raise InputError(path, f"not a readable MRC file ({exc})") from exc
-    if mode not in _ACCEPTED_MODES:
-        name = _MODE_NAMES.get(mode, "unknown")
-        raise InputError(
-            path,
-            f"MRC mode {mode} ({name}) is not supported; class averages are float32 (mode 2)",
-        )
     if data is None:
         why = "; ".join(str(w.message) for w in caught) or "no image data"
         raise InputError(path, f"truncated or corrupt MRC file ({why})")
@@ -70,6 +66,41 @@ def read_mrc_images(path: Path) -> tuple[npt.NDArray[np.float32], float | None]:
         if "smaller than expected" in str(w.message) or "truncated" in str(w.message):
             raise InputError(path, f"truncated MRC file ({w.message})")
     return _check_images(path, data), (voxel if voxel > 0 else None)
+
+
+def _check_header(path: Path) -> None:
+    """Check the header against the file size before any image data is read, so that a
+    bogus header (dimensions of millions) is refused without allocating for it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
+                header = mrc.header
+                mode = int(header.mode)
+                dims = (int(header.nx), int(header.ny), int(header.nz))
+                extended = int(header.nsymbt)
+    except Exception as exc:  # mrcfile raises ValueError and others on bad headers
+        raise InputError(path, f"not a readable MRC file ({exc})") from exc
+    if mode not in _ACCEPTED_MODES:
+        name = _MODE_NAMES.get(mode, "unknown")
+        raise InputError(
+            path,
+            f"MRC mode {mode} ({name}) is not supported; class averages are float32 (mode 2)",
+        )
+    if min(dims) < 0 or extended < 0:
+        raise InputError(
+            path,
+            f"MRC header has negative sizes (nx, ny, nz {dims}, extended {extended})",
+        )
+    itemsize = mrcfile.utils.dtype_from_mode(mode).itemsize
+    expected = header.nbytes + extended + dims[0] * dims[1] * dims[2] * itemsize
+    size = os.path.getsize(path)
+    if size < expected:
+        raise InputError(
+            path,
+            f"truncated or corrupt MRC file: the header describes {dims[2]} images of "
+            f"{dims[0]}x{dims[1]} px ({expected:,} bytes) but the file has {size:,} bytes",
+        )
 
 
 def _check_images(path: Path, data: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:

@@ -51,7 +51,8 @@ def relion31_project(tmp_path: Path) -> Path:
     """A writable copy of the real RELION 3.1 tutorial files with stand-in class stacks.
 
     The shared files have no class images: job008 gets a 50-image and job013 a
-    100-image stack, so the readers can run on the real STAR files.
+    100-image stack of 64 px (the box the STAR files state), so the readers can run on
+    the real STAR files.
     """
     if not SHARED_RELION31.is_dir():
         pytest.skip(f"real RELION files not available at {SHARED_RELION31}")
@@ -65,7 +66,7 @@ def relion31_project(tmp_path: Path) -> Path:
     for job, n in (("job008", 50), ("job013", 100)):
         write_stack(
             project / "Class2D" / job / "run_it025_classes.mrcs",
-            rng.normal(size=(n, 16, 16)),
+            rng.normal(size=(n, 64, 64)),
             3.54,
         )
     return project

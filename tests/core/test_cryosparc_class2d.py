@@ -255,3 +255,12 @@ def test_writer_checks_arguments(tmp_path: Path, class_factory: Factory) -> None
     job = write_cryosparc_class2d(class_factory(), tmp_path / "J1")
     with pytest.raises(ValueError, match="values 0/1"):
         write_cryosparc_selection(job, np.full(12, -1), tmp_path / "J2")
+
+
+def test_blob_shape_must_be_the_stacks(tmp_path: Path, class_factory: Factory) -> None:
+    job = write_cryosparc_class2d(class_factory(n=4, box=80), tmp_path / "P3" / "J42")
+    stack = next((tmp_path / "P3" / "J42").glob("*_class_averages.mrc"))
+    write_stack(stack, np.zeros((4, 112, 112)), 2.5)
+    with pytest.raises(InputError, match="blob/shape is 80x80 px") as info:
+        read_cryosparc_class2d(tmp_path / "P3" / "J42")
+    assert "_class_averages.cs" in str(info.value) and job is not None

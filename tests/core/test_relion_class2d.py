@@ -457,3 +457,18 @@ def test_writer_checks_arguments(tmp_path: Path, class_factory: Factory) -> None
     with pytest.raises(ValueError, match="pixel size"):
         write_relion_class2d(class_factory(pixel_size=None), tmp_path)
     assert not (tmp_path / "Class2D").exists()
+
+
+def test_box_of_the_star_files_must_be_the_stacks(
+    tmp_path: Path, class_factory: Factory
+) -> None:
+    job = write_relion_class2d(class_factory(n=4, box=64), tmp_path, "Class2D/job007")
+    write_stack(job.classes_mrcs, np.zeros((4, 96, 96)), 2.5)
+    with pytest.raises(InputError, match="rlnOriginalImageSize is 64 px") as info:
+        read_relion_class2d(job.data_star)
+    assert str(job.model_star) in str(info.value)
+    # without the model's statement, data_optics rlnImageSize says the same
+    _edit(job.model_star, "_rlnOriginalImageSize", "_rlnUnusedImageSize")
+    with pytest.raises(InputError, match="data_optics rlnImageSize is 64 px") as info:
+        read_relion_class2d(job.data_star)
+    assert str(job.data_star) in str(info.value)

@@ -103,3 +103,22 @@ def test_write_stack_checks_its_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="positive"):
         write_stack(tmp_path / "x.mrcs", np.ones((2, 4, 4)), -1.0)
     assert not list(tmp_path.iterdir())
+
+
+def test_bogus_header_is_refused_before_reading_data(tmp_path: Path) -> None:
+    import tracemalloc
+
+    path = _raw_mrc(tmp_path / "bogus.mrcs", np.zeros((2, 16, 16), np.float32))
+    with open(path, "r+b") as fh:  # nz (bytes 8-11): 30,000 images of 16x16 float32
+        fh.seek(8)
+        fh.write(np.int32(30_000).tobytes())
+    with open(path, "r+b") as fh:  # and nx, ny: 160x160, about 3 GB claimed
+        fh.write(np.array([160, 160], np.int32).tobytes())
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match="header describes 30000 images"):
+            read_mrc_images(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50e6
