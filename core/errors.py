@@ -18,3 +18,9 @@ class InputError(ValueError):
         super().__init__(
             self.problem if self.path is None else f"{self.path}: {self.problem}"
         )
+
+
+class NothingSelected(InputError):
+    """The threshold (or the particle-count rule) kept no class: there is nothing to pass
+    on. Every tool ends with this one line, as for any bad input, and writes no selection
+    outputs (see README, "When nothing is kept")."""

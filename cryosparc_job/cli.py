@@ -24,10 +24,14 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryodiscovery.core import __version__
 from cryodiscovery.core.cli import configure_logging
+from cryodiscovery.core.commands.selection_args import (
+    add_selection_args,
+    selection_options,
+)
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.cryosparc_job.online import (
     JobInterrupted,
@@ -42,6 +46,9 @@ from cryodiscovery.cryosparc_job.session import (
     ServerError,
     connect,
 )
+
+if TYPE_CHECKING:
+    from cryodiscovery.core.selection import SelectionOptions
 
 log = logging.getLogger(__name__)
 PROG = "cryodiscovery-cryosparc"
@@ -105,37 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="output folder (offline: required; online: a local copy of the report)",
     )
-    sel = p.add_argument_group("selection")
-    sel.add_argument(
-        "--model", type=Path, help="model checkpoint (default: the shipped model)"
-    )
-    sel.add_argument(
-        "--threshold", type=float, help="keep classes scoring at least this (0-1)"
-    )
-    sel.add_argument(
-        "--target-fnr",
-        type=float,
-        help="choose the threshold for this rate of good classes lost",
-    )
-    sel.add_argument(
-        "--adaptive",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="adapt the threshold to this job's score distribution (default); "
-        "--no-adaptive: the threshold stored with the model",
-    )
-    sel.add_argument(
-        "--min-particles",
-        type=int,
-        default=0,
-        help="reject classes with fewer particles",
-    )
+    add_selection_args(p.add_argument_group("selection"))
     return p
 
 
 def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        p.error(f"--threshold must be between 0 and 1, got {args.threshold}")
     if args.job_dir is not None:
         if args.project or args.job:
             p.error("--job-dir (offline) cannot be combined with --project/--job")
@@ -147,17 +128,10 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("give --url (or --host/--base-port), or set CRYOSPARC_BASE_URL")
 
 
-def make_selector(args: argparse.Namespace) -> Selector:
+def make_selector(options: SelectionOptions) -> Selector:
     """The core selection with the command's options (model loaded on first use)."""
-    from cryodiscovery.core.selection import SelectionOptions, select_classes
+    from cryodiscovery.core.selection import select_classes
 
-    options = SelectionOptions(
-        model_path=args.model,
-        threshold=args.threshold,
-        target_fnr=args.target_fnr,
-        adaptive=args.adaptive,
-        min_particles=args.min_particles,
-    )
     return lambda classes: select_classes(classes, options)
 
 
@@ -199,7 +173,8 @@ def main(argv: list[str] | None = None, *, select: Selector | None = None) -> in
     if not args.verbose:  # one line per HTTP request is noise for users
         logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        _run(args, argv, select or make_selector(args))
+        options = selection_options(args)  # refused here, before any server is asked
+        _run(args, argv, select or make_selector(options))
         return 0
     except InputError as err:
         return _error(args, err, 2)

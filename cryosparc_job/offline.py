@@ -1,17 +1,22 @@
 """Offline mode: score a 2D classification job folder (or an export of one) without a
-server, and write the outputs of Select 2D Classes as ``.cs`` files beside the scores,
-gallery and run record.
+server, and write the outputs of Select 2D Classes beside the scores, gallery and run
+record, named as Select 2D names them in its job folder.
 
 Each non-empty output ``<name>`` is written as cryoSPARC writes it: ``<name>.cs`` with
 ``uid`` and the slots Select 2D writes itself (``blob`` and ``alignments2D`` for particles,
-``blob`` for templates) and ``passthrough_<name>.cs`` with ``uid`` and every other slot of
-the input rows (CTF, location, ...). Join the two on ``uid`` for the full rows. Empty
-outputs are not written. All files appear together or not at all.
+``blob`` for templates) and ``<JOB>_passthrough_<name>.cs`` with ``uid`` and every other
+slot of the input rows (CTF, location, ...); join the two on ``uid`` for the full rows.
+``<JOB>`` is the output folder's name when it is a job uid (``J43``), else the 2D job's
+uid. Like Select 2D, the class averages of each template output are also written as an
+MRC stack, ``templates_selected.mrc`` and ``templates_excluded.mrc`` (in the rows' order,
+with the pixel size in the header). Empty outputs are not written. When no class is kept
+the run fails and writes nothing. All files appear together or not at all.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +25,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.io.stack import write_stack
 from cryodiscovery.core.outputs import staged_outputs
 from cryodiscovery.core.report.selection_files import write_selection_outputs
+from cryodiscovery.core.selection import require_selection
 from cryodiscovery.cryosparc_job.partition import (
     OUTPUT_NAMES,
     OUTPUT_TYPES,
+    TEMPLATE_FIELD,
     Partition,
     partition,
     passthrough_fields,
@@ -39,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Selector = Callable[[ClassAverages], "Selection"]
+_JOB_UID = re.compile(r"^J\d+$")
 
 
 @dataclass(frozen=True)
@@ -50,34 +59,62 @@ class OfflineResult:
     summary: str
 
 
-def output_files(name: str) -> tuple[str, str]:
-    """File names of output ``name``: the written slots and the passthrough slots."""
-    return f"{name}.cs", f"passthrough_{name}.cs"
+def output_files(name: str, job_uid: str) -> tuple[str, ...]:
+    """File names of output ``name`` as Select 2D job ``job_uid`` names them: the written
+    slots, the passthrough slots and, for templates, the class-average stack."""
+    files = (f"{name}.cs", f"{job_uid}_passthrough_{name}.cs")
+    return (*files, f"{name}.mrc") if OUTPUT_TYPES[name] == "template" else files
 
 
-def write_partition(parts: Partition, folder: Path) -> dict[str, Path]:
-    """Write the non-empty outputs of ``parts`` into ``folder``; returns name -> path."""
+def output_job_uid(out_dir: Path, source_uid: str | None) -> str:
+    """The ``JNN`` of the passthrough file names: ``out_dir``'s name when it is a job
+    uid, else the 2D job's (``source_uid``), else ``J0``."""
+    for uid in (Path(out_dir).name, source_uid or ""):
+        if _JOB_UID.match(uid):
+            return uid
+    return "J0"
+
+
+def write_partition(
+    parts: Partition, folder: Path, job_uid: str, classes: ClassAverages
+) -> dict[str, Path]:
+    """Write the non-empty outputs of ``parts`` into ``folder`` (with the class-average
+    stacks of the template outputs, images from ``classes``); returns name -> path."""
     written: dict[str, Path] = {}
     for name, dset in parts.outputs():
         if len(dset) == 0:
             log.info("%s is empty; not written", name)
             continue
         otype = OUTPUT_TYPES[name]
-        main, passthrough = output_files(name)
+        main, passthrough, *stack = output_files(name, job_uid)
         dset.filter_fields(written_fields(dset, otype), copy=True).save(folder / main)
         written[name] = folder / main
         extra = passthrough_fields(dset, otype)
         if len(extra) > 1:
             dset.filter_fields(extra, copy=True).save(folder / passthrough)
             written[f"passthrough_{name}"] = folder / passthrough
+        if stack:
+            write_template_stack(dset, classes, folder / stack[0])
+            written[f"{name}_stack"] = folder / stack[0]
     return written
 
 
-def _remove_stale(out_dir: Path, current: set[str]) -> None:
+def write_template_stack(
+    templates: Dataset, classes: ClassAverages, path: Path
+) -> None:
+    """The class averages of the ``templates`` rows (by ``blob/idx``, in row order) as
+    an MRC stack with the classes' pixel size."""
+    position = {int(n) - 1: i for i, n in enumerate(classes.class_numbers)}
+    order = [position[int(idx)] for idx in np.asarray(templates[TEMPLATE_FIELD])]
+    write_stack(path, classes.images[order], classes.pixel_size)
+
+
+def _remove_stale(out_dir: Path, current: set[str], job_uid: str) -> None:
     """Delete output files of an earlier run that this run did not write (an output that
-    is empty now must not keep its old rows)."""
+    is empty now must not keep its old rows), also those named the way this module named
+    them before it followed Select 2D (``passthrough_<name>.cs``)."""
     for name in OUTPUT_NAMES:
-        for filename in output_files(name):
+        for filename in (*output_files(name, job_uid), f"passthrough_{name}.cs"):
             path = out_dir / filename
             if filename not in current and path.exists():
                 path.unlink()
@@ -167,12 +204,14 @@ def run_offline(
     classes, templates, particles = read_job(Path(job_dir))
     what = classes.provenance.job or str(job_dir)
     selection = select(classes)
+    require_selection(selection)
     parts = partition(
         templates, particles, selection.class_numbers[selection.selected], what=what
     )
     out = Path(out_dir)
+    job_uid = output_job_uid(out, what.rsplit("/", 1)[-1])
     with staged_outputs(out) as stage:
-        written = write_partition(parts, stage)
+        written = write_partition(parts, stage, job_uid, classes)
         reports = write_selection_outputs(
             stage,
             classes,
@@ -185,7 +224,7 @@ def run_offline(
         files = {
             k: out / p.relative_to(stage) for k, p in {**written, **reports}.items()
         }
-    _remove_stale(out, names)
+    _remove_stale(out, names, job_uid)
     summary = summary_line(classes, selection, parts)
     log.info("%s", summary)
     return OfflineResult(

@@ -27,6 +27,7 @@ from cryodiscovery.core.report.selection_files import (
     render_gallery,
     write_selection_outputs,
 )
+from cryodiscovery.core.selection import require_selection
 from cryodiscovery.cryosparc_job.partition import (
     OUTPUT_TYPES,
     WRITTEN_SLOTS,
@@ -325,6 +326,9 @@ def score_in_job(
         f"Scoring {len(classes)} class averages of {what} ({len(particles):,} particles)"
     )
     selection = select(classes)
+    for warning in selection.warnings:
+        _log_quietly(ext, warning, "warning")
+    require_selection(selection)  # nothing kept: the job fails, nothing is saved
     parts = partition(
         templates, particles, selection.class_numbers[selection.selected], what=what
     )

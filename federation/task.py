@@ -29,6 +29,7 @@ Public API (client_app, server_app, cli, tests, benchmarks; keep it stable)::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -42,7 +43,6 @@ import numpy as np
 import torch
 import torch.optim.optimizer as torch_optimizer
 from cryodiscovery.core.classes import ClassAverages, Label
-from cryodiscovery.core.model.calibration import threshold_for_fnr
 from cryodiscovery.core.model.ensemble import BoostConfig, train_members
 from cryodiscovery.core.model.nets import ClassNet, NetConfig
 from cryodiscovery.core.model.preprocess import PreprocessConfig
@@ -439,20 +439,24 @@ def evaluate_scorer(
 def recalibrate(
     scorer: ClassScorer, data: Sequence[ClassAverages] | PreparedSet, target_fnr: float
 ) -> tuple[ClassScorer, Evaluation]:
-    """A copy of ``scorer`` whose threshold is calibrated for ``target_fnr`` on ``data``
-    (storing those validation scores, so users can ask for another FNR), and its
-    evaluation there."""
-    y, p = predict_sets(scorer, data)
-    copy = ClassScorer.from_payload(scorer.payload())
+    """A copy of ``scorer`` calibrated for ``target_fnr`` on ``data`` by core's one
+    calibration path (:meth:`ClassScorer.recalibrated`): both thresholds and every stored
+    validation field (labels, scores with and without metadata, no job ids) replaced
+    together, so users can ask for another FNR; and its evaluation there."""
+    prepared = _prepared(scorer, data)
+    y, p = predict_sets(scorer, prepared)
     if y.sum() == 0:
         log.warning(
             "no good classes to calibrate on; threshold kept at %.3f", scorer.threshold
         )
+        copy = ClassScorer.from_payload(scorer.payload())
         return copy, _evaluation(y, p, copy.threshold)
-    copy.threshold = threshold_for_fnr(y, p, target_fnr)
-    copy.target_fnr = target_fnr
-    copy.validation_labels, copy.validation_scores = (
-        y.astype(np.int8),
-        p.astype(np.float64),
-    )
-    return copy, _evaluation(y, p, copy.threshold)
+    image_only = predict_sets(scorer, _without_metadata(prepared))[1]
+    calibrated = scorer.recalibrated(y, p, image_only, None, target_fnr)
+    return calibrated, _evaluation(y, p, calibrated.threshold)
+
+
+def _without_metadata(prepared: PreparedSet) -> PreparedSet:
+    """The same classes as a bare stack gives them: metadata features all zero (as
+    training scores its image-only validation)."""
+    return dataclasses.replace(prepared, meta=torch.zeros_like(prepared.meta))

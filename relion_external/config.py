@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.selection import SelectionOptions
 from cryodiscovery.relion_external.nodes import normalise_version
 
 log = logging.getLogger(__name__)
@@ -43,15 +44,10 @@ class ExternalJobConfig:
         The Class2D ``run_itNNN_data.star``.
     threads:
         ``--j``: CPU threads for scoring.
-    threshold:
-        Select classes scoring at least this (0-1); None: adapted to this job's scores
-        (falling back to the model's own threshold).
-    target_fnr:
-        Instead of a threshold: the share of good classes the model may reject (0-1).
-    model:
-        A checkpoint to use instead of the shipped model.
-    min_particles:
-        Reject classes with fewer particles than this.
+    selection:
+        Threshold, target FNR, adaptive on/off, model and minimum particle count: the
+        options every tool shares (:class:`~cryodiscovery.core.selection.SelectionOptions`,
+        which refuses bad values and combinations).
     explain:
         Also write saliency overlays (``explain/``).
     relion_version:
@@ -64,18 +60,19 @@ class ExternalJobConfig:
     control_dir: Path
     in_parts: Path
     threads: int = 1
-    threshold: float | None = None
-    target_fnr: float | None = None
-    model: Path | None = None
-    min_particles: int = 0
+    selection: SelectionOptions = field(default_factory=SelectionOptions)
     explain: bool = False
     relion_version: str | None = None
     ignored: tuple[str, ...] = field(default=())
 
     def record(self) -> dict[str, Any]:
         """The options as JSON-friendly values, for ``run_record.json``."""
+        values = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name != "selection"
+        }
         return {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()},
+            **self.selection.record(),
         }
 
 
@@ -93,8 +90,17 @@ _LABELLED: tuple[tuple[str, str, str], ...] = (
         "F",
         "instead of a threshold: share of good classes the model may reject",
     ),
+    (
+        "adaptive",
+        "YES/NO",
+        "adapt the threshold to the job's scores (default Yes); No: the model's own",
+    ),
     ("model", "PT", "a checkpoint to use instead of the shipped model"),
-    ("min_particles", "N", "reject classes with fewer than N particles (default 0)"),
+    (
+        "min_particles",
+        "N",
+        "reject classes with fewer than N particles (default 0; empty classes always)",
+    ),
     (
         "explain",
         "YES/NO",
@@ -126,33 +132,33 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _number(name: str, text: str, low: float, high: float) -> float:
+def _number(name: str, text: str) -> float:
+    """A number as RELION passes it; its range is checked by the selection options."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not low <= value <= high:
-        raise InputError(
-            None, f"--{name} {text!r}: expected a number from {low} to {high}"
-        )
+    if not math.isfinite(value):
+        raise InputError(None, f"--{name} {text!r}: expected a number")
     return value
 
 
-def _flag(name: str, text: str | None) -> bool:
+def _flag(name: str, text: str | None, default: bool = False) -> bool:
     if text is None:
-        return False
+        return default
     word = text.strip().lower()
     if word in _TRUE or word in _FALSE:
         return word in _TRUE
     raise InputError(None, f"--{name} {text!r}: expected Yes or No")
 
 
-def _integer(name: str, text: str, low: int) -> int:
+def _integer(name: str, text: str, low: int | None) -> int:
+    """A whole number; ``low`` checked here when the selection options do not."""
     try:
         value = int(text)
     except ValueError:
-        value = low - 1
-    if value < low:
+        raise InputError(None, f"--{name} {text!r}: expected a whole number") from None
+    if low is not None and value < low:
         raise InputError(None, f"--{name} {text!r}: expected a whole number >= {low}")
     return value
 
@@ -164,7 +170,7 @@ def _threshold(ns: argparse.Namespace) -> float | None:
     values = [(n, v) for n, v in given if v.strip().lower() not in _DEFAULT_WORDS]
     if len(values) > 1:
         raise InputError(None, "give --threshold or --min_score, not both")
-    return _number(*values[0], 0.0, 1.0) if values else None
+    return _number(*values[0]) if values else None
 
 
 def config_from_args(ns: argparse.Namespace, unknown: list[str]) -> ExternalJobConfig:
@@ -179,25 +185,23 @@ def config_from_args(ns: argparse.Namespace, unknown: list[str]) -> ExternalJobC
             "--in_parts is missing: choose the run_itNNN_data.star of a Class2D job as "
             "'Input particles' on the External job's Input tab",
         )
-    threshold = _threshold(ns)
     fnr_text = (ns.target_fnr or "").strip()
-    target_fnr = _number("target_fnr", fnr_text, 0.0, 1.0) if fnr_text else None
-    if target_fnr == 1.0:  # rejecting every good class is no threshold at all
-        raise InputError(None, "--target_fnr '1': expected a number below 1")
-    if threshold is not None and target_fnr is not None:
-        raise InputError(None, "give a threshold or --target_fnr, not both")
     model_text = (ns.model or "").strip()
     min_parts = (ns.min_particles or "").strip() or "0"
     version_text = (ns.relion_version or "").strip()
+    selection = SelectionOptions(  # checks ranges and combinations, as for every tool
+        model_path=None if model_text.lower() in _DEFAULT_WORDS else Path(model_text),
+        threshold=_threshold(ns),
+        target_fnr=_number("target_fnr", fnr_text) if fnr_text else None,
+        adaptive=_flag("adaptive", ns.adaptive, default=True),
+        min_particles=_integer("min_particles", min_parts, None),
+    )
     return ExternalJobConfig(
         out_dir=Path(ns.o),
         control_dir=Path(ns.pipeline_control or ns.o),
         in_parts=Path(ns.in_parts),
         threads=_integer("j", (ns.j or "").strip() or "1", 1),
-        threshold=threshold,
-        target_fnr=target_fnr,
-        model=None if model_text.lower() in _DEFAULT_WORDS else Path(model_text),
-        min_particles=_integer("min_particles", min_parts, 0),
+        selection=selection,
         explain=_flag("explain", ns.explain),
         relion_version=normalise_version(version_text)
         if version_text and version_text.lower() != "auto"

@@ -94,31 +94,19 @@ def _select(
     """Score every class and decide which to keep."""
     import torch
     from cryodiscovery.core.model.checkpoint import load_scorer
-    from cryodiscovery.core.selection import SelectionOptions, select_classes
+    from cryodiscovery.core.selection import require_selection, select_classes
 
     torch.set_num_threads(config.threads)
-    scorer = load_scorer(config.model)
+    scorer = load_scorer(config.selection.model_path)
     log.info("Model %s (sha256 %s)", scorer.name, scorer.sha256[:12])
     job.check_abort()
-    options = SelectionOptions(
-        model_path=config.model,
-        threshold=config.threshold,
-        target_fnr=config.target_fnr,
-        min_particles=config.min_particles,
-    )
     log.info("Scoring %d class averages ...", len(class2d.classes))
     selection = select_classes(
-        class2d.classes, options, scorer=scorer, abort_check=job.check_abort
+        class2d.classes, config.selection, scorer=scorer, abort_check=job.check_abort
     )
     job.check_abort()
     _log_scores(class2d, selection)
-    if not np.any(selection.selected):
-        raise InputError(
-            None,
-            f"no class scored >= {selection.threshold:.3f} ({selection.threshold_source}"
-            f" threshold; best score {np.max(selection.scores):.3f}): nothing to pass on;"
-            " lower --threshold or check the input",
-        )
+    require_selection(selection)  # nothing kept: the job fails, nothing is written
     return selection, scorer
 
 

@@ -7,12 +7,13 @@ folder), a cryoSPARC 2D classification job folder or one of its .cs files, or a 
 Writes into DIR: scores.csv (class_number, score, selected, particle_count,
 resolution_A, reason), gallery.png (kept and rejected classes, best first),
 score_histogram.png and run_record.json; with --explain also explain/class_NNN.png
-(what drove each decision) and explain/overview.png.
+(what drove each decision) and explain/overview.png. When no class is kept, it writes
+nothing and ends with one line naming the best score (exit status 2).
 
 Examples:
   cryodiscovery score Class2D/job013/run_it025_data.star --out cd_job013
   cryodiscovery score J42 --out cd_J42 --target-fnr 0.01 --explain
-  cryodiscovery score classes.mrcs --angpix 1.06 --out cd_stack --threshold 0.3
+  cryodiscovery score classes.mrcs --out cd_stack --threshold 0.3
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from cryodiscovery.core.report.selection_files import (
     format_summary,
     write_selection_outputs,
 )
-from cryodiscovery.core.selection import select_classes
+from cryodiscovery.core.selection import require_selection, select_classes
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--angpix",
         type=float,
         metavar="A",
-        help="pixel size in Å (needed for a bare stack)",
+        help="optional pixel size in Å (default: from the input; for a bare stack, "
+        "its header). Scores do not depend on it for a bare stack (the model frames "
+        "each particle by its own extent); it is only recorded. For RELION and "
+        "cryoSPARC inputs it overrides the recorded value",
     )
     add_selection_args(parser)
     parser.add_argument(
@@ -70,6 +74,7 @@ def main(args: argparse.Namespace) -> int:
     classes = read_class_averages(args.input, args.angpix)
     scorer = load_scorer(args.model)
     selection = select_classes(classes, options, scorer)
+    require_selection(selection)
     outputs = write_selection_outputs(
         args.out,
         classes,

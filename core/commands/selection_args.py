@@ -1,33 +1,43 @@
-"""The selection options shared by the commands that score (``score``, ``evaluate``):
-one set of flags, one conversion to :class:`~cryodiscovery.core.selection.SelectionOptions`.
+"""The selection flags of every command that selects classes (``score``, ``evaluate`` and
+``cryodiscovery-cryosparc``): one set of flags, one conversion to
+:class:`~cryodiscovery.core.selection.SelectionOptions`, which refuses bad values and
+combinations (the RELION job converts its own ``--label value`` shapes to the same
+options, so every tool refuses them with the same line).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any, Protocol
 
 from cryodiscovery.core.selection import SelectionOptions
 
 
-def add_selection_args(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--threshold`` | ``--target-fnr``, ``--[no-]adaptive``,
-    ``--min-particles``."""
+class _ArgumentAdder(Protocol):
+    """An argument parser or one of its argument groups."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action: ...
+
+
+def add_selection_args(parser: _ArgumentAdder) -> None:
+    """``--model``, ``--threshold``, ``--target-fnr``, ``--[no-]adaptive``,
+    ``--min-particles``; to ``parser`` or one of its argument groups."""
     parser.add_argument(
         "--model",
         type=Path,
         metavar="PATH",
         help="model file (default: the shipped model)",
     )
-    limit = parser.add_mutually_exclusive_group()
-    limit.add_argument(
+    parser.add_argument(
         "--threshold", type=float, metavar="T", help="keep classes scoring >= T (0-1)"
     )
-    limit.add_argument(
+    parser.add_argument(
         "--target-fnr",
         type=float,
         metavar="F",
-        help="threshold for this false-negative rate on the model's validation data",
+        help="instead of --threshold: the threshold for this false-negative rate on "
+        "the model's validation data",
     )
     parser.add_argument(
         "--adaptive",
@@ -41,12 +51,15 @@ def add_selection_args(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="also reject classes with fewer than N particles",
+        help="also reject classes with fewer than N particles (classes with none are "
+        "always rejected)",
     )
 
 
 def selection_options(args: argparse.Namespace) -> SelectionOptions:
-    """The :class:`SelectionOptions` that :func:`add_selection_args` flags ask for."""
+    """The :class:`SelectionOptions` that :func:`add_selection_args` flags ask for;
+    :class:`~cryodiscovery.core.errors.InputError` (one line) for a bad value or
+    combination."""
     return SelectionOptions(
         model_path=args.model,
         threshold=args.threshold,
@@ -58,10 +71,4 @@ def selection_options(args: argparse.Namespace) -> SelectionOptions:
 
 def selection_config(args: argparse.Namespace) -> dict[str, object]:
     """The same options as plain values, for the run record."""
-    return {
-        "model_path": None if args.model is None else str(args.model),
-        "threshold": args.threshold,
-        "target_fnr": args.target_fnr,
-        "adaptive": args.adaptive,
-        "min_particles": args.min_particles,
-    }
+    return selection_options(args).record()

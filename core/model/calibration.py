@@ -119,6 +119,96 @@ def robust_threshold_for_fnr(
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """Thresholds of both scoring modes for one false-negative rate, and the validation
+    data they were calibrated on (all arrays ``(n,)``, one entry per validation class).
+
+    Made only by :func:`calibrate`, so that thresholds and data always belong together.
+    """
+
+    target_fnr: float
+    threshold: float
+    image_only_threshold: float
+    labels: npt.NDArray[np.int8]
+    scores: npt.NDArray[np.float64]
+    scores_image_only: npt.NDArray[np.float64] | None
+    groups: npt.NDArray[np.int64] | None
+    description: str
+
+    def threshold_for(self, image_only: bool) -> float:
+        """The threshold of image-only or image+metadata scoring."""
+        return self.image_only_threshold if image_only else self.threshold
+
+
+def calibrate(
+    labels: npt.ArrayLike,
+    scores: npt.ArrayLike,
+    scores_image_only: npt.ArrayLike | None = None,
+    groups: npt.ArrayLike | None = None,
+    target_fnr: float = 0.03,
+) -> Calibration:
+    """The one calibration of a model: thresholds of both scoring modes for
+    ``target_fnr`` on validation classes, robust across validation jobs
+    (:func:`robust_threshold_for_fnr`), with the data they came from.
+
+    Parameters
+    ----------
+    labels:
+        ``(n,)`` 0/1 truth (1 = good).
+    scores:
+        ``(n,)`` image+metadata scores of the same classes.
+    scores_image_only:
+        ``(n,)`` image-only scores; None: the image-only threshold is ``scores``'.
+    groups:
+        ``(n,)`` validation job of each class; None: no job bootstrap.
+    target_fnr:
+        Allowed fraction of good classes rejected, in ``[0, 1)``.
+
+    Raises
+    ------
+    ValueError
+        Arrays of different lengths, no good class, or ``target_fnr`` out of range.
+    """
+    _check_fnr(target_fnr)
+    y = np.asarray(labels).astype(np.int8)
+    s = np.asarray(scores, dtype=np.float64)
+    s_image = (
+        None
+        if scores_image_only is None
+        else np.asarray(scores_image_only, dtype=np.float64)
+    )
+    g = None if groups is None else np.asarray(groups).astype(np.int64)
+    for what, a in (("scores", s), ("image-only scores", s_image), ("groups", g)):
+        if a is not None and (a.ndim != 1 or a.shape != y.shape):
+            raise ValueError(
+                f"calibration data differ in length: {y.shape} labels, {a.shape} {what}"
+            )
+    threshold = robust_threshold_for_fnr(y, s, g, target_fnr)
+    image_only = (
+        threshold
+        if s_image is None
+        else robust_threshold_for_fnr(y, s_image, g, target_fnr)
+    )
+    jobs = 0 if g is None else int(np.unique(g).size)
+    description = (
+        f"thresholds at {target_fnr:.1%} FNR on {jobs} validation jobs: 10th "
+        "percentile of job-bootstrap thresholds"
+        if jobs >= 5
+        else f"thresholds at {target_fnr:.1%} FNR on {y.size} validation classes"
+    )
+    return Calibration(
+        float(target_fnr),
+        float(threshold),
+        float(image_only),
+        y,
+        s,
+        s_image,
+        g,
+        description,
+    )
+
+
+@dataclass(frozen=True)
 class AdaptiveConfig:
     """Safeguards of the per-job adaptive threshold.
 

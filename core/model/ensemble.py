@@ -29,10 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from cryodiscovery.core.model.augment import augment_batch
-from cryodiscovery.core.model.calibration import (
-    robust_threshold_for_fnr,
-    threshold_for_fnr,
-)
+from cryodiscovery.core.model.calibration import threshold_for_fnr
 from cryodiscovery.core.model.nets import (
     BOOSTED,
     MEAN,
@@ -285,9 +282,9 @@ def scorer_from_ensemble(
     info: dict[str, Any] | None = None,
 ) -> ClassScorer:
     """A scorer from a trained ensemble with thresholds for both scoring modes,
-    calibrated on the validation jobs for ``target_fnr`` robustly across jobs
-    (:func:`~cryodiscovery.core.model.calibration.robust_threshold_for_fnr`); the validation
-    scores are stored for later recalibration."""
+    calibrated on the validation jobs for ``target_fnr`` robustly across jobs by the
+    one calibration path (:meth:`~cryodiscovery.core.model.scorer.ClassScorer.
+    recalibrated`); the validation scores are stored for later recalibration."""
     labels = val.labels.numpy().astype(np.int8)
     groups = val.groups.numpy()
     with_meta = result.val_scores.double().numpy()
@@ -295,27 +292,16 @@ def scorer_from_ensemble(
     details = dict(info or {})
     details["ensemble"] = result.decision
     details["members_training"] = result.training
-    details["calibration"] = (
-        f"thresholds at {target_fnr:.1%} FNR on {len(set(groups.tolist()))} validation "
-        "jobs: 10th percentile of job-bootstrap thresholds"
-    )
-    return ClassScorer(
+    uncalibrated = ClassScorer(
         result.members,
         net_config,
         preprocess,
         result.rule,
-        robust_threshold_for_fnr(labels, with_meta, groups, target_fnr),
-        target_fnr=target_fnr,
-        validation_labels=labels,
-        validation_scores=with_meta,
-        image_only_threshold=robust_threshold_for_fnr(
-            labels, image_only, groups, target_fnr
-        ),
-        validation_scores_image_only=image_only,
-        validation_groups=groups,
+        0.5,
         name=name,
         info=details,
     )
+    return uncalibrated.recalibrated(labels, with_meta, image_only, groups, target_fnr)
 
 
 def fit_scorer(

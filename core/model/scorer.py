@@ -14,7 +14,7 @@ import numpy.typing as npt
 import torch
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.errors import InputError
-from cryodiscovery.core.model.calibration import robust_threshold_for_fnr
+from cryodiscovery.core.model.calibration import calibrate
 from cryodiscovery.core.model.nets import RULES, ClassNet, NetConfig, combine_logits
 from cryodiscovery.core.model.preprocess import PreprocessConfig, prepare_inputs
 
@@ -152,12 +152,11 @@ class ClassScorer:
         self, target_fnr: float, mode: str = IMAGE_AND_METADATA
     ) -> float:
         """Recalibrate the threshold for another false-negative rate on the stored
-        validation scores of ``mode`` (robust across validation jobs when their ids are
-        stored); ``InputError`` when the model has none."""
-        scores = self.validation_scores
-        if mode == IMAGE_ONLY and self.validation_scores_image_only is not None:
-            scores = self.validation_scores_image_only
-        if scores is None or self.validation_labels is None:
+        validation scores of ``mode``, by :func:`~cryodiscovery.core.model.calibration.
+        calibrate` (robust across validation jobs when their ids are stored);
+        ``InputError`` when the model has none, or stored data that do not belong
+        together."""
+        if self.validation_scores is None or self.validation_labels is None:
             raise InputError(
                 None,
                 f"model {self.name} stores no validation scores: "
@@ -165,8 +164,56 @@ class ClassScorer:
             )
         if not 0.0 <= target_fnr < 1.0:
             raise InputError(None, f"--target-fnr must be in [0, 1), got {target_fnr}")
-        return robust_threshold_for_fnr(
-            self.validation_labels, scores, self.validation_groups, target_fnr
+        try:
+            calibration = calibrate(
+                self.validation_labels,
+                self.validation_scores,
+                self.validation_scores_image_only,
+                self.validation_groups,
+                target_fnr,
+            )
+        except ValueError as err:
+            raise InputError(
+                None,
+                f"model {self.name} cannot be recalibrated ({err}): "
+                "use --threshold instead of --target-fnr",
+            ) from err
+        return calibration.threshold_for(mode == IMAGE_ONLY)
+
+    def recalibrated(
+        self,
+        labels: npt.ArrayLike,
+        scores: npt.ArrayLike,
+        scores_image_only: npt.ArrayLike | None,
+        groups: npt.ArrayLike | None,
+        target_fnr: float,
+    ) -> ClassScorer:
+        """A scorer with the same networks whose every calibration field (both
+        thresholds, target FNR, validation labels, scores of both modes, job ids) comes
+        from one :func:`~cryodiscovery.core.model.calibration.calibrate` of these
+        ``(n,)`` validation data; the one way training and the federation calibrate.
+
+        Raises
+        ------
+        ValueError
+            Arrays of different lengths, or no good class among ``labels``.
+        """
+        cal = calibrate(labels, scores, scores_image_only, groups, target_fnr)
+        return ClassScorer(
+            self.members,
+            self.net_config,
+            self.preprocess,
+            self.rule,
+            cal.threshold,
+            target_fnr=cal.target_fnr,
+            validation_labels=cal.labels,
+            validation_scores=cal.scores,
+            image_only_threshold=cal.image_only_threshold,
+            validation_scores_image_only=cal.scores_image_only,
+            validation_groups=cal.groups,
+            name=self.name,
+            info={**self.info, "calibration": cal.description},
+            sha256="",
         )
 
     def payload(self) -> dict[str, Any]:

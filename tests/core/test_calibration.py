@@ -112,3 +112,29 @@ def test_robust_threshold_protects_jobs_that_score_lower() -> None:
     assert robust_threshold_for_fnr(y, s, g % 3, 0.03) == plain  # < 5 jobs: plain
     with pytest.raises(ValueError):
         robust_threshold_for_fnr(y, s, g[:10], 0.03)
+
+
+def test_recalibrated_replaces_every_calibration_field_together() -> None:
+    from cryodiscovery.core.errors import InputError
+    from cryodiscovery.core.model.calibration import calibrate
+    from model_fixtures import tiny_scorer
+
+    old = tiny_scorer()  # 200 validation classes of 10 jobs
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 50)
+    s, s_image = rng.random(50), rng.random(50) * 0.5
+    new = old.recalibrated(y, s, s_image, None, 0.05)
+    assert new.members is old.members and new.target_fnr == 0.05
+    assert new.threshold == threshold_for_fnr(y, s, 0.05)
+    assert new.image_only_threshold == threshold_for_fnr(y, s_image, 0.05)
+    assert new.validation_groups is None
+    assert len(new.validation_scores_image_only) == len(new.validation_labels) == 50
+    assert new.threshold_for_fnr(0.05, "image-only") == new.image_only_threshold
+    assert "50 validation classes" in new.info["calibration"]
+    with pytest.raises(ValueError, match="differ in length"):
+        calibrate(y, s, s_image[:-1], None, 0.05)
+    # a model half-replaced by an older federation: one line, not a crash
+    old.validation_labels, old.validation_scores = y, s
+    with pytest.raises(InputError, match="cannot be recalibrated") as info:
+        old.threshold_for_fnr(0.05)
+    assert "\n" not in str(info.value)

@@ -102,26 +102,36 @@ def test_threshold_options_decide(
     base = ["score", str(relion_job), "--model", str(model)]
     assert run([*base, "--out", str(tmp_path / "a"), "--threshold", "0"])[0] == 0
     assert all(r["selected"] == "1" for r in _rows(tmp_path / "a" / "scores.csv"))
-    code, stdout, _ = run(
-        [*base, "--out", str(tmp_path / "b"), "--min-particles", "100000"]
+    code, _, stderr = run(
+        [
+            *base,
+            "--out",
+            str(tmp_path / "b"),
+            "--threshold",
+            "0",
+            "--min-particles",
+            "100000",
+        ]
+    )  # nothing kept: one line naming the best score, no outputs
+    assert code == 2 and not (tmp_path / "b").exists()
+    assert (
+        stderr.strip()
+        .splitlines()[-1]
+        .startswith("cryodiscovery score: error: no class kept: best score ")
     )
-    assert code == 0
-    rows = _rows(tmp_path / "b" / "scores.csv")
-    assert all(r["selected"] == "0" and "min_particles" in r["reason"] for r in rows)
-    assert "12 for too few particles" in stdout
-    with pytest.raises(SystemExit) as err:
-        run(
-            [
-                *base,
-                "--out",
-                str(tmp_path / "c"),
-                "--threshold",
-                "0.3",
-                "--target-fnr",
-                "0.1",
-            ]
-        )
-    assert err.value.code == 2
+    assert "12 class(es) at or above it have too few particles" in stderr
+    code, _, stderr = run(
+        [
+            *base,
+            "--out",
+            str(tmp_path / "c"),
+            "--threshold",
+            "0.3",
+            "--target-fnr",
+            "0.1",
+        ]
+    )
+    assert code == 2 and stderr.strip().endswith("give one of them")
 
 
 def test_score_bare_stack_is_image_only_in_stack_order(
@@ -154,7 +164,7 @@ def test_score_bare_stack_is_image_only_in_stack_order(
         (lambda d: _garbage(d / "junk.mrcs"), [], "junk.mrcs"),
         (lambda d: _garbage(d / "notes.txt"), [], "notes.txt"),
         (lambda d: None, ["--model", "MODEL"], "bad_model.pt"),
-        (lambda d: None, ["--threshold", "1.5"], "--threshold"),
+        (lambda d: None, ["--threshold", "1.5"], "threshold must be in [0, 1]"),
     ],
 )
 def test_bad_input_gives_exit_2_and_one_line(  # type: ignore[no-untyped-def]

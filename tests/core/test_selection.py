@@ -8,11 +8,15 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.errors import InputError, NothingSelected
 from cryodiscovery.core.model.calibration import sigmoid
 from cryodiscovery.core.model.checkpoint import save_scorer
 from cryodiscovery.core.model.scorer import ClassScorer
-from cryodiscovery.core.selection import SelectionOptions, select_classes
+from cryodiscovery.core.selection import (
+    SelectionOptions,
+    require_selection,
+    select_classes,
+)
 from model_fixtures import make_toy_classes, tiny_scorer
 
 
@@ -34,7 +38,7 @@ class FixedScorer(ClassScorer):
         self.fixed = scores
         self.batches = 0
 
-    def predict(self, classes, batch_size=256, on_batch=None):  # type: ignore[no-untyped-def]
+    def predict(self, classes, batch_size=256, on_batch=None, device=None):  # type: ignore[no-untyped-def]
         for _ in range(0, len(classes), batch_size):
             if on_batch is not None:
                 on_batch()
@@ -59,8 +63,7 @@ def test_threshold_precedence() -> None:
     s = select_classes(classes, SelectionOptions(adaptive=True, target_fnr=0.1), scorer)
     assert s.threshold_source == "target-fnr"
     assert s.threshold == scorer.threshold_for_fnr(0.1)
-    opts = SelectionOptions(adaptive=True, target_fnr=0.1, threshold=0.25)
-    s = select_classes(classes, opts, scorer)
+    s = select_classes(classes, SelectionOptions(threshold=0.25), scorer)
     assert (s.threshold, s.threshold_source) == (0.25, "user")
     np.testing.assert_array_equal(s.selected, scores >= 0.25)
 
@@ -119,14 +122,16 @@ def test_modes_use_their_own_stored_threshold() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (SelectionOptions(threshold=1.5), "--threshold"),
-        (SelectionOptions(target_fnr=-0.1), "--target-fnr"),
-        (SelectionOptions(min_particles=-1), "--min-particles"),
+        ({"threshold": 1.5}, "threshold must be"),
+        ({"target_fnr": -0.1}, "target false-negative rate must be"),
+        ({"min_particles": -1}, "minimum particle count"),
+        ({"threshold": 0.3, "target_fnr": 0.1}, "give one of them"),
     ],
 )
-def test_bad_options_are_input_errors(options: SelectionOptions, message: str) -> None:
-    with pytest.raises(InputError, match=message):
-        select_classes(make_toy_classes(2, seed=0), options, tiny_scorer())
+def test_bad_options_are_refused_when_made(options: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message) as info:
+        SelectionOptions(**options)
+    assert "\n" not in str(info.value)
 
 
 def test_missing_model_file_is_an_input_error(tmp_path: Path) -> None:
@@ -134,3 +139,43 @@ def test_missing_model_file_is_an_input_error(tmp_path: Path) -> None:
         select_classes(
             make_toy_classes(2, seed=0), SelectionOptions(model_path=tmp_path / "x.pt")
         )
+
+
+def test_an_empty_class_is_never_selected() -> None:
+    base = make_toy_classes(4, seed=6)
+    counts = np.array([0.0, 1.0, np.nan, 300.0])
+    classes = ClassAverages.create(base.images, metadata={"particle_count": counts})
+    s = select_classes(classes, SelectionOptions(), FixedScorer(np.full(4, 0.99)))
+    np.testing.assert_array_equal(s.selected, [False, True, True, True])
+    assert s.reasons == ("min_particles", "", "", "")
+
+
+def test_nothing_kept_warns_and_require_selection_names_the_best_score(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    classes = make_toy_classes(12, seed=7)
+    scores = np.linspace(0.05, 0.3, 12)
+    with caplog.at_level("WARNING"):
+        s = select_classes(
+            classes, SelectionOptions(threshold=0.5), FixedScorer(scores)
+        )
+    assert s.n_selected == 0
+    line = "no class kept: best score 0.300 (class 12), threshold 0.500 (user)"
+    assert line in s.warnings and line in caplog.text
+    with pytest.raises(NothingSelected, match="nothing to pass on") as info:
+        require_selection(s)
+    assert str(info.value).startswith(line) and "\n" not in str(info.value)
+    kept = select_classes(classes, SelectionOptions(threshold=0.2), FixedScorer(scores))
+    require_selection(kept)  # something kept: no error, no warning
+    assert not kept.warnings
+
+
+def test_adaptive_fallback_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    classes = make_toy_classes(6, seed=8)  # too few classes to adapt
+    scorer = FixedScorer(np.full(6, 0.9), threshold=0.6)
+    with caplog.at_level("WARNING"):
+        s = select_classes(classes, SelectionOptions(), scorer)
+    assert s.threshold_source == "model"
+    assert any("adaptive threshold not used" in w for w in s.warnings)
+    assert "adaptive threshold not used (only 6 classes)" in caplog.text
+    assert "0.600 applies" in caplog.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from cryodiscovery.core import cli
 from cryodiscovery.core.commands.selection_args import selection_options
+from cryodiscovery.core.errors import InputError
 
 
 @pytest.mark.parametrize(
@@ -20,5 +21,6 @@ def test_selection_flags_match_between_commands(head):
         parser.parse_args([*head, "--target-fnr", "0.05", "--min-particles", "40"])
     )
     assert (chosen.target_fnr, chosen.min_particles) == (0.05, 40)
-    with pytest.raises(SystemExit):
-        parser.parse_args([*head, "--threshold", "0.5", "--target-fnr", "0.05"])
+    both = parser.parse_args([*head, "--threshold", "0.5", "--target-fnr", "0.05"])
+    with pytest.raises(InputError, match="give one of them"):
+        selection_options(both)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.io.cryosparc_class2d import read_cryosparc_selection
+from cryodiscovery.core.io.stack import read_mrc_images
 from cryodiscovery.core.synthetic.cryosparc_jobs import write_cryosparc_class2d
 from cryodiscovery.core.synthetic.generator import SimulationConfig, simulate_run
 from cryodiscovery.cryosparc_job.cli import main
@@ -55,10 +56,11 @@ def test_outputs_partition_the_particles_and_keep_every_field(job_dir, tmp_path)
     result = run_offline(job_dir, out, keep([1, 4, 5]))
     particles, passthrough, templates = _source(job_dir)
     read = {p.stem: Dataset.load(p) for p in out.glob("*.cs")}
+    # named as Select 2D names them: JNN_ on the passthrough files only
     assert set(read) == {
         f"{pre}{name}"
         for name in ("particles_selected", "particles_excluded")
-        for pre in ("", "passthrough_")
+        for pre in ("", "J12_passthrough_")
     } | {"templates_selected", "templates_excluded"}
     sel, exc = read["particles_selected"], read["particles_excluded"]
     assert len(sel) + len(exc) == len(particles)
@@ -70,7 +72,7 @@ def test_outputs_partition_the_particles_and_keep_every_field(job_dir, tmp_path)
     assert sel.fields() == particles.fields()
     src, pt_src = _by_uid(particles), _by_uid(passthrough)
     for name in ("particles_selected", "particles_excluded"):
-        main_rows, pt_rows = read[name], read[f"passthrough_{name}"]
+        main_rows, pt_rows = read[name], read[f"J12_passthrough_{name}"]
         assert np.array_equal(main_rows["uid"], pt_rows["uid"])
         assert pt_rows.fields() == passthrough.fields()
         idx = [src[int(u)] for u in main_rows["uid"]]
@@ -90,6 +92,13 @@ def test_outputs_partition_the_particles_and_keep_every_field(job_dir, tmp_path)
             )
     assert sorted(read["templates_selected"]["blob/idx"]) == [0, 3, 4]
     assert read["templates_selected"].fields() == templates.fields()
+    # and, like Select 2D, the class averages of each template output as an MRC stack
+    source_stack = read_mrc_images(job_dir / "J12_020_class_averages.mrc")[0]
+    for name in ("templates_selected", "templates_excluded"):
+        images, voxel = read_mrc_images(out / f"{name}.mrc")
+        rows = np.asarray(read[name]["blob/idx"], dtype=int)
+        np.testing.assert_array_equal(images, source_stack[rows])
+        assert voxel == pytest.approx(float(templates["blob/psize_A"][0]), rel=1e-4)
     assert result.saved["templates_excluded"] == 5
     # the formats reader sees the same selection as a Select 2D job's
     labels = read_cryosparc_selection(out, n_classes=8)
@@ -102,15 +111,31 @@ def test_outputs_partition_the_particles_and_keep_every_field(job_dir, tmp_path)
 
 
 def test_empty_outputs_are_not_written_and_stale_ones_go(job_dir, tmp_path):
-    out = tmp_path / "out"
+    out = tmp_path / "J43"  # a folder named like a job: its uid names the files
     run_offline(job_dir, out, keep([2]))
-    assert (out / "particles_selected.cs").is_file()
-    result = run_offline(job_dir, out, keep([]))
-    assert set(result.saved) == {"particles_excluded", "templates_excluded"}
-    assert not (out / "particles_selected.cs").exists()
-    assert not (out / "passthrough_particles_selected.cs").exists()
-    assert not (out / "templates_selected.cs").exists()
-    assert len(Dataset.load(out / "particles_excluded.cs")) == len(_source(job_dir)[0])
+    assert (out / "J43_passthrough_particles_excluded.cs").is_file()
+    (out / "passthrough_particles_excluded.cs").write_bytes(b"old naming")
+    result = run_offline(job_dir, out, keep(range(1, 9)))
+    assert set(result.saved) == {"particles_selected", "templates_selected"}
+    assert not (out / "particles_excluded.cs").exists()
+    assert not (out / "J43_passthrough_particles_excluded.cs").exists()
+    assert not (out / "passthrough_particles_excluded.cs").exists()
+    assert not (out / "templates_excluded.cs").exists()
+    assert not (out / "templates_excluded.mrc").exists()
+    assert len(Dataset.load(out / "particles_selected.cs")) == len(_source(job_dir)[0])
+
+
+def test_nothing_kept_fails_with_one_line_and_writes_nothing(job_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--job-dir", str(job_dir), "--out", str(out)]
+    assert main(argv, select=keep([])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "cryodiscovery-cryosparc: error: no class kept: best score 0.100 (class 1), "
+        "threshold 0.500 (user): nothing to pass on; lower the threshold (or the "
+        "minimum particle count) or check the input"
+    ]
+    assert not out.exists() or not any(out.iterdir())
 
 
 @pytest.mark.parametrize(
@@ -150,20 +175,19 @@ def test_not_a_2d_job_folder(tmp_path):
 
 
 def test_cli_with_the_shipped_model(job_dir, tmp_path, capsys):
-    """End to end: the real default model scores the generated job."""
+    """End to end: the real default model scores the generated job (threshold 0: a
+    selection whatever the scores; classes without particles are still dropped)."""
     out = tmp_path / "sel"
-    assert (
-        main(["--job-dir", str(job_dir), "--out", str(out), "--threshold", "0.5"]) == 0
-    )
+    assert main(["--job-dir", str(job_dir), "--out", str(out), "--threshold", "0"]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("Kept ") and "threshold 0.500 (user)" in printed
+    assert printed.startswith("Kept ") and "threshold 0.000 (user)" in printed
     rows = (out / "scores.csv").read_text().splitlines()
     assert len(rows) == 9
     kept = {int(r.split(",")[0]) for r in rows[1:] if r.split(",")[2] == "1"}
-    if kept:
-        assert {
-            int(i) + 1 for i in Dataset.load(out / "templates_selected.cs")["blob/idx"]
-        } == kept
+    assert kept
+    assert {
+        int(i) + 1 for i in Dataset.load(out / "templates_selected.cs")["blob/idx"]
+    } == kept
 
 
 def test_cli_corrupt_input_exits_2_with_one_line(job_dir, tmp_path, capsys):

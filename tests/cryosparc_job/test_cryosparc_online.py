@@ -217,3 +217,15 @@ def test_interrupt_marks_the_job_failed(fake, config):
     with pytest.raises(JobInterrupted):
         _run(fake, config, interrupted)
     assert _new_job(fake).status == "failed"
+
+
+def test_nothing_kept_fails_the_job_with_the_best_score(fake, config):
+    from cryodiscovery.core.errors import NothingSelected
+
+    with pytest.raises(NothingSelected, match=r"no class kept: best score 0\.100"):
+        _run(fake, config, keep([]))
+    job = _new_job(fake)
+    assert job.status == "failed"
+    assert "jobs.save_output" not in fake.summaries()
+    errors = [e["text"] for e in fake.events[("P1", job.uid)] if e["type"] == "error"]
+    assert any(e.startswith("cryodiscovery failed: no class kept") for e in errors)

@@ -202,3 +202,53 @@ def test_train_options_read_the_server_config_within_the_site_caps() -> None:
         ValueError, match="unknown lr-schedule 'cyclic' from the server"
     ):
         task.train_options({"lr-schedule": "cyclic"}, max_epochs=1, batch_size=8)
+
+
+def test_a_federation_recalibrated_model_serves_score_target_fnr(
+    data,
+    tmp_path: Path,
+    capsys,  # type: ignore[no-untyped-def]
+) -> None:
+    """The model a federation publishes: an initial model trained with 60 validation
+    classes of 6 jobs, its networks replaced and recalibrated on the server's 40 classes.
+    Every calibration field must come from the new data, so ``score --target-fnr``
+    works and the image-only threshold is the new data's."""
+    from cryodiscovery.core import cli
+    from cryodiscovery.core.io.stack import write_stack
+    from cryodiscovery.core.model.calibration import robust_threshold_for_fnr
+
+    rng = np.random.default_rng(0)
+    old = tiny_scorer(seed=7).recalibrated(
+        rng.integers(0, 2, 60),
+        rng.random(60),
+        rng.random(60),
+        np.arange(60) // 10,
+        0.03,
+    )
+    assert old.image_only_threshold != old.threshold
+    val = data[1]
+    candidate = task.with_arrays(old, task.scorer_to_arrays(tiny_scorer(seed=8)))
+    calibrated, ev = task.recalibrate(candidate, val, 0.05)
+    y = task.predict_sets(calibrated, val)[0]
+    bare = [ClassAverages.create(s.images, labels=s.labels) for s in val]
+    p_image = task.predict_sets(calibrated, bare)[1]
+    assert len(calibrated.validation_scores_image_only) == len(y)
+    assert calibrated.validation_groups is None
+    assert calibrated.image_only_threshold == robust_threshold_for_fnr(
+        y, p_image, None, 0.05
+    )
+    assert calibrated.threshold == ev.threshold
+    path = tmp_path / "published.pt"
+    gate.install_model(calibrated, path, {"source": "test"})
+    stack = tmp_path / "classes.mrcs"
+    write_stack(stack, val[0].images, val[0].pixel_size)
+    argv = ["score", str(stack), "--out", str(tmp_path / "o"), "--model", str(path)]
+    code = cli.main([*argv, "--target-fnr", "0.05", "--min-particles", "0"])
+    err = capsys.readouterr().err
+    assert code == 0, err  # the stack is the calibration set: 95% of its good kept
+    record = json.dumps(json.loads((tmp_path / "o" / "run_record.json").read_text()))
+    assert '"threshold_source": "target-fnr"' in record
+    assert '"mode": "image-only"' in record
+    assert load_scorer(path).threshold_for_fnr(0.05, "image-only") == pytest.approx(
+        calibrated.image_only_threshold
+    )

@@ -103,8 +103,30 @@ def test_rerun_replaces_outputs_and_a_failed_rerun_keeps_them(
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in good} == good
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == (
-        "cryodiscovery-relion: error: --threshold '2': expected a number from 0.0 to 1.0"
+        "cryodiscovery-relion: error: threshold must be in [0, 1], got 2.0"
     )
+
+
+def test_nothing_kept_fails_with_the_best_score_and_writes_nothing(
+    relion_project, monkeypatch, capsys
+):
+    project = relion_project()
+    monkeypatch.chdir(project)
+    assert run("--threshold", "1") != 0
+    out = project / JOB
+    assert sorted(p.name for p in out.iterdir()) == ["RELION_JOB_EXIT_FAILURE"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("cryodiscovery-relion: error: no class kept: best score ")
+    assert "threshold 1.000 (user): nothing to pass on" in err[-1]
+    assert any("WARNING: no class kept" in line for line in err[:-1])
+
+
+def test_empty_classes_are_never_selected(relion_project, monkeypatch):
+    project = relion_project()  # class 2 has no particles
+    monkeypatch.chdir(project)
+    assert run("--threshold", "0") == 0
+    chosen = starfile.read(project / JOB / "class_averages.star")["rlnClassNumber"]
+    assert list(chosen) == [1, *range(3, 11)]
 
 
 def test_unknown_options_warn_and_go_on(relion_project, monkeypatch, capsys):

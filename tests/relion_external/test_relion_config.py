@@ -46,17 +46,15 @@ def test_defaults():
     config = parse(BASE)
     assert config.out_dir == config.control_dir == Path("External/job010")
     assert config.in_parts == Path("Class2D/job001/run_it025_data.star")
-    assert (config.threads, config.threshold, config.target_fnr, config.model) == (
+    sel = config.selection
+    assert (config.threads, sel.threshold, sel.target_fnr, sel.model_path) == (
         1,
         None,
         None,
         None,
     )
-    assert (config.min_particles, config.explain, config.relion_version) == (
-        0,
-        False,
-        None,
-    )
+    assert (sel.min_particles, sel.adaptive) == (0, True)
+    assert (config.explain, config.relion_version) == (False, None)
 
 
 def test_shipped_job_star_runs_cleanly(tmp_path):
@@ -73,8 +71,10 @@ def test_shipped_job_star_runs_cleanly(tmp_path):
     assert unknown == []
     config = config_from_args(ns, unknown)
     assert config.in_parts == Path("Class2D/job001/run_it025_data.star")
-    assert (config.threshold, config.min_particles, config.explain, config.model) == (
+    sel = config.selection
+    assert (sel.threshold, sel.min_particles, config.explain, sel.model_path) == (
         None, 0, False, None)  # fmt: skip
+    assert sel.adaptive
 
 
 def test_written_job_star_names_the_executable(tmp_path):
@@ -103,8 +103,10 @@ def test_written_job_star_names_the_executable(tmp_path):
         (["--threshold", "0.3"], "threshold", 0.3),
         (["--min_score", "0.45"], "threshold", 0.45),
         (["--target_fnr", "0.05"], "target_fnr", 0.05),
-        (["--model", "default"], "model", None),
-        (["--model", "my.pt"], "model", Path("my.pt")),
+        (["--model", "default"], "model_path", None),
+        (["--model", "my.pt"], "model_path", Path("my.pt")),
+        (["--adaptive", "No"], "adaptive", False),
+        (["--adaptive", "--j", "2"], "adaptive", True),
         (["--min_particles", "200"], "min_particles", 200),
         (["--relion_version", "4.0"], "relion_version", "4.0"),
         (["--relion_version", "auto"], "relion_version", None),
@@ -116,7 +118,9 @@ def test_written_job_star_names_the_executable(tmp_path):
     ],
 )
 def test_relion_shaped_values(extra, field, value):
-    assert getattr(parse(BASE + extra), field) == value
+    config = parse(BASE + extra)
+    where = config.selection if hasattr(config.selection, field) else config
+    assert getattr(where, field) == value
 
 
 def test_unknown_options_are_kept_not_fatal():
@@ -135,13 +139,13 @@ def test_unknown_options_are_kept_not_fatal():
     [
         (["--o", "External/job010/"], "--in_parts is missing"),
         (["--in_parts", "x.star"], "--o is missing"),
-        ([*BASE, "--threshold", "1.5"], "--threshold '1.5'"),
+        ([*BASE, "--threshold", "1.5"], r"threshold must be in \[0, 1\], got 1.5"),
         ([*BASE, "--threshold", "high"], "expected a number"),
         ([*BASE, "--threshold", "0.4", "--min_score", "0.5"], "not both"),
-        ([*BASE, "--threshold", "0.4", "--target_fnr", "0.1"], "not both"),
-        ([*BASE, "--target_fnr", "1"], "below 1"),
-        ([*BASE, "--target_fnr", "-0.1"], "--target_fnr"),
-        ([*BASE, "--min_particles", "-3"], "whole number >= 0"),
+        ([*BASE, "--threshold", "0.4", "--target_fnr", "0.1"], "give one of them"),
+        ([*BASE, "--target_fnr", "1"], r"\[0, 1\), got 1.0"),
+        ([*BASE, "--target_fnr", "-0.1"], "target false-negative rate"),
+        ([*BASE, "--min_particles", "-3"], "must be >= 0"),
         ([*BASE, "--min_particles", "2.5"], "whole number"),
         ([*BASE, "--j", "0"], "--j"),
         ([*BASE, "--explain", "maybe"], "Yes or No"),
