@@ -64,11 +64,14 @@ class SelectionOptions:
     min_particles:
         Reject classes with fewer particles than this (when the count is known); a class
         with no particles is rejected even at 0.
+    device:
+        Where the networks run: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
 
     Raises
     ------
     InputError
-        A value out of range, or both ``threshold`` and ``target_fnr``.
+        A value out of range, both ``threshold`` and ``target_fnr``, or an unknown or
+        unavailable device.
     """
 
     model_path: Path | None = None
@@ -76,6 +79,7 @@ class SelectionOptions:
     target_fnr: float | None = None
     adaptive: bool = True
     min_particles: int = 0
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         _check_options(self)
@@ -88,6 +92,7 @@ class SelectionOptions:
             "target_fnr": self.target_fnr,
             "adaptive": self.adaptive,
             "min_particles": self.min_particles,
+            "device": self.device,
         }
 
 
@@ -129,6 +134,10 @@ def _check_options(options: SelectionOptions) -> None:
         raise InputError(
             None, f"minimum particle count must be >= 0, got {options.min_particles}"
         )
+    if options.device != "auto":  # "auto" never fails; torch is imported only to check
+        from cryodiscovery.core.model.device import resolve_device
+
+        resolve_device(options.device)
 
 
 def choose_threshold(
@@ -192,7 +201,7 @@ def select_classes(
     if len(classes) == 0:
         raise InputError(None, "no class averages to score")
     model = scorer if scorer is not None else load_scorer(options.model_path)
-    scores = model.predict(classes, on_batch=abort_check)
+    scores = model.predict(classes, on_batch=abort_check, device=options.device)
     mode = model.mode_for(classes)
     warnings: list[str] = []
     threshold, source = choose_threshold(scores, options, model, mode, warnings)

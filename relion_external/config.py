@@ -111,6 +111,7 @@ _LABELLED: tuple[tuple[str, str, str], ...] = (
         "V",
         "3.1, 4.0 or 5.0: node labels (default: default_pipeline.star)",
     ),
+    ("device", "D", "where the networks run: auto (CUDA when available), cpu, cuda"),
 )
 
 
@@ -195,6 +196,7 @@ def config_from_args(ns: argparse.Namespace, unknown: list[str]) -> ExternalJobC
         target_fnr=_number("target_fnr", fnr_text) if fnr_text else None,
         adaptive=_flag("adaptive", ns.adaptive, default=True),
         min_particles=_integer("min_particles", min_parts, None),
+        device=(ns.device or "").strip().lower() or "auto",
     )
     return ExternalJobConfig(
         out_dir=Path(ns.o),

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Protocol
 
+from cryodiscovery.core.model.device import DEVICES
 from cryodiscovery.core.selection import SelectionOptions
 
 
@@ -22,7 +23,7 @@ class _ArgumentAdder(Protocol):
 
 def add_selection_args(parser: _ArgumentAdder) -> None:
     """``--model``, ``--threshold``, ``--target-fnr``, ``--[no-]adaptive``,
-    ``--min-particles``; to ``parser`` or one of its argument groups."""
+    ``--min-particles``, ``--device``; to ``parser`` or one of its argument groups."""
     parser.add_argument(
         "--model",
         type=Path,
@@ -54,6 +55,12 @@ def add_selection_args(parser: _ArgumentAdder) -> None:
         help="also reject classes with fewer than N particles (classes with none are "
         "always rejected)",
     )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where the networks run (default auto: CUDA when available)",
+    )
 
 
 def selection_options(args: argparse.Namespace) -> SelectionOptions:
@@ -66,6 +73,7 @@ def selection_options(args: argparse.Namespace) -> SelectionOptions:
         target_fnr=args.target_fnr,
         adaptive=args.adaptive,
         min_particles=args.min_particles,
+        device=args.device,
     )
 
 

@@ -26,6 +26,7 @@ from cryodiscovery.core.model.checkpoint import (
     save_scorer,
     write_model_card,
 )
+from cryodiscovery.core.model.device import DEVICES, resolve_device
 from cryodiscovery.core.model.ensemble import BoostConfig, fit_scorer
 from cryodiscovery.core.model.nets import NetConfig
 from cryodiscovery.core.model.preprocess import PreprocessConfig
@@ -73,6 +74,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help="false-negative rate the stored threshold is set for",
     )
     parser.add_argument("--name", default=None, help="model name (default: file stem)")
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where the networks train (default auto: CUDA when available)",
+    )
 
 
 def _load_sets(sources: list[str]) -> list[ClassAverages]:
@@ -97,15 +104,18 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(None, f"--epochs must be at least 1, got {args.epochs}")
     if not 0.0 <= args.target_fnr < 1.0:
         raise InputError(None, f"--target-fnr must be in [0, 1), got {args.target_fnr}")
+    device = resolve_device(args.device).type
     sets = _load_sets(args.data)
     net_config, pre = NetConfig(), PreprocessConfig()
     init = None
-    cfg = TrainConfig(epochs=args.epochs or 20, seed=args.seed)
+    cfg = TrainConfig(epochs=args.epochs or 20, seed=args.seed, device=device)
     if args.init:
         base = load_scorer(None if args.init == "default" else Path(args.init))
         net_config, pre = base.net_config, base.preprocess
         init = [m.state_dict() for m in base.members]
-        cfg = TrainConfig(epochs=args.epochs or 8, seed=args.seed, lr=5e-4)
+        cfg = TrainConfig(
+            epochs=args.epochs or 8, seed=args.seed, lr=5e-4, device=device
+        )
         log.info("fine-tuning from %s (%s)", base.name, base.sha256[:12])
     data = build_training_set(sets, pre)
     if int(data.labels.sum()) < 3 or int((1 - data.labels).sum()) < 3:

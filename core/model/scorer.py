@@ -15,6 +15,7 @@ import torch
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.model.calibration import calibrate
+from cryodiscovery.core.model.device import resolve_device
 from cryodiscovery.core.model.nets import RULES, ClassNet, NetConfig, combine_logits
 from cryodiscovery.core.model.preprocess import PreprocessConfig, prepare_inputs
 
@@ -112,12 +113,19 @@ class ClassScorer:
             meta = torch.zeros((len(classes), 0))
         return images, meta
 
+    @property
+    def device(self) -> torch.device:
+        """Where the networks are (the CPU except inside :meth:`predict`)."""
+        return next(self.members[0].parameters()).device
+
     def member_logits(
         self, images: torch.Tensor, meta: torch.Tensor
     ) -> list[torch.Tensor]:
-        """Each member's ``(n,)`` logits for prepared inputs (no gradient)."""
+        """Each member's ``(n,)`` logits for prepared inputs (no gradient), on the CPU
+        whatever :attr:`device` the networks run on."""
+        dev = self.device
         with torch.inference_mode():
-            return [m(images, meta) for m in self.members]
+            return [m(images.to(dev), meta.to(dev)).cpu() for m in self.members]
 
     def combine(self, member_logits: list[torch.Tensor]) -> torch.Tensor:
         """The ensemble rule: member logits -> ``(n,)`` probabilities."""
@@ -128,20 +136,29 @@ class ClassScorer:
         classes: ClassAverages,
         batch_size: int = 256,
         on_batch: Callable[[], None] | None = None,
+        device: str = "cpu",
     ) -> npt.NDArray[np.float64]:
         """``(n,)`` float64 probabilities of "good"; ``on_batch`` is called between batches
-        (it may raise to abort)."""
+        (it may raise to abort). The networks run on ``device`` (``"auto"``, ``"cpu"``,
+        ``"cuda"``) and are back on the CPU afterwards."""
+        dev = resolve_device(device)
         scores = []
-        for start in range(0, len(classes), batch_size):
-            if on_batch is not None:
-                on_batch()
-            part = classes.subset(
-                np.arange(start, min(start + batch_size, len(classes)))
-            )
-            images, meta = self.prepare(part)
-            scores.append(
-                self.combine(self.member_logits(images, meta)).double().numpy()
-            )
+        try:
+            for m in self.members:
+                m.to(dev)
+            for start in range(0, len(classes), batch_size):
+                if on_batch is not None:
+                    on_batch()
+                part = classes.subset(
+                    np.arange(start, min(start + batch_size, len(classes)))
+                )
+                images, meta = self.prepare(part)
+                scores.append(
+                    self.combine(self.member_logits(images, meta)).double().numpy()
+                )
+        finally:
+            for m in self.members:
+                m.to("cpu")
         return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float64)
 
     def stored_threshold(self, mode: str = IMAGE_AND_METADATA) -> float:
@@ -226,7 +243,7 @@ class ClassScorer:
             "threshold": self.threshold,
             "target_fnr": self.target_fnr,
             "members": [
-                {k: v.detach().clone() for k, v in m.state_dict().items()}
+                {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
                 for m in self.members
             ],
             "image_only_threshold": self.image_only_threshold,

@@ -59,6 +59,9 @@ class TrainConfig:
     #: "onecycle": warm up to ``lr`` then anneal to ~0 over the epochs; "constant":
     #: ``lr`` throughout (a federated round: the run, not each round, anneals).
     schedule: str = "onecycle"
+    #: Where the network trains ("cpu", "cuda"): augmentation and the random streams stay
+    #: on the CPU, so a seed gives the same batches on either; the result is on the CPU.
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.schedule not in LR_SCHEDULES:
@@ -179,15 +182,17 @@ def predict_logits(
     batch_size: int = 512,
     meta: bool = True,
 ) -> torch.Tensor:
-    """``(n,)`` logits of ``net`` (eval mode, no augmentation) on a training set."""
+    """``(n,)`` logits of ``net`` (eval mode, no augmentation) on a training set, on the
+    CPU wherever ``net`` is."""
     net.eval()
+    dev = next(net.parameters()).device
     outs = []
     with torch.inference_mode():
         for start in range(0, len(data), batch_size):
             sl = slice(start, start + batch_size)
             x = normalise_images(data.images[sl], data.radius[sl], pre)
             m = data.meta[sl] if meta else torch.zeros_like(data.meta[sl])
-            outs.append(net(x, m))
+            outs.append(net(x.to(dev), m.to(dev)).cpu())
     return torch.cat(outs) if outs else torch.zeros(0)
 
 
@@ -234,6 +239,7 @@ def train_net(
     net = ClassNet(net_config)
     if init is not None:
         net.load_state_dict(init)
+    net.to(cfg.device)
     weights = balanced_weights(train.labels)
     if sample_weights is not None:
         weights = weights * sample_weights / sample_weights.mean()
@@ -281,7 +287,7 @@ def train_net(
             log.info("%s: early stop, best epoch %d", desc, best_epoch)
             break
     net.load_state_dict(best)
-    net.eval()
+    net.to("cpu").eval()
     return TrainResult(net, best_epoch, epoch, time.perf_counter() - start, history)
 
 
@@ -316,9 +322,11 @@ def _train_epoch(
         imgs, rad = augment_batch(
             train.images[idx], train.radius[idx], cfg.augment, gen
         )
-        x = normalise_images(imgs, rad, pre)
-        meta = drop_metadata(train.meta[idx], cfg, gen)
-        loss = _loss(net(x, meta), train.labels[idx], weights[idx], cfg.label_smoothing)
+        dev = cfg.device
+        x = normalise_images(imgs, rad, pre).to(dev)
+        meta = drop_metadata(train.meta[idx], cfg, gen).to(dev)
+        labels, w = train.labels[idx].to(dev), weights[idx].to(dev)
+        loss = _loss(net(x, meta), labels, w, cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()

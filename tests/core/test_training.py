@@ -194,6 +194,7 @@ def test_train_command_trains_and_fine_tunes_from_relion_projects(tmp_path) -> N
             seed=0,
             target_fnr=0.03,
             name=None,
+            device="cpu",
         )
         ns.update(kw)
         return train_cmd.main(argparse.Namespace(**ns))
