@@ -4,20 +4,27 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEPS_STAMP := $(VENV)/.deps-installed
 DEMO_DIR ?= demo
+# pip quietly: no version check, and without the "Location '...' is ignored" warnings that
+# a machine-wide pip config naming missing index folders prints once per package (its other
+# messages, and its exit status, are kept: recipes run with pipefail).
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+PIP_FILTER := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 .PHONY: install demo test test-slow lint model bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PIP) --upgrade pip $(PIP_FILTER)
 
 # pyproject asks for torch>=2.13; the venv gets the tested CPU build, installed alone first
 # and pinned again beside the package: an unpinned torch pulls the CUDA build (several GB).
 # The federation extra is installed too, so the tests cover everything.
 TORCH ?= torch==2.13.0
 $(DEPS_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q "$(TORCH)" -e ".[dev,federation]"
+	$(PIP) "$(TORCH)" $(PIP_FILTER)
+	$(PIP) "$(TORCH)" -e ".[dev,federation]" $(PIP_FILTER)
 	touch $(DEPS_STAMP)
 
 install: $(DEPS_STAMP)

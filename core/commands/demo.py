@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -123,5 +125,21 @@ def main(args: argparse.Namespace) -> int:
         f"({report.confusion[1][0]} good classes rejected), ROC AUC {report.auc:.3f}"
     )
     print(f"Look at {outputs['gallery']}; score it again with:")
-    print(f"  cryodiscovery score {data_star} --out {args.out / 'rescore'}")
+    print(f"  {command_path()} score {data_star} --out {args.out / 'rescore'}")
     return 0
+
+
+def command_path() -> str:
+    """How to run ``cryodiscovery`` from this shell: the bare name when ``PATH`` finds
+    this installation's entry point (an activated venv), else that entry point's path
+    (``.venv/bin/cryodiscovery``), so the printed command works as it is."""
+    exe = Path(sys.executable).with_name(
+        "cryodiscovery"
+    )  # not resolved: the venv's bin
+    found = shutil.which("cryodiscovery")
+    if not exe.is_file() or (found and Path(found).resolve() == exe.resolve()):
+        return "cryodiscovery"
+    try:
+        return str(exe.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(exe)

@@ -287,3 +287,21 @@ def test_score_cryosparc_job_folder(  # type: ignore[no-untyped-def]
     assert [int(r["class_number"]) for r in rows] == list(range(1, 13))
     counts = simulated.field("particle_count")
     assert [int(r["particle_count"]) for r in rows] == [int(c) for c in counts]
+
+
+def test_demo_prints_a_command_that_runs_without_activating_the_venv(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+    import sys
+
+    from cryodiscovery.core.commands.demo import command_path
+
+    exe = Path(sys.executable).with_name("cryodiscovery")
+    if not exe.is_file():
+        pytest.skip("the cryodiscovery entry point is not installed beside python")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # a shell without the venv activated
+    printed = command_path()
+    assert printed != "cryodiscovery" and Path(printed).resolve() == exe.resolve()
+    monkeypatch.setenv("PATH", f"{exe.parent}{os.pathsep}/usr/bin")  # activated
+    assert command_path() == "cryodiscovery"
