@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from cryodiscovery.core import __version__
+from cryodiscovery.core.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -62,6 +67,112 @@ def staged_outputs(out_dir: str | Path) -> Iterator[Path]:
             os.replace(src, dest)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def check_output_folder(out_dir: str | Path) -> Path:
+    """Refuse an output folder that cannot be used, before any work is done.
+
+    Creates nothing: the nearest existing ancestor must be a folder this process can
+    write in (probed by creating and removing a file, so the answer is right for root
+    and for ACLs too).
+
+    Raises
+    ------
+    InputError
+        ``out_dir`` (or a parent) is an existing file, or the folder cannot be written.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(
+            out, "exists and is not a folder; give a folder for the outputs"
+        )
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(out, f"cannot create the folder: {existing} is a file")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=existing)
+    except OSError as err:
+        raise InputError(out, f"cannot write here ({err.strerror})") from err
+    os.close(fd)
+    os.unlink(probe)
+    return out
+
+
+def _in_set(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+@contextlib.contextmanager
+def replace_output_set(out_dir: str | Path, names: Iterable[str]) -> Iterator[Path]:
+    """Replace a job's set of outputs in ``out_dir`` as a whole; yield a staging folder.
+
+    Write every output into the yielded folder. When the block ends without an
+    exception, each staged file is renamed into ``out_dir`` (replacing the file of the
+    previous run), and files of the previous set that this run did not write are
+    removed, so the folder never mixes two runs. On an exception nothing in ``out_dir``
+    changes: a failed first run leaves no outputs, a failed rerun keeps the previous set.
+    Every file is complete before the first rename; only the renames, one per file, are
+    not one atomic step.
+
+    Parameters
+    ----------
+    out_dir:
+        The output folder (created when missing; checked with
+        :func:`check_output_folder`).
+    names:
+        The output set: glob patterns, relative to ``out_dir`` and matched against
+        ``/``-separated paths (``"gallery*.png"``, ``"explain/*"``). Staged files must
+        match one; files in ``out_dir`` that match one and were not staged are stale and
+        removed. Anything else in ``out_dir`` (RELION's ``run.out``, a user's notes) is
+        left alone.
+
+    Raises
+    ------
+    InputError
+        ``out_dir`` cannot be created or written.
+    ValueError
+        A staged file is outside the declared set (a programming error).
+    """
+    patterns = tuple(names)
+    out = check_output_folder(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    except OSError as err:
+        raise InputError(out, f"cannot write here ({err.strerror})") from err
+    try:
+        yield stage
+        staged = sorted(p for p in stage.rglob("*") if p.is_file())
+        written = {p.relative_to(stage).as_posix() for p in staged}
+        undeclared = sorted(n for n in written if not _in_set(n, patterns))
+        if undeclared:
+            raise ValueError(f"outputs outside the declared set: {undeclared}")
+        mode = 0o666 & ~_umask()  # temporary files are private; outputs are not
+        for src in staged:
+            src.chmod(mode)
+            dest = out / src.relative_to(stage)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+        _remove_stale(out, patterns, written)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _remove_stale(out: Path, patterns: tuple[str, ...], written: set[str]) -> None:
+    """Delete files of the set in ``out`` that this run did not write, then the folders
+    this leaves empty."""
+    emptied: set[Path] = set()
+    found = {path for pattern in patterns for path in out.glob(pattern)}
+    for path in sorted(found):
+        if path.is_file() and path.relative_to(out).as_posix() not in written:
+            path.unlink()
+            emptied.add(path.parent)
+            log.debug("removed %s of an earlier run", path)
+    for folder in sorted(emptied, key=lambda p: len(p.parts), reverse=True):
+        if folder != out and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _umask() -> int:

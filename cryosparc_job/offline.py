@@ -26,8 +26,11 @@ import numpy as np
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.io.stack import write_stack
-from cryodiscovery.core.outputs import staged_outputs
-from cryodiscovery.core.report.selection_files import write_selection_outputs
+from cryodiscovery.core.outputs import check_output_folder, replace_output_set
+from cryodiscovery.core.report.selection_files import (
+    SELECTION_OUTPUTS,
+    write_selection_files,
+)
 from cryodiscovery.core.selection import require_selection
 from cryodiscovery.cryosparc_job.partition import (
     OUTPUT_NAMES,
@@ -109,16 +112,17 @@ def write_template_stack(
     write_stack(path, classes.images[order], classes.pixel_size)
 
 
-def _remove_stale(out_dir: Path, current: set[str], job_uid: str) -> None:
-    """Delete output files of an earlier run that this run did not write (an output that
-    is empty now must not keep its old rows), also those named the way this module named
-    them before it followed Select 2D (``passthrough_<name>.cs``)."""
-    for name in OUTPUT_NAMES:
-        for filename in (*output_files(name, job_uid), f"passthrough_{name}.cs"):
-            path = out_dir / filename
-            if filename not in current and path.exists():
-                path.unlink()
-                log.info("removed %s of an earlier run", path)
+def output_set() -> tuple[str, ...]:
+    """The offline job's output set, as patterns: every output's files under any job
+    uid, the names this module used before it followed Select 2D
+    (``passthrough_<name>.cs``), and the report. An output that is empty now must not
+    keep its old rows, so a rerun removes what it did not write again."""
+    outputs = (
+        pattern
+        for name in OUTPUT_NAMES
+        for pattern in (*output_files(name, "J*"), f"passthrough_{name}.cs")
+    )
+    return (*outputs, *SELECTION_OUTPUTS)
 
 
 def _passthrough_file(particles_cs: Path) -> Path | None:
@@ -201,6 +205,7 @@ def run_offline(
         The folder is not a readable cryoSPARC 2D classification (missing or corrupt
         ``.cs`` or ``.mrc`` files), or its particles and templates do not match.
     """
+    check_output_folder(out_dir)  # refused before the scoring, not after
     classes, templates, particles = read_job(Path(job_dir))
     what = classes.provenance.job or str(job_dir)
     selection = select(classes)
@@ -210,9 +215,9 @@ def run_offline(
     )
     out = Path(out_dir)
     job_uid = output_job_uid(out, what.rsplit("/", 1)[-1])
-    with staged_outputs(out) as stage:
+    with replace_output_set(out, output_set()) as stage:
         written = write_partition(parts, stage, job_uid, classes)
-        reports = write_selection_outputs(
+        reports = write_selection_files(
             stage,
             classes,
             selection,
@@ -220,11 +225,9 @@ def run_offline(
             command="cryodiscovery-cryosparc",
             config={"job_dir": str(job_dir), "outputs": sorted(written)},
         )
-        names = {p.name for p in written.values()}
         files = {
             k: out / p.relative_to(stage) for k, p in {**written, **reports}.items()
         }
-    _remove_stale(out, names, job_uid)
     summary = summary_line(classes, selection, parts)
     log.info("%s", summary)
     return OfflineResult(

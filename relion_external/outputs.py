@@ -20,8 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.errors import InputError
-from cryodiscovery.core.io.star_tables import loop_table, read_star, write_star
+from cryodiscovery.core.io.star_tables import write_star
 from cryodiscovery.relion_external.nodes import STAR_VERSION
 
 log = logging.getLogger(__name__)
@@ -41,18 +40,6 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "rlnClassPriorOffsetX",
     "rlnClassPriorOffsetY",
 )
-
-
-def read_model_classes(model_star: Path) -> pd.DataFrame:
-    """Table ``data_model_classes`` of a ``run_itNNN_model.star``, one row per class in
-    class-number order."""
-    blocks = read_star(Path(model_star), n_blocks=2)
-    table = loop_table(blocks, "model_classes", Path(model_star))
-    if "rlnReferenceImage" not in table.columns:
-        raise InputError(
-            model_star, "data_model_classes has no column _rlnReferenceImage"
-        )
-    return table.reset_index(drop=True)
 
 
 def class_averages_table(

@@ -1,18 +1,17 @@
 """One run of the External job: read a Class2D iteration, score and select its classes, and
 write what RELION's auto-selecting Select job writes, plus the gallery and scores table.
 
-Every output is written into a staging folder inside the job folder and moved into place
-only when all of them are complete, so a failed or aborted run leaves the folder as it was
-(a rerun's earlier outputs stay whole; a first run leaves none). Inputs are only read.
+The outputs are one set (:data:`OUTPUTS`), replaced as a whole by
+:func:`~cryodiscovery.core.outputs.replace_output_set`: a failed or aborted run leaves the
+folder as it was (a rerun's earlier outputs stay whole; a first run leaves none). Each
+input is read once: model.star and the class numbers of data.star by the reader, then
+data.star once more only to copy the kept particles' lines. Inputs are only read.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,14 +19,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.io.relion_class2d import RelionClass2DJob, read_relion_class2d
-from cryodiscovery.core.outputs import staged_outputs
-from cryodiscovery.core.report.selection_files import write_selection_outputs
+from cryodiscovery.core.outputs import replace_output_set
+from cryodiscovery.core.report.selection_files import (
+    SELECTION_OUTPUTS,
+    write_selection_files,
+)
 from cryodiscovery.relion_external.config import ExternalJobConfig
 from cryodiscovery.relion_external.job import ExternalJob
 from cryodiscovery.relion_external.nodes import detect_version, write_output_nodes
 from cryodiscovery.relion_external.outputs import (
     class_averages_table,
-    read_model_classes,
     write_backup_selection,
     write_class_averages,
 )
@@ -40,8 +41,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COMMAND = "cryodiscovery-relion"
-#: Files of an earlier run that this run replaces as a set (their number varies).
-_REPORT_PAGES = ("gallery_*.png", "explain/*.png")
+#: The job's output set: what RELION's Select job writes, the node list and the report.
+OUTPUTS: tuple[str, ...] = (
+    "particles.star",
+    "class_averages.star",
+    "backup_selection.star",
+    "RELION_OUTPUT_NODES.star",
+    *SELECTION_OUTPUTS,
+)
 
 
 @dataclass(frozen=True)
@@ -129,41 +136,6 @@ def _log_scores(class2d: RelionClass2DJob, selection: Selection) -> None:
         )
 
 
-@contextlib.contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
-    """Hide a library's INFO lines that name the staging folder (noise in run.out)."""
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _share_like_umask(stage: Path) -> set[Path]:
-    """Give every staged file the permissions a plain ``open`` would (temporary files are
-    created private), so others in the project group can read the outputs; return the
-    files, relative to ``stage``."""
-    umask = os.umask(0)
-    os.umask(umask)
-    files = {p for p in stage.rglob("*") if p.is_file()}
-    for path in files:
-        path.chmod(0o666 & ~umask)
-    return {p.relative_to(stage) for p in files}
-
-
-def _remove_stale_pages(out_dir: Path, written: set[Path]) -> None:
-    """Delete gallery pages and overlays of an earlier run that this run did not write."""
-    for pattern in _REPORT_PAGES:
-        for path in out_dir.glob(pattern):
-            if path.relative_to(out_dir) not in written:
-                path.unlink()
-    explain = out_dir / "explain"
-    if explain.is_dir() and not any(explain.iterdir()):
-        explain.rmdir()
-
-
 def _write_outputs(
     config: ExternalJobConfig,
     class2d: RelionClass2DJob,
@@ -173,50 +145,49 @@ def _write_outputs(
     job: ExternalJob,
     argv: list[str] | None,
 ) -> tuple[FilterResult, set[Path]]:
-    """Write every output through a staging folder; return the particle counts and the
-    files written (relative to the job folder)."""
-    model_classes = read_model_classes(class2d.model_star)
+    """Write the output set; return the particle counts and the files written (relative
+    to the job folder)."""
+    n_classes = len(class2d.model_classes)
     chosen = np.sort(selection.class_numbers[np.asarray(selection.selected, bool)])
     prefix = config.out_dir.as_posix().rstrip("/") + "/"
-    with staged_outputs(config.out_dir) as stage:
+    with replace_output_set(config.out_dir, OUTPUTS) as stage:
         log.info("Writing particles.star ...")
         kept = filter_particles(
             class2d.data_star,
             stage / "particles.star",
             chosen,
             abort_check=job.check_abort,
-            max_class=len(model_classes),
+            max_class=n_classes,
         )
+        _check_counts(class2d, kept)
         if kept.n_written == 0:
             raise InputError(
                 class2d.data_star, "the selected classes have no particles"
             )
         table = class_averages_table(
-            model_classes, class2d.classes, selection.scores, selection.selected
+            class2d.model_classes, class2d.classes, selection.scores, selection.selected
         )
         write_class_averages(stage / "class_averages.star", table, version=version)
         write_backup_selection(
-            stage / "backup_selection.star", len(model_classes), chosen, version=version
+            stage / "backup_selection.star", n_classes, chosen, version=version
         )
         log.info(
             "Drawing the gallery%s ...", " and explanations" if config.explain else ""
         )
-        with _quiet("cryodiscovery.core.report.selection_files"):
-            write_selection_outputs(
-                stage,
-                class2d.classes,
-                selection,
-                argv=argv,
-                command=COMMAND,
-                explain=config.explain,
-                scorer=scorer if config.explain else None,
-                config={**config.record(), "relion_version": version},
-            )
+        write_selection_files(
+            stage,
+            class2d.classes,
+            selection,
+            argv=argv,
+            command=COMMAND,
+            explain=config.explain,
+            scorer=scorer if config.explain else None,
+            config={**config.record(), "relion_version": version},
+        )
         nodes = {k: f"{prefix}{k}.star" for k in ("particles", "class_averages")}
         write_output_nodes(stage, nodes, version)
         job.check_abort()  # the last moment at which an abort leaves no outputs
-        written = _share_like_umask(stage)
-    _remove_stale_pages(config.out_dir, written)
+        written = {p.relative_to(stage) for p in stage.rglob("*") if p.is_file()}
     log.info(
         "Written %d of %d particles (%.1f%%) to %sparticles.star",
         kept.n_written,
@@ -228,6 +199,20 @@ def _write_outputs(
         "Written %d selected classes to %sclass_averages.star", len(chosen), prefix
     )
     return kept, written
+
+
+def _check_counts(class2d: RelionClass2DJob, kept: FilterResult) -> None:
+    """The copy must see the particles the reader counted (data.star unchanged since)."""
+    counts = class2d.classes.field("particle_count")
+    read = {
+        int(c): int(n)
+        for c, n in zip(class2d.classes.class_numbers, counts, strict=True)
+    }
+    if any(kept.class_counts.get(c, 0) != n for c, n in read.items()):
+        raise InputError(
+            class2d.data_star,
+            "changed while the job ran (particle counts differ from the first reading)",
+        )
 
 
 def run_selection_job(

@@ -1,6 +1,7 @@
 """What a scoring run leaves for the user: the scores table, the class gallery, the score
-histogram, optional saliency overlays and the record of how it was made, all written
-through a staging folder so that a failed run leaves nothing half-written.
+histogram, optional saliency overlays and the record of how it was made, replaced as one
+set (:func:`~cryodiscovery.core.outputs.replace_output_set`) so that a failed run leaves
+nothing half-written.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from cryodiscovery.core.classes import ClassAverages
-from cryodiscovery.core.outputs import staged_outputs, write_run_record
+from cryodiscovery.core.outputs import replace_output_set, write_run_record
 from cryodiscovery.core.report import explain as saliency
 from cryodiscovery.core.report.gallery import (
     KEPT_COLOUR,
@@ -47,8 +48,17 @@ SCORE_COLUMNS: tuple[str, ...] = (
 )
 #: Tiles per gallery page (tiles shrink to 96 px past 100 classes; 300 still read well).
 GALLERY_PAGE_TILES = 300
-#: Files of earlier runs that a new run replaces as a set (pages and overlays vary in number).
-_STALE_PATTERNS = ("gallery_*.png", "explain/class_*.png", "explain/overview*.png")
+#: The files :func:`write_selection_files` writes, as patterns (pages and overlays vary
+#: in number): the report part of every selection job's output set.
+SELECTION_OUTPUTS: tuple[str, ...] = (
+    "scores.csv",
+    "gallery.png",
+    "gallery_*.png",
+    "score_histogram.png",
+    "run_record.json",
+    "explain/class_*.png",
+    "explain/overview*.png",
+)
 
 
 def _check_matches(classes: ClassAverages, selection: Selection) -> None:
@@ -290,12 +300,48 @@ def write_selection_outputs(
     config: Mapping[str, Any] | None = None,
     explain_method: str = "gradient-x-input",
 ) -> dict[str, Path]:
-    """Write every output of a scoring run into ``out_dir``, all or nothing.
+    """Write every output of a scoring run into ``out_dir``, all or nothing: the set of
+    :data:`SELECTION_OUTPUTS` of an earlier run there is replaced as a whole.
+
+    Parameters and result as :func:`write_selection_files`, with paths in ``out_dir``.
+    """
+    out = Path(out_dir)
+    with replace_output_set(out, SELECTION_OUTPUTS) as stage:
+        staged = write_selection_files(
+            stage,
+            classes,
+            selection,
+            argv=argv,
+            command=command,
+            explain=explain,
+            scorer=scorer,
+            config=config,
+            explain_method=explain_method,
+        )
+    log.info("wrote %d files to %s", len(staged), out)
+    return {k: out / p.relative_to(stage) for k, p in staged.items()}
+
+
+def write_selection_files(
+    folder: Path,
+    classes: ClassAverages,
+    selection: Selection,
+    *,
+    argv: list[str] | None,
+    command: str,
+    explain: bool = False,
+    scorer: saliency.ExplainableScorer | None = None,
+    config: Mapping[str, Any] | None = None,
+    explain_method: str = "gradient-x-input",
+) -> dict[str, Path]:
+    """Write the report files of a scoring run straight into ``folder`` (a staging
+    folder of :func:`~cryodiscovery.core.outputs.replace_output_set`, whose names must
+    include :data:`SELECTION_OUTPUTS`).
 
     Parameters
     ----------
-    out_dir:
-        Output folder (created). Files of an earlier run there are replaced.
+    folder:
+        Where to write (exists).
     classes, selection:
         The scored class averages and the decision (same classes, same order).
     argv, command:
@@ -319,35 +365,31 @@ def write_selection_outputs(
     _check_matches(classes, selection)
     if explain and scorer is None:
         raise ValueError("explain=True needs the scorer that made the selection")
-    out = Path(out_dir)
-    with staged_outputs(out) as stage:
-        written = [write_scores_csv(stage / "scores.csv", classes, selection)]
-        written += render_gallery_pages(
-            classes, selection, stage / "gallery.png", max_tiles=GALLERY_PAGE_TILES
+    stage = Path(folder)
+    written = [write_scores_csv(stage / "scores.csv", classes, selection)]
+    written += render_gallery_pages(
+        classes, selection, stage / "gallery.png", max_tiles=GALLERY_PAGE_TILES
+    )
+    written.append(render_score_histogram(selection, stage / "score_histogram.png"))
+    if explain and scorer is not None:
+        written += _explanations(stage, classes, selection, scorer, explain_method)
+    record = _record_config(classes, selection, explain, explain_method, config)
+    names = sorted(str(p.relative_to(stage)) for p in written)
+    record["outputs"] = [n for n in names if not n.startswith("explain/class_")]
+    record["explain_overlays"] = len(names) - len(record["outputs"])
+    written.append(
+        write_run_record(
+            stage,
+            command=command,
+            argv=argv,
+            config=record,
+            model_checksum=selection.model_sha256,
         )
-        written.append(render_score_histogram(selection, stage / "score_histogram.png"))
-        if explain and scorer is not None:
-            written += _explanations(stage, classes, selection, scorer, explain_method)
-        record = _record_config(classes, selection, explain, explain_method, config)
-        names = sorted(str(p.relative_to(stage)) for p in written)
-        record["outputs"] = [n for n in names if not n.startswith("explain/class_")]
-        record["explain_overlays"] = len(names) - len(record["outputs"])
-        written.append(
-            write_run_record(
-                stage,
-                command=command,
-                argv=argv,
-                config=record,
-                model_checksum=selection.model_sha256,
-            )
-        )
-        relative = [p.relative_to(stage) for p in written]
-    _remove_stale(out, set(relative))
-    log.info("wrote %d files to %s", len(relative), out)
-    result = {p.stem: out / p for p in relative if p.parent == Path(".")}
+    )
+    result = {p.stem: p for p in written if p.parent == stage}
     if explain:
-        result["explain"] = out / "explain"
-        result["explain_overview"] = out / "explain" / "overview.png"
+        result["explain"] = stage / "explain"
+        result["explain_overview"] = stage / "explain" / "overview.png"
     return result
 
 
@@ -378,18 +420,6 @@ def _record_config(
         "n_rejected": int((~kept).sum()),
         "explain": method if explain else None,
     }
-
-
-def _remove_stale(out: Path, current: set[Path]) -> None:
-    """Delete pages and overlays of an earlier run that this run did not rewrite."""
-    for pattern in _STALE_PATTERNS:
-        for path in out.glob(pattern):
-            if path.relative_to(out) not in current:
-                path.unlink()
-                log.debug("removed stale %s", path)
-    explain_dir = out / "explain"
-    if explain_dir.is_dir() and not any(explain_dir.iterdir()):
-        explain_dir.rmdir()
 
 
 _THRESHOLD_SOURCES = {

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
+from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.outputs import (
     atomic_path,
+    check_output_folder,
+    replace_output_set,
     sha256_file,
     staged_outputs,
     write_run_record,
@@ -70,3 +74,70 @@ def test_atomic_outputs_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.star").stat().st_mode & 0o777 == 0o644
+
+
+SET = ("a.star", "gallery*.png", "explain/*.png")
+
+
+def _tree(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def test_replace_output_set_is_all_or_nothing_and_drops_stale_files(tmp_path):
+    out = tmp_path / "job"
+    with pytest.raises(RuntimeError), replace_output_set(out, SET) as stage:
+        (stage / "a.star").write_text("first")
+        raise RuntimeError("crash before the end")
+    assert _tree(out) == []  # a failed first run leaves no outputs
+    with replace_output_set(out, SET) as stage:
+        (stage / "a.star").write_text("1")
+        (stage / "gallery_2.png").write_text("page 2")
+        (stage / "explain").mkdir()
+        (stage / "explain" / "c1.png").write_text("c1")
+    (out / "run.out").write_text("RELION's log")  # not in the set: never touched
+    before = {p: (out / p).read_bytes() for p in _tree(out) if (out / p).is_file()}
+    with pytest.raises(RuntimeError), replace_output_set(out, SET) as stage:
+        (stage / "a.star").write_text("2")
+        raise RuntimeError("a failed rerun")
+    assert {p: (out / p).read_bytes() for p in before} == before
+    assert _tree(out) == sorted([*before, "explain"])
+    with replace_output_set(out, SET) as stage:
+        (stage / "a.star").write_text("3")
+    assert _tree(out) == ["a.star", "run.out"]  # stale page and overlays gone
+    assert (out / "a.star").read_text() == "3"
+    assert oct((out / "a.star").stat().st_mode & 0o777) != oct(0o600)
+
+
+def test_replace_output_set_refuses_undeclared_outputs(tmp_path):
+    with (
+        pytest.raises(ValueError, match="outside"),
+        replace_output_set(tmp_path, SET) as stage,
+    ):
+        (stage / "other.txt").write_text("x")
+    assert _tree(tmp_path) == []
+
+
+def test_unusable_output_folders_are_input_errors(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(InputError, match="exists and is not a folder"):
+        check_output_folder(afile)
+    with pytest.raises(InputError, match="is a file"):  # a path under a file
+        check_output_folder(afile / "out")
+    with pytest.raises(InputError, match="is a file"):
+        with replace_output_set(afile / "out", SET):
+            pass
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root writes into a 0o555 folder; see the test above"
+)
+def test_read_only_output_folder_is_an_input_error(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(InputError, match="cannot write here"):
+            check_output_folder(folder / "out")
+    finally:
+        folder.chmod(0o755)

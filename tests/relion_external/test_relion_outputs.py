@@ -12,7 +12,6 @@ from cryodiscovery.core.io.relion_class2d import (
 )
 from cryodiscovery.relion_external.outputs import (
     class_averages_table,
-    read_model_classes,
     write_backup_selection,
     write_class_averages,
 )
@@ -33,7 +32,7 @@ COLUMNS = [
 def test_class_averages_round_trip(relion_project, tmp_path, version):
     project = relion_project(version=version, n=10)
     job = read_relion_class2d(project / DATA_STAR)
-    model = read_model_classes(job.model_star)
+    model = job.model_classes
     scores = np.linspace(0.05, 0.95, 10)
     selected = scores > 0.5
     table = class_averages_table(model, job.classes, scores, selected)
@@ -63,7 +62,7 @@ def test_class_averages_follow_class_order_not_input_order(relion_project, tmp_p
     job = read_relion_class2d(project / DATA_STAR)
     reordered = job.classes.subset([5, 2, 0, 1, 3, 4])
     table = class_averages_table(
-        read_model_classes(job.model_star),
+        job.model_classes,
         reordered,
         [0.9, 0.8, 0.7, 0.1, 0.1, 0.1],
         [True, True, True, False, False, False],
