@@ -98,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cryodiscovery {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # a full disk, a folder that went away: not a program bug
+        log.debug("failed", exc_info=True)
+        where = f"{err.filename}: " if err.filename else ""
+        print(
+            f"cryodiscovery {args.command}: error: {where}{err.strerror or err}",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

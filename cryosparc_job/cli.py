@@ -71,15 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     env = os.environ.get
     server = p.add_argument_group("cryoSPARC server (online mode)")
+    # No environment defaults here: --url given with --job-dir must be told from
+    # $CRYOSPARC_BASE_URL set in the shell (_check applies the environment).
     server.add_argument(
         "--url",
-        default=env("CRYOSPARC_BASE_URL"),
-        help="web URL, e.g. http://host:39000 (cryoSPARC v5)",
+        help="web URL, e.g. http://host:39000 (cryoSPARC v5; default $CRYOSPARC_BASE_URL)",
     )
     server.add_argument(
         "--host",
-        default=env("CRYOSPARC_MASTER_HOSTNAME"),
-        help="master host name (instead of --url; cryoSPARC v4)",
+        help="master host name (instead of --url; cryoSPARC v4; default "
+        "$CRYOSPARC_MASTER_HOSTNAME)",
     )
     server.add_argument(
         "--base-port",
@@ -120,11 +121,15 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.job_dir is not None:
         if args.project or args.job:
             p.error("--job-dir (offline) cannot be combined with --project/--job")
+        if args.url or args.host:
+            p.error("--job-dir (offline) cannot be combined with --url/--host")
         if args.out is None:
             p.error("--job-dir needs --out")
     elif not (args.project and args.job):
         p.error("give --project and --job (online) or --job-dir and --out (offline)")
-    elif not (args.url or args.host):
+    args.url = args.url or os.environ.get("CRYOSPARC_BASE_URL")
+    args.host = args.host or os.environ.get("CRYOSPARC_MASTER_HOSTNAME")
+    if args.job_dir is None and not (args.url or args.host):
         p.error("give --url (or --host/--base-port), or set CRYOSPARC_BASE_URL")
 
 

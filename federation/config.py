@@ -319,6 +319,10 @@ def load_facility_config(path: str | Path) -> FacilityConfig:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise InputError(source, f"not valid YAML{where}") from err
+    except RecursionError as err:  # PyYAML composes nested nodes recursively
+        raise InputError(
+            source, "not a facility configuration (nested too deeply)"
+        ) from err
     return facility_config_from_dict(data, source)
 
 

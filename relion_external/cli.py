@@ -27,7 +27,12 @@ from types import FrameType
 from cryodiscovery.core import __version__
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.relion_external.config import add_args, config_from_args
-from cryodiscovery.relion_external.job import EXIT_CODES, ExternalJob, JobAborted
+from cryodiscovery.relion_external.job import (
+    EXIT_CODES,
+    ExternalJob,
+    JobAborted,
+    check_job_folder,
+)
 from cryodiscovery.relion_external.job_star import write_job_star
 
 log = logging.getLogger(__name__)
@@ -89,6 +94,9 @@ def _report_failure(err: BaseException) -> None:
         print(f"{PROG}: aborted ({err or 'interrupted'})", file=sys.stderr)
     elif isinstance(err, InputError):
         print(f"{PROG}: error: {err}", file=sys.stderr)
+    elif isinstance(err, OSError):  # a full disk, a folder gone: no program bug
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{PROG}: error: {where}{err.strerror or err}", file=sys.stderr)
     else:
         traceback.print_exception(err, file=sys.stderr)
         print(f"{PROG}: error: {type(err).__name__}: {err}", file=sys.stderr)
@@ -96,7 +104,8 @@ def _report_failure(err: BaseException) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one External job with ``argv`` (default ``sys.argv[1:]``); returns the exit
-    status (0 success, 1 failure, 2 aborted), with the matching RELION marker written."""
+    status (0 success, 1 failure, 2 bad input, 130 aborted), with the matching RELION
+    marker written (none when ``--o`` is refused)."""
     args = list(sys.argv[1:] if argv is None else argv)
     ns, unknown = build_parser().parse_known_args(args)
     configure_logging(ns.verbose)
@@ -110,7 +119,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{PROG}: error: --o is missing (the job folder RELION gives)",
             file=sys.stderr,
         )
-        return EXIT_CODES["failure"]
+        return EXIT_CODES["bad_input"]
+    try:  # before the first marker is touched: another job's folder stays as it is
+        for folder in dict.fromkeys(f for f in (ns.o, control) if f):
+            check_job_folder(folder, PROG)  # run_record's command
+    except InputError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_CODES["bad_input"]
     job = ExternalJob(control)
     try:
         with job, _sigterm_aborts():
@@ -123,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             run_selection_job(config, job, argv=[PROG, *args])
     except (Exception, KeyboardInterrupt) as err:
         if job.outcome is None:  # the job folder itself could not be prepared
-            print(f"{PROG}: error: cannot use {control}: {err}", file=sys.stderr)
-            return EXIT_CODES["failure"]
+            reason = err.strerror if isinstance(err, OSError) else err
+            print(f"{PROG}: error: cannot use {control}: {reason}", file=sys.stderr)
+            return EXIT_CODES["bad_input"]
         _report_failure(err)
     return job.exit_code
 

@@ -8,10 +8,14 @@ creating ``RELION_JOB_ABORT_NOW``. Names as in RELION's ``src/pipeline_control.h
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 from pathlib import Path
 from types import TracebackType
+
+from cryodiscovery.core.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +25,76 @@ EXIT_ABORTED = "RELION_JOB_EXIT_ABORTED"
 ABORT_NOW = "RELION_JOB_ABORT_NOW"
 EXIT_MARKERS: tuple[str, ...] = (EXIT_SUCCESS, EXIT_FAILURE, EXIT_ABORTED)
 
-#: Process exit status per outcome, as RELION's ``pipeline_control_relion_exit`` returns.
-EXIT_CODES: dict[str, int] = {"success": 0, "failure": 1, "aborted": 2}
+#: Process exit status per outcome: the scheme of every cryodiscovery entry point (0 ok,
+#: 1 failure, 2 bad input, 130 aborted or interrupted). RELION reads the marker files,
+#: not the status, so it need not follow ``pipeline_control_relion_exit``'s 2 for aborts.
+EXIT_CODES: dict[str, int] = {
+    "success": 0,
+    "failure": 1,
+    "bad_input": 2,
+    "aborted": 130,
+}
+#: Files RELION itself puts in a job folder before or while it runs the job, and the
+#: markers of a run of this job that wrote no outputs (a failed or aborted first run).
+RELION_FILES = frozenset(
+    {"run.out", "run.err", "note.txt", "job_pipeline.star", ABORT_NOW, *EXIT_MARKERS}
+)
+#: An External job's job.star: RELION 4.0/5.0 label, RELION 3.1 type number.
+_EXTERNAL_JOB_STAR = re.compile(
+    r"^\s*_rlnJobType(?:Label\s+relion\.external|\s+99)\s*$", re.MULTILINE
+)
+
+
+def check_job_folder(folder: str | Path, command: str) -> None:
+    """Refuse a job folder that belongs to another job, before anything in it is touched.
+
+    The rule for "this job owns ``folder``", in order:
+
+    - it does not exist yet (RELION normally makes it first), or is empty;
+    - it holds a ``run_record.json`` written by ``command`` (an earlier run of this job);
+    - it holds a ``job.star`` of an External job (RELION wrote it for this job);
+    - everything in it is RELION's own bookkeeping (``run.out``, ``run.err``,
+      ``note.txt``, exit and abort markers) or a staging folder this job left behind.
+
+    Anything else (``Class2D/job013/`` with its ``run_it025_*`` files, a file, a folder of
+    unrelated data) is another job's or the user's, and writing exit markers there would
+    change what RELION believes about that job.
+
+    Raises
+    ------
+    InputError
+        ``folder`` is not a folder, or is not this job's by the rule above.
+    """
+    path = Path(folder)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise InputError(path, "exists and is not a folder; give the job folder")
+    names = {p.name for p in path.iterdir()}
+    record = path / "run_record.json"
+    if record.is_file():
+        try:
+            if json.loads(record.read_text()).get("command") == command:
+                return
+        except (OSError, ValueError, AttributeError):
+            pass
+    job_star = path / "job.star"
+    if job_star.is_file():
+        try:
+            if _EXTERNAL_JOB_STAR.search(job_star.read_text(errors="replace")):
+                return
+        except OSError:
+            pass
+    foreign = sorted(
+        n for n in names if n not in RELION_FILES and not n.startswith(".staging-")
+    )
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise InputError(
+            path,
+            f"is not this External job's folder (it holds {shown}); give --o a new "
+            "job folder, e.g. External/job010/",
+        )
 
 
 class JobAborted(Exception):
@@ -35,7 +107,8 @@ class ExternalJob:
     On entry it removes the exit markers of an earlier run (as RELION does before it starts
     a job), so a failed rerun never leaves a stale ``RELION_JOB_EXIT_SUCCESS``. On exit it
     writes exactly one marker: success when the block ended normally, aborted on
-    :class:`JobAborted` or ``KeyboardInterrupt``, failure on any other exception. The
+    :class:`JobAborted` or ``KeyboardInterrupt``, failure on any other exception (outcome
+    ``"bad_input"`` for an :class:`InputError`, ``"failure"`` otherwise). The
     exception is not swallowed; ``outcome`` tells the caller which marker was written.
 
     ``RELION_JOB_ABORT_NOW`` is never removed here: the GUI removes it before it starts a
@@ -81,19 +154,30 @@ class ExternalJob:
             self.outcome = "success"
         elif issubclass(exc_type, JobAborted | KeyboardInterrupt):
             self.outcome = "aborted"
+        elif issubclass(exc_type, InputError):
+            self.outcome = "bad_input"
         else:
             self.outcome = "failure"
         name = {
             "success": EXIT_SUCCESS,
             "aborted": EXIT_ABORTED,
             "failure": EXIT_FAILURE,
+            "bad_input": EXIT_FAILURE,
         }[self.outcome]
-        self.marker(name).touch()
+        try:
+            self.marker(name).touch()
+        except OSError:
+            if exc is None:
+                raise
+            # The run's own error (often the same unwritable folder) is the one to report.
+            log.debug("cannot write %s", self.marker(name), exc_info=True)
+            return
         log.debug("wrote %s", self.marker(name))
 
     @property
     def exit_code(self) -> int:
-        """Process exit status for the outcome (0 success, 1 failure, 2 aborted)."""
+        """Process exit status for the outcome (0 success, 1 failure, 2 bad input,
+        130 aborted)."""
         if self.outcome is None:
             raise ValueError("the job has not finished")
         return EXIT_CODES[self.outcome]

@@ -29,6 +29,7 @@ from cryodiscovery.core.commands.selection_args import (
 )
 from cryodiscovery.core.io.readers import read_class_averages
 from cryodiscovery.core.model.checkpoint import load_scorer
+from cryodiscovery.core.outputs import check_output_folder
 from cryodiscovery.core.report.explain import METHODS
 from cryodiscovery.core.report.selection_files import (
     format_summary,
@@ -71,6 +72,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run ``cryodiscovery score``; returns the exit code."""
     options = selection_options(args)
+    check_output_folder(args.out)  # refused before minutes of scoring, not after
     classes = read_class_averages(args.input, args.angpix)
     scorer = load_scorer(args.model)
     selection = select_classes(classes, options, scorer)

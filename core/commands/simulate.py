@@ -150,6 +150,10 @@ def main(args: argparse.Namespace) -> int:
         else:
             paths = write_cryosparc_project(run, stage, seed=args.seed)
         write_record(stage, run, config, getattr(args, "_argv", None), args.seed)
+        # Named now, while the staged files exist; the writers may return absolute
+        # paths where ``out`` (and so ``stage``) is relative.
+        base = stage.resolve()
+        names = {k: p.resolve().relative_to(base) for k, p in paths.items()}
     c = run.classes
     log.info(
         "simulated %d classes (%d good, %d junk), %s molecule, box %d, %.2f Å/px, SNR %.3f",
@@ -161,6 +165,6 @@ def main(args: argparse.Namespace) -> int:
         c.pixel_size or 0.0,
         run.snr,
     )
-    for name, path in paths.items():
-        log.info("%s: %s", name, out / path.relative_to(stage))
+    for name, rel in names.items():
+        log.info("%s: %s", name, out / rel)
     return 0

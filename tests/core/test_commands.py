@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -287,6 +288,35 @@ def test_score_cryosparc_job_folder(  # type: ignore[no-untyped-def]
     assert [int(r["class_number"]) for r in rows] == list(range(1, 13))
     counts = simulated.field("particle_count")
     assert [int(r["particle_count"]) for r in rows] == [int(c) for c in counts]
+
+
+def test_unusable_out_is_one_line_exit_2(run, relion_job: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    afile = tmp_path / "afile"
+    afile.write_text("mine\n")
+    for out, text in ((afile, "not a folder"), (afile / "out", "is a file")):
+        code, _, stderr = run(["score", str(relion_job), "--out", str(out)])
+        lines = stderr.strip().splitlines()
+        assert code == 2 and len(lines) == 1, stderr
+        assert lines[0].startswith("cryodiscovery score: error:") and text in lines[0]
+    assert afile.read_text() == "mine\n"
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0,
+    reason="root writes into a 0o555 folder (the test above checks "
+    "a path under a file instead)",
+)
+def test_read_only_out_is_one_line_exit_2(
+    run, relion_job: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        code, _, stderr = run(["score", str(relion_job), "--out", str(folder)])
+    finally:
+        folder.chmod(0o755)
+    assert code == 2 and "cannot write here" in stderr.strip().splitlines()[-1]
 
 
 def test_demo_prints_a_command_that_runs_without_activating_the_venv(

@@ -119,3 +119,12 @@ def test_bad_options_and_occupied_folders_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="not empty"):
         _run_command(["relion", "--out", str(busy), *ARGS])
     assert sorted(p.name for p in busy.iterdir()) == ["keep.txt"]
+
+
+def test_relative_out_as_the_help_shows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert (
+        _run_command(["relion", "--out", "sim", "--n-classes", "4", "--box", "32"]) == 0
+    )
+    assert (tmp_path / "sim" / "Class2D" / "job001" / "run_it025_model.star").is_file()
+    assert not list((tmp_path / "sim").glob(".staging-*"))

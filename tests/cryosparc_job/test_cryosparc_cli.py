@@ -87,6 +87,8 @@ def test_failure_during_the_run_exits_1_and_fails_the_job(env, fake, capsys):
         ([], "give --project and --job"),
         (["--job-dir", "x"], "--job-dir needs --out"),
         (["--job-dir", "x", "--out", "y", "--project", "P1"], "cannot be combined"),
+        (["--job-dir", "x", "--out", "y", "--url", "http://h:1"], "with --url/--host"),
+        (["--job-dir", "x", "--out", "y", "--host", "h"], "with --url/--host"),
         (["--project", "P1", "--job", "J1"], "give --url"),
     ],
 )
@@ -120,3 +122,12 @@ def test_help_is_the_module_docstring(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "--job-dir /data/P3/J42" in out and "python -m cryosparc.tools login" in out
+
+
+def test_offline_is_not_refused_for_a_server_in_the_environment(
+    monkeypatch, tmp_path, capsys
+):
+    monkeypatch.setenv("CRYOSPARC_BASE_URL", "http://h:39000")
+    code = main(["--job-dir", str(tmp_path / "J9"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "no such file or folder" in _err(capsys)

@@ -136,3 +136,11 @@ def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
         load_facility_config(tmp_path / "absent.yaml")
     with pytest.raises(InputError, match="the file must be a mapping"):
         load_facility_config(_write(tmp_path, "- a\n- b\n"))
+
+
+def test_deeply_nested_yaml_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "federation.yaml"
+    path.write_text("[" * 5000 + "]" * 5000)
+    with pytest.raises(InputError, match="nested too deeply") as info:
+        load_facility_config(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)

@@ -98,7 +98,7 @@ def test_rerun_replaces_outputs_and_a_failed_rerun_keeps_them(
     }
     capsys.readouterr()
 
-    assert run("--threshold", "2") == 1  # a rerun that fails
+    assert run("--threshold", "2") == 2  # a rerun that fails (bad input)
     assert markers(out) == {"RELION_JOB_EXIT_FAILURE"}
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in good} == good
     err = capsys.readouterr().err
@@ -162,6 +162,11 @@ def _bad_class_in_data(project: Path) -> None:
     path.write_text("".join(lines))
 
 
+def _wrong_box(project: Path) -> None:  # STAR files say 32 px; a 48 px stack
+    with mrcfile.new(project / STACK, overwrite=True) as mrc:
+        mrc.set_data(np.zeros((10, 48, 48), np.float32))
+
+
 def _garbled_model(project: Path) -> None:
     (project / MODEL).write_text("data_model_general\n_rlnNrClasses\nloop_\n#?!\n")
 
@@ -173,6 +178,7 @@ def _garbled_model(project: Path) -> None:
         (_corrupt_stack, STACK),
         (_short_stack, "10 classes but the stack"),
         (_bad_class_in_data, "11"),
+        (_wrong_box, "rlnOriginalImageSize is 32 px but the stack"),
         (_garbled_model, MODEL),
     ],
 )
@@ -180,7 +186,7 @@ def test_bad_inputs_fail_cleanly(relion_project, monkeypatch, capsys, damage, me
     project = relion_project()
     damage(project)
     monkeypatch.chdir(project)
-    assert run(*DETERMINISTIC) == 1
+    assert run(*DETERMINISTIC) == 2
     out = project / JOB
     assert sorted(p.name for p in out.iterdir()) == ["RELION_JOB_EXIT_FAILURE"]
     err = capsys.readouterr().err.strip().splitlines()
@@ -190,7 +196,7 @@ def test_bad_inputs_fail_cleanly(relion_project, monkeypatch, capsys, damage, me
 
 def test_missing_in_parts_fails_with_the_marker(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["--o", JOB, "--threshold", "0.5", "--j", "1"]) == 1
+    assert main(["--o", JOB, "--threshold", "0.5", "--j", "1"]) == 2
     assert sorted(p.name for p in (tmp_path / JOB).iterdir()) == [
         "RELION_JOB_EXIT_FAILURE"
     ]
@@ -199,7 +205,7 @@ def test_missing_in_parts_fails_with_the_marker(tmp_path, monkeypatch, capsys):
 
 def test_missing_o_has_nowhere_to_write(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["--in_parts", DATA]) == 1
+    assert main(["--in_parts", DATA]) == 2
     assert list(tmp_path.iterdir()) == []
     assert "--o is missing" in capsys.readouterr().err
 
@@ -214,7 +220,7 @@ def test_abort_while_writing_particles(relion_project, monkeypatch, capsys):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(selection_job, "filter_particles", abort_midway)
-    assert run(*DETERMINISTIC) == 2
+    assert run(*DETERMINISTIC) == 130
     out = project / JOB
     assert sorted(p.name for p in out.iterdir()) == [
         ABORT_NOW,
@@ -228,7 +234,7 @@ def test_abort_before_start(relion_project, monkeypatch):
     monkeypatch.chdir(project)
     (project / JOB).mkdir(parents=True)
     (project / JOB / ABORT_NOW).touch()
-    assert run(*DETERMINISTIC) == 2
+    assert run(*DETERMINISTIC) == 130
     assert markers(project / JOB) == {"RELION_JOB_EXIT_ABORTED"}
     assert not (project / JOB / "particles.star").exists()
 
@@ -253,3 +259,43 @@ def test_sigterm_becomes_an_abort_and_the_handler_is_restored():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises as soon as the signal arrives
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_o_naming_another_jobs_folder_is_refused_untouched(
+    relion_project, monkeypatch, capsys
+):
+    project = relion_project()
+    monkeypatch.chdir(project)
+    (project / "Class2D/job001/RELION_JOB_EXIT_SUCCESS").touch()
+    before = digests(project)
+    code = main(["--o", "Class2D/job001/", "--in_parts", DATA, *DETERMINISTIC])
+    assert code == 2
+    assert digests(project) == before  # its success marker kept, no failure marker
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not this External job's folder" in err[0]
+    assert err[0].startswith("cryodiscovery-relion: error: Class2D/job001")
+
+
+def test_o_under_a_file_is_one_line(relion_project, monkeypatch, capsys):
+    project = relion_project()
+    monkeypatch.chdir(project)
+    Path("External").write_text("a file where the folder should be")
+    assert run(*DETERMINISTIC) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cryodiscovery-relion: error: ")
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root writes into a 0o555 folder (see the test above)"
+)
+def test_read_only_job_folder_is_one_line(relion_project, monkeypatch, capsys):
+    project = relion_project()
+    monkeypatch.chdir(project)
+    (project / JOB).mkdir(parents=True)
+    (project / JOB).chmod(0o555)
+    try:
+        assert run(*DETERMINISTIC) == 2
+    finally:
+        (project / JOB).chmod(0o755)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write here" in err[0]

@@ -14,7 +14,9 @@ from cryodiscovery.relion_external.job import (
     EXIT_SUCCESS,
     ExternalJob,
     JobAborted,
+    check_job_folder,
 )
+from cryodiscovery.relion_external.job_star import write_job_star
 
 
 def markers(folder: Path) -> set[str]:
@@ -42,10 +44,10 @@ def test_success_writes_only_the_success_marker(tmp_path):
 @pytest.mark.parametrize(
     ("error", "marker", "code"),
     [
-        (InputError("x.star", "bad"), EXIT_FAILURE, 1),
+        (InputError("x.star", "bad"), EXIT_FAILURE, 2),
         (RuntimeError("bug"), EXIT_FAILURE, 1),
-        (JobAborted("abort"), EXIT_ABORTED, 2),
-        (KeyboardInterrupt(), EXIT_ABORTED, 2),
+        (JobAborted("abort"), EXIT_ABORTED, 130),
+        (KeyboardInterrupt(), EXIT_ABORTED, 130),
     ],
 )
 def test_an_exception_writes_one_marker_and_propagates(tmp_path, error, marker, code):
@@ -80,3 +82,31 @@ def test_abort_file_is_polled_and_kept(tmp_path):
 def test_exit_code_before_the_end_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="not finished"):
         _ = ExternalJob(tmp_path).exit_code
+
+
+def test_job_folder_ownership(tmp_path):
+    check_job_folder(tmp_path / "new", "cryodiscovery-relion")  # not there yet
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    check_job_folder(mine, "cryodiscovery-relion")  # empty
+    for name in ("run.out", "run.err", "note.txt", EXIT_FAILURE, ABORT_NOW):
+        (mine / name).touch()
+    check_job_folder(mine, "cryodiscovery-relion")  # RELION's own files only
+    (mine / "particles.star").touch()
+    with pytest.raises(InputError, match="not this External job's folder"):
+        check_job_folder(mine, "cryodiscovery-relion")
+    (mine / "run_record.json").write_text('{"command": "cryodiscovery-relion"}')
+    check_job_folder(mine, "cryodiscovery-relion")  # an earlier run of this job
+    (mine / "run_record.json").write_text('{"command": "score"}')
+    with pytest.raises(InputError):
+        check_job_folder(mine, "cryodiscovery-relion")
+    write_job_star(mine)  # RELION wrote the External job's job.star here
+    check_job_folder(mine, "cryodiscovery-relion")
+    other = tmp_path / "Class2D" / "job013"
+    other.mkdir(parents=True)
+    (other / "job.star").write_text("data_job\n_rlnJobTypeLabel relion.class2d\n")
+    (other / EXIT_SUCCESS).touch()
+    with pytest.raises(InputError, match=r"job\.star"):
+        check_job_folder(other, "cryodiscovery-relion")
+    with pytest.raises(InputError, match="not a folder"):
+        check_job_folder(other / "job.star", "cryodiscovery-relion")
