@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from cryodiscovery.core.classes import ClassAverages
-from scipy import ndimage
+from scipy import fft, ndimage
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,11 @@ def resampling_matrix(n_in: int, n_out: int) -> npt.NDArray[np.float64]:
 def fourier_resample(images: npt.ArrayLike, size: int) -> FloatArray:
     """Resample square images to ``size`` pixels by Fourier cropping or zero padding.
 
+    The rule of ``scipy.signal.resample`` along both axes, and the same operator as
+    :func:`resampling_matrix` (``A @ X @ A.T``, the one the torch augmentation uses), even
+    Nyquist included: folded when cropping, split when padding. Equal to both to float32
+    precision (tests/core/test_preprocess.py).
+
     Parameters
     ----------
     images:
@@ -172,14 +177,34 @@ def fourier_resample(images: npt.ArrayLike, size: int) -> FloatArray:
     imgs = np.asarray(images, dtype=np.float32)
     if imgs.ndim != 3 or imgs.shape[1] != imgs.shape[2]:
         raise ValueError(f"images must be (n, b, b), got shape {imgs.shape}")
-    box = imgs.shape[1]
-    if box == size:
+    if size < 1:
+        raise ValueError(f"sizes must be positive, got {imgs.shape[1]} -> {size}")
+    if imgs.shape[1] == size:
         return imgs.copy()
-    a = resampling_matrix(box, size).astype(np.float32)
     out = np.empty((imgs.shape[0], size, size), dtype=np.float32)
     for start in range(0, imgs.shape[0], 256):  # bounded temporary memory
-        out[start : start + 256] = a @ imgs[start : start + 256] @ a.T
+        rows = _resample_axis(imgs[start : start + 256], size, axis=1)
+        out[start : start + 256] = _resample_axis(rows, size, axis=2)
     return out
+
+
+def _resample_axis(x: FloatArray, size: int, axis: int) -> FloatArray:
+    """``scipy.signal.resample(x, size, axis=axis)`` for real ``x``, written with
+    ``scipy.fft``: importing ``scipy.signal`` (it loads scipy.stats, optimize, sparse,
+    ...) costs about 1.3 s of CPU, more than the resampling of a whole job."""
+    n = x.shape[axis]
+    spec = fft.rfft(x, axis=axis)
+    common = min(n, size)
+    shape = list(spec.shape)
+    shape[axis] = size // 2 + 1
+    out = np.zeros(shape, dtype=spec.dtype)
+    index: list[slice] = [slice(None)] * x.ndim
+    index[axis] = slice(0, common // 2 + 1)
+    out[tuple(index)] = spec[tuple(index)]
+    if common % 2 == 0:  # the Nyquist of the smaller grid: fold (crop) or split (pad)
+        index[axis] = slice(common // 2, common // 2 + 1)
+        out[tuple(index)] *= 2.0 if size < n else 0.5
+    return np.asarray(fft.irfft(out, n=size, axis=axis) * (size / n), dtype=np.float32)
 
 
 def mask_radius_fraction(images: npt.ArrayLike) -> FloatArray:

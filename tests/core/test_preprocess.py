@@ -15,8 +15,10 @@ from cryodiscovery.core.model.preprocess import (
     metadata_features,
     normalise_images,
     prepare_inputs,
+    resampling_matrix,
 )
 from model_fixtures import make_toy_classes
+from scipy import signal
 
 
 def _smooth_images(n: int, box: int, seed: int = 0) -> np.ndarray:
@@ -38,6 +40,21 @@ def test_fourier_resample_keeps_band_limited_content(box: int) -> None:
     if box % 2 == 0:
         back = fourier_resample(down, box)
         np.testing.assert_allclose(back, imgs, atol=1e-4 * np.abs(imgs).max())
+
+
+@pytest.mark.parametrize("box", [31, 32, 64, 65, 128, 256])
+@pytest.mark.parametrize("size", [16, 17, 32, 33, 64, 65, 96, 97, 300, 301])
+def test_fourier_resample_is_the_resampling_matrix(box: int, size: int) -> None:
+    """The resampler is scipy's (scipy.signal.resample on both axes) and the operator of
+    resampling_matrix (used by the augmentation), for odd and even sizes, up and down,
+    Nyquist included, to float32 precision."""
+    x = np.random.default_rng(box * 1000 + size).normal(size=(3, box, box))
+    got = fourier_resample(x.astype(np.float32), size)
+    assert got.shape == (3, size, size) and got.dtype == np.float32
+    a = resampling_matrix(box, size)
+    scipy_way = signal.resample(signal.resample(x, size, axis=1), size, axis=2)
+    for want in (a @ x @ a.T, scipy_way):
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max())
 
 
 def test_mask_radius_detects_zero_mask_and_noise_outside() -> None:
