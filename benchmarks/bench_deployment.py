@@ -28,6 +28,7 @@ end, also on errors.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import re
 import statistics
@@ -65,9 +66,7 @@ def _sites(
 ) -> list[int]:
     nodes = []
     for i, spec in enumerate(NON_IID_SITES[: args.sites]):
-        spec = type(spec)(
-            **{**spec.__dict__, "n_jobs": args.jobs, "n_classes": args.classes}
-        )
+        spec = dataclasses.replace(spec, n_jobs=args.jobs, n_classes=args.classes)
         site = root / spec.name
         site.mkdir(parents=True)
         public_key = gateway.make_node_key(site / "node_key")
