@@ -25,7 +25,8 @@ from fed_fixtures import make_sites, run_apps, save_initial, train_message
 
 ALLOWED_METRICS = {
     "train": {"num-examples", "loss"} | {f"received-{k}" for k in EVALUATE_METRICS},
-    "evaluate": {"num-examples", "loss", "auc", "balanced-accuracy", "fnr"},
+    "evaluate": {"num-examples", "loss", "auc", "balanced-accuracy", "fnr"}
+    | {"gate-installed", "gate-candidate", "gate-current"},
 }
 CLIP = 0.05
 
@@ -83,7 +84,15 @@ def test_replies_hold_only_model_arrays_and_allowed_scalar_metrics(
     assert {t.node_id for t in replies if t.message_type == "evaluate"} == {1, 2, 3}
     for transfer in replies:
         content = transfer.message.content
-        assert not content.config_records
+        if transfer.message_type == "train":
+            assert not content.config_records
+        else:
+            # After the last round a site says whether it installed the model, and why
+            # (one short text of metric values; no path, name or class data: see below).
+            assert set(content.config_records) <= {"gate"}
+            for record in content.config_records.values():
+                assert set(record) == {"reason"} and isinstance(record["reason"], str)
+                assert len(record["reason"]) < 300
         (metrics,) = content.metric_records.values()
         assert set(metrics.keys()) <= ALLOWED_METRICS[transfer.message_type]
         assert all(isinstance(v, int | float) for v in metrics.values())
