@@ -37,6 +37,7 @@ from scipy import fft, ndimage
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
 
 #: Names of the metadata features, in the order of :func:`metadata_features` columns
 #: (each has a twin "present" flag in the second half of the vector).
@@ -382,6 +383,23 @@ def _cut_window(images: FloatArray, size: int) -> FloatArray:
     return out.astype(np.float32)
 
 
+def input_windows(classes: ClassAverages, config: PreprocessConfig) -> IntArray:
+    """``(n,)`` side (px of the class box) of the centred square each network input
+    shows: the box for ``framing="box"``, else the particle window of
+    :func:`resample_classes` (what saliency maps are drawn back onto)."""
+    return _windows(classes.images, mask_radius_fraction(classes.images), config)
+
+
+def _windows(
+    imgs: npt.NDArray[np.floating], mask: FloatArray, config: PreprocessConfig
+) -> IntArray:
+    box = imgs.shape[-1]
+    if config.framing == "box":
+        return np.full(len(imgs), box, dtype=np.int64)
+    mask_px = mask * box / 2.0
+    return _window_sizes(particle_radius(imgs, mask), mask_px, config.particle_fill)
+
+
 def resample_classes(
     classes: ClassAverages, config: PreprocessConfig
 ) -> tuple[FloatArray, FloatArray]:
@@ -403,13 +421,12 @@ def resample_classes(
     mask = mask_radius_fraction(imgs)
     if config.framing == "box":
         return fourier_resample(imgs, config.size), mask
-    box = imgs.shape[-1]
-    mask_px = mask * box / 2.0
-    windows = _window_sizes(particle_radius(imgs, mask), mask_px, config.particle_fill)
+    windows = _windows(imgs, mask, config)
     out = np.empty((len(imgs), config.size, config.size), dtype=np.float32)
     for size in np.unique(windows).tolist():
         pick = np.flatnonzero(windows == size)
         out[pick] = fourier_resample(_cut_window(imgs[pick], size), config.size)
+    mask_px = mask * imgs.shape[-1] / 2.0
     radius = np.clip(mask_px / (windows / 2.0), 0.25, 1.0).astype(np.float32)
     return out, radius
 

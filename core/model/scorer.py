@@ -17,7 +17,11 @@ from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.model.calibration import calibrate
 from cryodiscovery.core.model.device import resolve_device
 from cryodiscovery.core.model.nets import RULES, ClassNet, NetConfig, combine_logits
-from cryodiscovery.core.model.preprocess import PreprocessConfig, prepare_inputs
+from cryodiscovery.core.model.preprocess import (
+    PreprocessConfig,
+    input_windows,
+    prepare_inputs,
+)
 
 IMAGE_ONLY = "image-only"
 IMAGE_AND_METADATA = "image+metadata"
@@ -112,6 +116,10 @@ class ClassScorer:
         if not self.uses_metadata:
             meta = torch.zeros((len(classes), 0))
         return images, meta
+
+    def input_windows(self, classes: ClassAverages) -> npt.NDArray[np.int64]:
+        """``(n,)`` side (px of the class box) of the centred square each input shows."""
+        return input_windows(classes, self.preprocess)
 
     @property
     def device(self) -> torch.device:

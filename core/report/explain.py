@@ -78,6 +78,8 @@ class ExplainableScorer(Protocol):
 
     def prepare(self, classes: ClassAverages) -> tuple[torch.Tensor, torch.Tensor]: ...
 
+    def input_windows(self, classes: ClassAverages) -> npt.NDArray[np.int64]: ...
+
     def combine(self, member_logits: list[torch.Tensor]) -> torch.Tensor: ...
 
 
@@ -234,6 +236,7 @@ def saliency_maps(
     if len(classes) == 0:
         return out
     images, meta = scorer.prepare(classes)
+    windows = scorer.input_windows(classes)
     signs = torch.from_numpy(np.where(good, 1.0, -1.0).astype(np.float32))
     compute = gradient_x_input if method == "gradient-x-input" else gradcam
     modes = [m.training for m in scorer.members]
@@ -244,25 +247,43 @@ def saliency_maps(
             sl = slice(start, start + batch_size)
             # clone(): prepare() may have run under inference_mode, which autograd refuses.
             maps = compute(scorer, images[sl].clone(), meta[sl].clone(), signs[sl])
-            out[sl] = _to_box(maps, box)
+            out[sl] = _to_box(maps, box, windows[sl])
     finally:
         for member, mode in zip(scorer.members, modes, strict=True):
             member.train(mode)
     return out
 
 
-def _to_box(maps: torch.Tensor, box: int) -> npt.NDArray[np.float32]:
-    """``(n, S, S)`` maps -> ``(n, box, box)`` scaled to 0-1 per class."""
-    # prepare() Fourier-crops or pads the whole box, so the field of view is the same and
-    # a plain resampling maps internal pixels back onto the class box.
-    up = F.relu(
-        F.interpolate(
-            maps[:, None].float(), size=(box, box), mode="bilinear", align_corners=False
-        )[:, 0]
-    ).numpy()
-    peak = np.percentile(up.reshape(up.shape[0], -1), 99.5, axis=1)
+def _to_box(
+    maps: torch.Tensor, box: int, windows: npt.NDArray[np.int64]
+) -> npt.NDArray[np.float32]:
+    """``(n, S, S)`` maps -> ``(n, box, box)`` scaled to 0-1 per class.
+
+    Input ``i`` shows the centred ``windows[i]``-pixel square of its class (the whole box,
+    or the particle window of particle framing), so its map is resampled to that square
+    and then cropped to the box or placed in its centre (zero outside the window).
+    """
+    n = maps.shape[0]
+    out = np.zeros((n, box, box), dtype=np.float32)
+    for size in np.unique(windows).tolist():
+        pick = np.flatnonzero(windows == size)
+        up = F.relu(
+            F.interpolate(
+                maps[pick][:, None].float(),
+                size=(size, size),
+                mode="bilinear",
+                align_corners=False,
+            )[:, 0]
+        ).numpy()
+        o = abs(size - box) // 2
+        if size >= box:
+            out[pick] = up[:, o : o + box, o : o + box]
+        else:
+            out[pick, o : o + size, o : o + size] = up
+    peak = np.percentile(out.reshape(n, -1), 99.5, axis=1)
     peak = np.where(peak > 0, peak, 1.0)
-    return np.clip(up / peak[:, None, None], 0.0, 1.0).astype(np.float32)
+    scaled: npt.NDArray[np.float32] = np.clip(out / peak[:, None, None], 0.0, 1.0)
+    return scaled
 
 
 def overlay(greys: npt.ArrayLike, maps: npt.ArrayLike) -> npt.NDArray[np.float32]:

@@ -14,7 +14,11 @@ import torch.nn.functional as F
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.model.ensemble import combine_logits
 from cryodiscovery.core.model.nets import ClassNet, NetConfig
-from cryodiscovery.core.model.preprocess import PreprocessConfig, prepare_inputs
+from cryodiscovery.core.model.preprocess import (
+    PreprocessConfig,
+    input_windows,
+    prepare_inputs,
+)
 from cryodiscovery.core.report import explain
 from torch import nn
 
@@ -53,6 +57,9 @@ class ToyScorer:
         x = torch.from_numpy(classes.images)[:, None]
         with torch.inference_mode():  # as a scorer may do; explain must cope
             return F.adaptive_avg_pool2d(x, S), torch.zeros((len(classes), 0))
+
+    def input_windows(self, classes: ClassAverages) -> np.ndarray:
+        return np.full(len(classes), classes.box_size, dtype=np.int64)
 
     def combine(self, member_logits: list[torch.Tensor]) -> torch.Tensor:
         return combine_logits(member_logits, self.rule)
@@ -190,7 +197,9 @@ def one_thread() -> Iterator[None]:
 @pytest.mark.usefixtures("one_thread")
 def test_trained_net_gradient_x_input_points_at_the_carbon_edge() -> None:
     torch.manual_seed(0)
-    pre = PreprocessConfig(size=32)
+    # Whole-box framing: with particle framing this toy net tells the two kinds apart by
+    # their windows alone (an edge doubles the measured extent), not by the edge itself.
+    pre = PreprocessConfig(size=32, framing="box")
     cfg = NetConfig(
         in_size=32, stem=8, widths=(8, 16, 16), meta_features=0, dropout=0.0
     )
@@ -213,6 +222,9 @@ def test_trained_net_gradient_x_input_points_at_the_carbon_edge() -> None:
             images, _ = prepare_inputs(classes, pre)
             return images, torch.zeros((len(classes), 0))
 
+        def input_windows(self, classes: ClassAverages) -> np.ndarray:
+            return input_windows(classes, pre)
+
     test, regions = _edge_set(40, seed=1)
     scorer = Scorer([net])
     with torch.no_grad():
@@ -231,3 +243,22 @@ def test_trained_net_gradient_x_input_points_at_the_carbon_edge() -> None:
     # the reason gradient x input is the default.
     assert hit_rate["gradient-x-input"] >= 0.5
     assert hit_rate["gradient-x-input"] > hit_rate["gradcam"] + 0.2
+
+
+@pytest.mark.parametrize("window", [32, 48, 96])
+def test_maps_are_drawn_back_onto_the_window_each_input_shows(window: int) -> None:
+    """An input that shows the centred ``window`` of a 64 px box: a hot input pixel lands
+    where that pixel lies in the box (and nothing is drawn outside the window)."""
+    maps = torch.zeros((1, 16, 16))
+    maps[0, 4, 12] = 1.0
+    out = explain._to_box(maps, 64, np.array([window]))
+    peak = np.unravel_index(np.argmax(out[0]), out[0].shape)
+    scale = window / 16
+    expect = [(4 + 0.5) * scale - 0.5 + (64 - window) / 2, (12 + 0.5) * scale - 0.5]
+    expect[1] += (64 - window) / 2
+    assert np.allclose(peak, expect, atol=scale / 2 + 1)
+    if window < 64:
+        o = (64 - window) // 2
+        inside = np.zeros((64, 64), bool)
+        inside[o : o + window, o : o + window] = True
+        assert out[0][~inside].max() == 0.0
