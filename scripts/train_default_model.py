@@ -2,11 +2,12 @@
 
 Generates Class2D runs with the synthetic generator from fixed seed lists (training,
 validation and test runs never share a seed; the benchmarks use a fourth range), trains
-the boosted three-network ensemble, keeps it only if it beats each single network on the
-test runs, calibrates the threshold on the validation runs for a 3% false-negative rate,
-and writes ``core/weights/default.pt`` with its model card ``core/weights/default.json``.
+three networks (boosted), keeps the better ensemble rule (boosted3 or mean3) on the test
+runs, calibrates the thresholds on the validation runs for a 5% false-negative rate, and
+writes ``core/weights/default.pt`` with its model card ``core/weights/default.json``.
 
-Run with ``make model`` (about 20 min on 2 cores when the machine is otherwise idle).
+Run with ``make model`` (about 25 min on 2 cores when the machine is otherwise idle; 47 min
+while other work was running).
 ``--runs``/``--epochs`` shrink it for a quick try; the shipped model uses the defaults.
 """
 
@@ -48,6 +49,11 @@ log = logging.getLogger("train_default_model")
 #: Seed ranges of the generated runs; benchmarks draw from 900000 on (never used here).
 TRAIN_SEED0, VAL_SEED0, TEST_SEED0 = 100_000, 500_000, 600_000
 CLASSES_PER_RUN = 40
+#: False-negative rate the stored thresholds are calibrated for on the generated
+#: validation jobs: chosen leave-one-set-out on the real labelled sets
+#: (benchmarks/bench_threshold.py: the rule keeping the other sets' pooled FNR <= 5%
+#: while rejecting the most junk was 5% for every held-out set).
+TARGET_FNR = 0.05
 #: A share of runs in large boxes (real boxes reach 512 px; the default list stops at 256).
 LARGE_BOXES = (288, 320, 384)
 
@@ -157,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         net_config,
         pre,
         cfg,
-        boost=BoostConfig(target_fnr=0.03, always_ensemble=True),
+        boost=BoostConfig(target_fnr=TARGET_FNR, always_ensemble=True),
         name="cryodiscovery-default",
         info={
             "training_data": {
