@@ -262,9 +262,10 @@ def test_check_states_the_privacy_cost_of_local_dp(
         Ledger(ledger).record(5, rnd, 2.0, 1.0)
     assert _run(["check", "--config", str(with_dp)]) == 0
     out = capsys.readouterr().out
-    values = sum(
+    values = sum(  # every member's weights travel in an update
         p.numel()
-        for p in load_scorer(None).members[0].state_dict().values()
+        for member in load_scorer(None).members
+        for p in member.state_dict().values()
         if p.is_floating_point()
     )
     noise = 2.0 * 1.0 * values**0.5  # noise multiplier x clipping norm x sqrt(values)
