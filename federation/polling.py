@@ -10,6 +10,7 @@ request to the SuperLink on the same host. Everything else is passed through.
 Public API (rounds, tests; keep it stable)::
 
     REPLY_POLL_S
+    DelegatingGrid(grid)                         # passes every call on
     PollingGrid(grid, poll_s=REPLY_POLL_S)       # a flwr.serverapp.Grid
     send_and_receive(grid, messages, timeout, poll_s=REPLY_POLL_S) -> list[Message]
 """
@@ -62,13 +63,12 @@ def send_and_receive(
     return replies
 
 
-class PollingGrid(Grid):
-    """``grid`` with :func:`send_and_receive` polling every ``poll_s`` seconds."""
+class DelegatingGrid(Grid):
+    """A Grid that passes every call to the Grid it wraps (``self.grid``); subclasses
+    override what they change."""
 
-    def __init__(self, grid: Grid, poll_s: float = REPLY_POLL_S) -> None:
-        if poll_s <= 0:
-            raise ValueError("poll_s must be > 0")
-        self.grid, self.poll_s = grid, poll_s
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
 
     def set_run(self, run: Any) -> None:  # flwr's Run type is not public
         self.grid.set_run(run)
@@ -100,6 +100,21 @@ class PollingGrid(Grid):
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.grid.send_and_receive(messages, timeout=timeout)
+
+
+class PollingGrid(DelegatingGrid):
+    """``grid`` with :func:`send_and_receive` polling every ``poll_s`` seconds."""
+
+    def __init__(self, grid: Grid, poll_s: float = REPLY_POLL_S) -> None:
+        if poll_s <= 0:
+            raise ValueError("poll_s must be > 0")
+        super().__init__(grid)
+        self.poll_s = poll_s
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 from cryodiscovery.federation.evaluation import aggregate_metrics
+from cryodiscovery.federation.polling import DelegatingGrid
 from cryodiscovery.federation.run_defaults import default
 from cryodiscovery.federation.validation import (
     NUM_EXAMPLES,
@@ -175,44 +176,15 @@ class StrategyOptions:
         return self.dp_clipping_norm > 0
 
 
-class _SnapshotGrid(Grid):
+class _SnapshotGrid(DelegatingGrid):
     """A Grid whose node list is frozen, so Flower's sampler never waits forever."""
 
     def __init__(self, grid: Grid, node_ids: list[int]) -> None:
-        self._grid, self._nodes = grid, node_ids
-
-    def set_run(self, run: Any) -> None:  # flwr's Run type is not public
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self._grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self._grid.create_message(
-            content, message_type, dst_node_id, group_id, ttl
-        )
+        super().__init__(grid)
+        self._nodes = node_ids
 
     def get_node_ids(self) -> list[int]:
         return list(self._nodes)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        return self._grid.send_and_receive(messages, timeout=timeout)
 
 
 class GuardedStrategy(Strategy):
