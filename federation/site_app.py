@@ -58,7 +58,8 @@ _LENGTH = struct.Struct(">Q")
 MAX_FRAME = 2**31
 
 
-_METADATA_FIELDS = (
+#: The Message metadata a frame carries (also what test scaffolding copies).
+METADATA_FIELDS = (
     "run_id",
     "message_id",
     "src_node_id",
@@ -142,7 +143,7 @@ def encode_message(msg: Message) -> tuple[bytes, bytes]:
     """(index JSON, array bytes) of ``msg``: its metadata, content or error."""
     blob: list[bytes] = []
     index = {
-        "metadata": {f: getattr(msg.metadata, f) for f in _METADATA_FIELDS},
+        "metadata": {f: getattr(msg.metadata, f) for f in METADATA_FIELDS},
         "content": _records_to_json(msg.content, blob) if msg.has_content() else None,
         "error": [msg.error.code, msg.error.reason] if msg.has_error() else None,
     }
@@ -151,7 +152,7 @@ def encode_message(msg: Message) -> tuple[bytes, bytes]:
 
 def _decode_message(index_bytes: bytes, blob: bytes) -> Message:
     index = json.loads(index_bytes)
-    metadata = Metadata(**{f: index["metadata"][f] for f in _METADATA_FIELDS})
+    metadata = Metadata(**{f: index["metadata"][f] for f in METADATA_FIELDS})
     if index["error"] is not None:
         code, reason = index["error"]
         return Message(error=Error(int(code), reason), metadata=metadata)

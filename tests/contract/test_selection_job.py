@@ -22,18 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from cryodiscovery.core.io.stack import read_mrc_images, write_stack
-from cryodiscovery.core.model.checkpoint import save_scorer
-from cryodiscovery.core.model.nets import ClassNet, NetConfig
-from cryodiscovery.core.model.preprocess import PreprocessConfig
-from cryodiscovery.core.model.scorer import ClassScorer
 from cryodiscovery.core.report import selection_files
 from cryodiscovery.core.synthetic.export import (
     write_cryosparc_project,
     write_relion_project,
 )
 from cryodiscovery.core.synthetic.generator import SimulationConfig, simulate_run
+from support.models import save_tiny_model
 
 DATA_STAR = "Class2D/job001/run_it025_data.star"
 RELION_STACK = "Class2D/job001/run_it025_classes.mrcs"
@@ -44,19 +40,9 @@ KEEP_ALL = ["--threshold", "0"]
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    cfg = NetConfig(in_size=32, stem=8, widths=(8, 16, 16))
-    scorer = ClassScorer(
-        [ClassNet(cfg) for _ in range(3)],
-        cfg,
-        PreprocessConfig(size=32),
-        "boosted3",
-        0.5,
-        name="tiny-contract-model",
+    return save_tiny_model(
+        tmp_path_factory.mktemp("model") / "tiny.pt", "tiny-contract-model"
     )
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_scorer(scorer, path)
-    return path
 
 
 @pytest.fixture(scope="session")

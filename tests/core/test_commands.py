@@ -10,20 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from cryodiscovery.core import cli
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.io.stack import write_stack
-from cryodiscovery.core.model.checkpoint import save_scorer
-from cryodiscovery.core.model.nets import ClassNet, NetConfig
-from cryodiscovery.core.model.preprocess import PreprocessConfig
-from cryodiscovery.core.model.scorer import ClassScorer
 from cryodiscovery.core.synthetic.cryosparc_jobs import write_cryosparc_class2d
 from cryodiscovery.core.synthetic.generator import (
     SimulationConfig,
     simulate_class_averages,
 )
 from cryodiscovery.core.synthetic.relion_jobs import write_relion_class2d
+from support.models import save_tiny_model
 
 
 def test_umbrella_lists_every_command():
@@ -44,19 +40,9 @@ def run(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    cfg = NetConfig(in_size=32, stem=8, widths=(8, 16, 16))
-    scorer = ClassScorer(
-        [ClassNet(cfg) for _ in range(3)],
-        cfg,
-        PreprocessConfig(size=32),
-        "boosted3",
-        0.5,
-        name="tiny-test-model",
+    return save_tiny_model(
+        tmp_path_factory.mktemp("model") / "tiny.pt", "tiny-test-model"
     )
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_scorer(scorer, path)
-    return path
 
 
 @pytest.fixture(scope="module")

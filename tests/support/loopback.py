@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cryodiscovery.federation.site_app import METADATA_FIELDS
 from flwr.app import Context, Error, Message, Metadata, RecordDict, UserConfig
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid, ServerApp
@@ -72,26 +73,11 @@ class Transfer:
     payload: bytes | None = None
 
 
-_METADATA_FIELDS = (
-    "run_id",
-    "message_id",
-    "src_node_id",
-    "dst_node_id",
-    "reply_to_message_id",
-    "group_id",
-    "created_at",
-    "ttl",
-    "message_type",
-    "src_task_id",
-    "dst_task_id",
-)
-
-
 def stamped(msg: Message, **fields: object) -> Message:
     """``msg`` with some metadata ``fields`` replaced (e.g. the ``message_id`` and
     ``run_id`` a SuperLink stamps on a message), through Flower's public ``Metadata``."""
     metadata = Metadata(
-        **{**{f: getattr(msg.metadata, f) for f in _METADATA_FIELDS}, **fields}
+        **{**{f: getattr(msg.metadata, f) for f in METADATA_FIELDS}, **fields}
     )
     if msg.has_error():
         return Message(error=msg.error, metadata=metadata)
