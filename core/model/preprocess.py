@@ -1,12 +1,16 @@
 """Turn class averages of any box and pixel size into the fixed network input.
 
-Images are Fourier-resampled to a fixed internal size of ``size`` pixels (64 by default)
-*relative to the box*: the whole box becomes ``size`` pixels, whatever its pixel size. This
-is the sampling decision: users choose the box (and the RELION/cryoSPARC mask) relative to
-the particle, so the framing of particle-in-mask-in-box is what is comparable across jobs,
-while the pixel size is often unknown (bare stacks) and particles differ tenfold in size in
-Å. Fourier cropping is an exact low-pass without aliasing, so the high-frequency noise
-texture that marks much junk is kept up to the new Nyquist and not smeared by interpolation.
+Each class average is first cut to a centred window scaled to the particle's own extent
+(``framing="particle"``, the default): the radius that holds 85% of the image's contrast
+against its solvent is made ``particle_fill`` of half the window. The window is then
+Fourier-resampled to a fixed internal size of ``size`` pixels (64 by default), whatever
+the pixel size. Why: the box and the mask are the user's choice, so a model that sees the
+whole box learns the user's framing (a real stack padded by 25% used to lose half its good
+classes); the particle's extent is what compares across jobs, while the pixel size is
+often unknown (bare stacks) and particles differ tenfold in size in Å. Models written
+before particle framing resample the whole box (``framing="box"``). Fourier cropping is
+an exact low-pass without aliasing, so the high-frequency noise texture that marks much
+junk is kept up to the new Nyquist and not smeared by interpolation.
 
 Each image is then normalised under its own mask: the median inside the mask is subtracted,
 divided by a robust spread (clipped standard deviation), squashed into ``±clip`` and the
