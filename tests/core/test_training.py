@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 from cryodiscovery.core.model.augment import AugmentConfig, augment_batch
-from cryodiscovery.core.model.ensemble import train_boosted
-from cryodiscovery.core.model.nets import BOOSTED, SINGLE, combine_logits
+from cryodiscovery.core.model.ensemble import BoostConfig, train_boosted
+from cryodiscovery.core.model.nets import BOOSTED, MEAN, SINGLE, combine_logits
 from cryodiscovery.core.model.preprocess import PreprocessConfig
 from cryodiscovery.core.model.training import (
     TrainConfig,
@@ -160,10 +160,15 @@ def test_boosted_ensemble_trains_and_records_its_decision(toy_sets: tuple) -> No
     train, val, test = toy_sets
     cfg = TrainConfig(epochs=2, batch_size=64, seed=0)
     res = train_boosted(train, val, test, tiny_net_config(), PRE, cfg)
-    assert res.rule in (BOOSTED, SINGLE)
-    assert len(res.members) == (3 if res.rule == BOOSTED else 1)
+    assert res.rule in (BOOSTED, MEAN, SINGLE)
+    assert len(res.members) == (1 if res.rule == SINGLE else 3)
     metrics = res.decision["test_metrics"]
-    assert set(metrics) == {"member1", "member2", "member3", "ensemble"}
+    assert set(metrics) == {"member1", "member2", "member3", "ensemble", "mean"}
+    # Asked to, it keeps an ensemble rule whatever the members score.
+    kept = train_boosted(
+        train, val, test, tiny_net_config(), PRE, cfg, BoostConfig(always_ensemble=True)
+    )
+    assert kept.rule in (BOOSTED, MEAN) and len(kept.members) == 3
     assert (
         res.val_scores.shape == (len(val),)
         and np.isfinite(res.val_scores.numpy()).all()
