@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import math
 import os
 import pwd
 import shutil
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -142,10 +144,15 @@ def test_nginx_stops_big_bodies_raw_paths_and_floods_before_the_superlink(
     ):
         assert _request(address, ca, "POST", raw)[0] == 400, raw
     assert len(_Upstream.seen) == 1  # none of them reached the stand-in SuperLink
+    start = time.monotonic()
     codes = [
         _request(address, ca, "POST", "/v1/fleet/pull-messages")[0] for _ in range(60)
     ]
-    assert 429 in codes and codes.count(200) <= 21
+    elapsed = time.monotonic() - start
+    # 5 requests/s with a burst of 20: at most the burst, the one before it and what
+    # the rate refills while the 60 requests take their time (TLS handshakes each).
+    assert 429 in codes
+    assert codes.count(200) <= 21 + math.ceil(5 * elapsed) + 1, (codes, elapsed)
 
 
 def test_registry_serves_the_public_index_and_models_only(
