@@ -162,4 +162,4 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     details = f": {outcome.details}" if outcome.details else ""
     print(f"run {outcome.run_id} {outcome.status}{details}")
-    return 0 if outcome.completed else 1
+    return 0 if outcome.succeeded else 1

@@ -101,6 +101,15 @@ def flwr_json(
         env=flower_env(conn.flwr_home),
         check=False,
     )
+    return flwr_answer_of(done, args, check)
+
+
+def flwr_answer_of(
+    done: subprocess.CompletedProcess[str], args: Sequence[str], check: bool = True
+) -> dict[str, Any]:
+    """The JSON answer of a finished ``flwr ARGS --format json`` (``{}`` when it printed
+    none); with ``check``, ``RuntimeError`` naming the command and Flower's error unless
+    the answer says ``success: true``."""
     start = done.stdout.find("{")
     try:
         answer: dict[str, Any] = json.loads(done.stdout[start:]) if start >= 0 else {}
@@ -108,7 +117,7 @@ def flwr_json(
         answer = {}
     if check and answer.get("success") is not True:
         error = answer.get("error-message") or done.stderr.strip()[-2000:]
-        raise RuntimeError(f"flwr {' '.join(args)} failed: {error}")
+        raise RuntimeError(f"flwr {' '.join(args)} failed: {error or done.stdout}")
     return answer
 
 
@@ -177,7 +186,7 @@ class RunStatus:
 
     run_id: int
     status: str
-    details: str
+    details: str = ""
 
     @property
     def finished(self) -> bool:

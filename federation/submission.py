@@ -8,46 +8,27 @@ The ``flwr`` CLI reads the SuperLink connection from ``$FLWR_HOME/config.toml`` 
 
 Public API (cli ``federation run``, tests)::
 
-    RunOutcome(run_id, status, details).completed
+    RunStatus (federation.control): run_id, status, details, .succeeded
     flwr_answer(args, flwr=None, timeout_s=120) -> dict   # flwr ARGS --format json
     submit_run(app, superlink, run_config, flwr=None) -> int      # the run id
-    run_status(superlink, run_id, flwr=None) -> RunOutcome
+    run_status(superlink, run_id, flwr=None) -> RunStatus
     run_to_completion(app, superlink, run_config, timeout_s, poll_s=5, flwr=None)
-        -> RunOutcome
+        -> RunStatus
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryodiscovery.federation.control import RunStatus, flwr_answer_of
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """A run as ``flwr ls`` reports it: ``status`` is ``pending``, ``starting``,
-    ``running`` or ``finished:completed|failed|stopped``; ``details`` says why a run
-    failed; ``run_id`` 0 when no run was started."""
-
-    run_id: int
-    status: str
-    details: str = ""
-
-    @property
-    def finished(self) -> bool:
-        return self.status.startswith("finished")
-
-    @property
-    def completed(self) -> bool:
-        return self.status == "finished:completed"
 
 
 def _flwr(flwr: str | None) -> str:
@@ -77,15 +58,7 @@ def flwr_answer(
         env=env,
         check=False,
     )
-    start = done.stdout.find("{")
-    try:
-        answer: dict[str, Any] = json.loads(done.stdout[start:]) if start >= 0 else {}
-    except json.JSONDecodeError:
-        answer = {}
-    if answer.get("success") is not True:
-        error = answer.get("error-message") or done.stderr.strip()[-2000:]
-        raise RuntimeError(f"flwr {' '.join(args)} failed: {error or done.stdout}")
-    return answer
+    return flwr_answer_of(done, args)
 
 
 def _superlink(superlink: str | None) -> list[str]:
@@ -108,13 +81,13 @@ def submit_run(
 
 def run_status(
     superlink: str | None, run_id: int, flwr: str | None = None
-) -> RunOutcome:
+) -> RunStatus:
     """What ``flwr ls [SUPERLINK] --run-id N`` reports of the run."""
     args = ["ls", *_superlink(superlink), "--run-id", str(run_id)]
     runs = flwr_answer(args, flwr).get("runs", [])
     for run in runs:
         if str(run.get("run-id")) == str(run_id):
-            return RunOutcome(
+            return RunStatus(
                 run_id, str(run.get("status", "")), str(run.get("status-details", ""))
             )
     raise RuntimeError(f"flwr ls does not list run {run_id}")
@@ -127,7 +100,7 @@ def run_to_completion(
     timeout_s: float,
     poll_s: float = 5.0,
     flwr: str | None = None,
-) -> RunOutcome:
+) -> RunStatus:
     """Submit a run and poll its status until it has finished; after ``timeout_s`` the
     run is stopped (``flwr stop``) and its last status returned. A failed poll (e.g.
     the SuperLink restarting) is logged and retried until the deadline.
@@ -140,7 +113,7 @@ def run_to_completion(
     run_id = submit_run(app, superlink, run_config, flwr)
     log.info("run %d submitted", run_id)
     deadline = time.monotonic() + timeout_s
-    outcome = RunOutcome(run_id, "pending")
+    outcome = RunStatus(run_id, "pending")
     while True:
         try:
             outcome = run_status(superlink, run_id, flwr)
@@ -156,6 +129,6 @@ def run_to_completion(
         flwr_answer(["stop", str(run_id), *_superlink(superlink)], flwr)
     except RuntimeError as err:
         log.error("run %d: %s", run_id, err)
-    return RunOutcome(
+    return RunStatus(
         run_id, outcome.status, f"not finished after {timeout_s:.0f} s; stopped"
     )
