@@ -436,6 +436,7 @@ def evaluate_model(
             m: scorer.stored_threshold(m) for m in ("image+metadata", "image-only")
         },
         "target_fnr": scorer.target_fnr,
+        "image_only_target_fnr": scorer.image_only_target_fnr or scorer.target_fnr,
         "views": {v: evaluate_view(sets, v, scorer, draws) for v in views},
         "framing": framing(sets, views, scorer) if framing_check else {},
     }
@@ -447,7 +448,8 @@ def print_model(m: dict[str, Any]) -> None:
     st = m["stored_thresholds"]
     print(
         f"stored thresholds: image+metadata {st['image+metadata']:.3f}, image-only "
-        f"{st['image-only']:.3f} (calibrated for FNR {m['target_fnr']:.0%} on the model's "
+        f"{st['image-only']:.3f} (calibrated for FNR {m['target_fnr']:.0%} and "
+        f"{m.get('image_only_target_fnr', m['target_fnr']):.0%} on the model's "
         "validation jobs)\ndefault path (`cryodiscovery score`, default options: --adaptive): "
         "a per-job threshold from the job's own scores (two-Gaussian fit), never above the "
         "stored one; the stored one when the scores show no two clear modes"

@@ -452,7 +452,10 @@ def recalibrate(
         copy = ClassScorer.from_payload(scorer.payload())
         return copy, _evaluation(y, p, copy.threshold)
     image_only = predict_sets(scorer, _without_metadata(prepared))[1]
-    calibrated = scorer.recalibrated(y, p, image_only, None, target_fnr)
+    # The image-only rate stays the model's own (chosen on real class averages).
+    calibrated = scorer.recalibrated(
+        y, p, image_only, None, target_fnr, scorer.image_only_target_fnr
+    )
     return calibrated, _evaluation(y, p, calibrated.threshold)
 
 

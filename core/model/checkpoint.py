@@ -137,6 +137,11 @@ def model_card(scorer: ClassScorer) -> dict[str, Any]:
         "threshold": scorer.threshold,
         "image_only_threshold": scorer.image_only_threshold,
         "target_fnr": scorer.target_fnr,
+        "image_only_target_fnr": (
+            scorer.target_fnr
+            if scorer.image_only_target_fnr is None
+            else scorer.image_only_target_fnr
+        ),
         **scorer.info,
     }
 

@@ -58,6 +58,8 @@ class BoostConfig:
 
     emphasis: float = 4.0
     target_fnr: float = 0.03
+    #: Target false-negative rate of the image-only threshold; None: ``target_fnr``.
+    image_only_target_fnr: float | None = None
     #: Keep an ensemble rule (the better of boosted3 and mean3 on the test jobs) even
     #: where one member scores as well on generated test data: on real data the members
     #: disagree far more than on generated data, and averaging removes that variance.
@@ -278,11 +280,13 @@ def scorer_from_ensemble(
     val: TrainingSet,
     *,
     target_fnr: float = 0.03,
+    image_only_target_fnr: float | None = None,
     name: str = "cryodiscovery-model",
     info: dict[str, Any] | None = None,
 ) -> ClassScorer:
     """A scorer from a trained ensemble with thresholds for both scoring modes,
-    calibrated on the validation jobs for ``target_fnr`` robustly across jobs by the
+    calibrated on the validation jobs for ``target_fnr`` (image-only:
+    ``image_only_target_fnr``, None: the same) robustly across jobs by the
     one calibration path (:meth:`~cryodiscovery.core.model.scorer.ClassScorer.
     recalibrated`); the validation scores are stored for later recalibration."""
     labels = val.labels.numpy().astype(np.int8)
@@ -301,7 +305,9 @@ def scorer_from_ensemble(
         name=name,
         info=details,
     )
-    return uncalibrated.recalibrated(labels, with_meta, image_only, groups, target_fnr)
+    return uncalibrated.recalibrated(
+        labels, with_meta, image_only, groups, target_fnr, image_only_target_fnr
+    )
 
 
 def fit_scorer(
@@ -333,6 +339,7 @@ def fit_scorer(
         preprocess,
         val,
         target_fnr=bc.target_fnr,
+        image_only_target_fnr=bc.image_only_target_fnr,
         name=name,
         info=details,
     )

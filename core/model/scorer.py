@@ -41,6 +41,10 @@ class ClassScorer:
         for ``target_fnr`` on the validation jobs.
     image_only_threshold:
         The same for image-only scoring (a bare stack), whose scores run lower.
+    image_only_target_fnr:
+        The false-negative rate ``image_only_threshold`` was calibrated for on the
+        validation jobs, when it differs from ``target_fnr`` (chosen on real class
+        averages, ``benchmarks/bench_threshold.py``); None: ``target_fnr``.
     validation_labels, validation_scores, validation_scores_image_only, validation_groups:
         ``(n,)`` validation truth, scores in both modes and job ids, kept so that any other
         false-negative rate can be recalibrated (:meth:`threshold_for_fnr`).
@@ -64,6 +68,7 @@ class ClassScorer:
         image_only_threshold: float | None = None,
         validation_scores_image_only: npt.ArrayLike | None = None,
         validation_groups: npt.ArrayLike | None = None,
+        image_only_target_fnr: float | None = None,
         name: str = "cryodiscovery-model",
         info: dict[str, Any] | None = None,
         sha256: str = "",
@@ -79,6 +84,9 @@ class ClassScorer:
         self.rule = rule
         self.threshold = float(threshold)
         self.target_fnr = float(target_fnr)
+        self.image_only_target_fnr = (
+            None if image_only_target_fnr is None else float(image_only_target_fnr)
+        )
         self.image_only_threshold = (
             self.threshold
             if image_only_threshold is None
@@ -212,18 +220,22 @@ class ClassScorer:
         scores_image_only: npt.ArrayLike | None,
         groups: npt.ArrayLike | None,
         target_fnr: float,
+        image_only_target_fnr: float | None = None,
     ) -> ClassScorer:
         """A scorer with the same networks whose every calibration field (both
         thresholds, target FNR, validation labels, scores of both modes, job ids) comes
         from one :func:`~cryodiscovery.core.model.calibration.calibrate` of these
         ``(n,)`` validation data; the one way training and the federation calibrate.
+        ``image_only_target_fnr`` (None: ``target_fnr``) sets the image-only rate.
 
         Raises
         ------
         ValueError
             Arrays of different lengths, or no good class among ``labels``.
         """
-        cal = calibrate(labels, scores, scores_image_only, groups, target_fnr)
+        cal = calibrate(
+            labels, scores, scores_image_only, groups, target_fnr, image_only_target_fnr
+        )
         return ClassScorer(
             self.members,
             self.net_config,
@@ -236,6 +248,9 @@ class ClassScorer:
             image_only_threshold=cal.image_only_threshold,
             validation_scores_image_only=cal.scores_image_only,
             validation_groups=cal.groups,
+            image_only_target_fnr=(
+                None if image_only_target_fnr is None else cal.image_only_target_fnr
+            ),
             name=self.name,
             info={**self.info, "calibration": cal.description},
             sha256="",
@@ -255,6 +270,7 @@ class ClassScorer:
                 for m in self.members
             ],
             "image_only_threshold": self.image_only_threshold,
+            "image_only_target_fnr": self.image_only_target_fnr,
             "validation_labels": _tensor_or_none(self.validation_labels),
             "validation_scores": _tensor_or_none(self.validation_scores),
             "validation_scores_image_only": _tensor_or_none(
@@ -284,6 +300,7 @@ class ClassScorer:
             )
         }
         image_only = payload.get("image_only_threshold")
+        image_only_fnr = payload.get("image_only_target_fnr")
         return cls(
             members,
             net_config,
@@ -293,6 +310,9 @@ class ClassScorer:
             target_fnr=float(payload["target_fnr"]),
             image_only_threshold=None if image_only is None else float(image_only),
             **arrays,
+            image_only_target_fnr=(
+                None if image_only_fnr is None else float(image_only_fnr)
+            ),
             name=str(payload["name"]),
             info=json.loads(payload["info"]),
             sha256=sha256,

@@ -138,3 +138,37 @@ def test_recalibrated_replaces_every_calibration_field_together() -> None:
     with pytest.raises(InputError, match="cannot be recalibrated") as info:
         old.threshold_for_fnr(0.05)
     assert "\n" not in str(info.value)
+
+
+def test_image_only_threshold_has_its_own_target_and_survives_saving() -> None:
+    from cryodiscovery.core.model.calibration import calibrate
+    from cryodiscovery.core.model.scorer import ClassScorer
+    from model_fixtures import tiny_scorer
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 80)
+    s, s_image = rng.random(80), rng.random(80) * 0.5
+    cal = calibrate(y, s, s_image, None, 0.05, image_only_target_fnr=0.2)
+    assert cal.threshold == threshold_for_fnr(y, s, 0.05)
+    assert cal.image_only_threshold == threshold_for_fnr(y, s_image, 0.2)
+    assert cal.image_only_target_fnr == 0.2
+    assert "image-only 20.0%" in cal.description
+    # without image-only scores the image+metadata scores give both rates
+    alone = calibrate(y, s, None, None, 0.05, image_only_target_fnr=0.2)
+    assert alone.image_only_threshold == threshold_for_fnr(y, s, 0.2)
+    with pytest.raises(ValueError, match="target false-negative rate"):
+        calibrate(y, s, s_image, None, 0.05, image_only_target_fnr=1.5)
+
+    new = tiny_scorer().recalibrated(y, s, s_image, None, 0.05, 0.2)
+    assert new.image_only_target_fnr == 0.2
+    again = ClassScorer.from_payload(new.payload())
+    assert again.image_only_target_fnr == 0.2
+    assert again.image_only_threshold == new.image_only_threshold
+    # recalibrating with the model's own image-only rate keeps it (the federation does)
+    kept = again.recalibrated(y, s, s_image, None, 0.03, again.image_only_target_fnr)
+    assert kept.image_only_threshold == threshold_for_fnr(y, s_image, 0.2)
+    assert kept.threshold == threshold_for_fnr(y, s, 0.03)
+    # an older model without the field: one rate for both modes
+    plain = tiny_scorer().recalibrated(y, s, s_image, None, 0.05)
+    assert plain.image_only_target_fnr is None
+    assert plain.image_only_threshold == threshold_for_fnr(y, s_image, 0.05)
