@@ -18,12 +18,21 @@ from cryodiscovery.core.errors import InputError
 log = logging.getLogger(__name__)
 
 #: Core subcommands, in the order ``--help`` lists them.
-CORE_COMMANDS: tuple[str, ...] = ("demo", "simulate", "score", "train", "evaluate")
+CORE_COMMANDS: tuple[str, ...] = (
+    "demo",
+    "simulate",
+    "score",
+    "apply-selection",
+    "train",
+    "evaluate",
+)
 
 
 def _command_modules() -> dict[str, ModuleType]:
     modules = {
-        name: importlib.import_module(f"cryodiscovery.core.commands.{name}")
+        name: importlib.import_module(
+            f"cryodiscovery.core.commands.{name.replace('-', '_')}"
+        )
         for name in CORE_COMMANDS
     }
     for ep in entry_points(group="cryodiscovery.commands"):

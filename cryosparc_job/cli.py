@@ -13,6 +13,10 @@ plus scores.csv, gallery.png and run_record.json:
 
     cryodiscovery-cryosparc --job-dir /data/P3/J42 --out J42_selection
 
+Either mode with --selection FILE (selection.csv from the review page, or a
+backup_selection.star) saves a person's selection instead of the model's decisions
+(classes are still scored, for the scores table).
+
 cryoSPARC v4.7 (cryosparc-tools 4.7): --host, --base-port and CRYOSPARC_LICENSE_ID,
 CRYOSPARC_EMAIL, CRYOSPARC_PASSWORD in the environment.
 """
@@ -33,6 +37,7 @@ from cryodiscovery.core.commands.selection_args import (
     selection_options,
 )
 from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.person_selection import PersonChoice, read_person_choice
 from cryodiscovery.cryosparc_job.online import (
     JobInterrupted,
     OnlineRequest,
@@ -113,7 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="output folder (offline: required; online: a local copy of the report)",
     )
-    add_selection_args(p.add_argument_group("selection"))
+    selection = p.add_argument_group("selection")
+    add_selection_args(selection)
+    selection.add_argument(
+        "--selection",
+        type=Path,
+        metavar="FILE",
+        help="a person's selection (selection.csv or backup_selection.star) to save "
+        "instead of the model's decisions",
+    )
     return p
 
 
@@ -153,15 +166,20 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def _run(args: argparse.Namespace, argv: list[str] | None, select: Selector) -> Any:
+def _run(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    select: Selector,
+    choice: PersonChoice | None,
+) -> Any:
     if args.job_dir is not None:
         from cryodiscovery.cryosparc_job.offline import run_offline
 
-        result = run_offline(args.job_dir, args.out, select, argv=argv)
+        result = run_offline(args.job_dir, args.out, select, argv=argv, choice=choice)
         print(f"{result.summary}\nwrote {len(result.files)} files to {args.out}")
         return result
     request = OnlineRequest(
-        args.project, args.job, args.workspace, args.title, args.out, argv
+        args.project, args.job, args.workspace, args.title, args.out, argv, choice
     )
     result = run_online(connect(server_config(args)), request, select)
     print(f"saved {result.saved} to External job {result.project}/{result.job}")
@@ -179,7 +197,8 @@ def main(argv: list[str] | None = None, *, select: Selector | None = None) -> in
         logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         options = selection_options(args)  # refused here, before any server is asked
-        _run(args, argv, select or make_selector(options))
+        choice = read_person_choice(args.selection) if args.selection else None
+        _run(args, argv, select or make_selector(options), choice)
         return 0
     except InputError as err:
         return _error(args, err, 2)

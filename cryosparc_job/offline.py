@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.io.stack import write_stack
 from cryodiscovery.core.outputs import check_output_folder, replace_output_set
+from cryodiscovery.core.person_selection import PersonChoice, check_choice, choose
 from cryodiscovery.core.report.selection_files import (
     SELECTION_OUTPUTS,
     write_selection_files,
@@ -45,6 +46,7 @@ from cryodiscovery.cryosparc_job.summary import summary_line
 from cryosparc.dataset import Dataset
 
 if TYPE_CHECKING:
+    from cryodiscovery.core.correction import Correction
     from cryodiscovery.core.selection import Selection
 
 log = logging.getLogger(__name__)
@@ -196,25 +198,35 @@ def run_offline(
     select: Selector,
     *,
     argv: list[str] | None = None,
+    choice: PersonChoice | None = None,
+    record: Mapping[str, Any] | None = None,
 ) -> OfflineResult:
     """Score the 2D job in ``job_dir`` and write the Select 2D outputs to ``out_dir``.
+
+    With ``choice`` (a person's selection) the classes are still scored but the
+    person's decisions are written. ``record`` adds to (and overrides) the config in
+    the run record.
 
     Raises
     ------
     InputError
         The folder is not a readable cryoSPARC 2D classification (missing or corrupt
-        ``.cs`` or ``.mrc`` files), or its particles and templates do not match.
+        ``.cs`` or ``.mrc`` files), or its particles and templates do not match, or the
+        person's selection is not about its classes or keeps none.
     """
     check_output_folder(out_dir)  # refused before the scoring, not after
     classes, templates, particles = read_job(Path(job_dir))
     what = classes.provenance.job or str(job_dir)
-    selection = select(classes)
+    if choice is not None:
+        check_choice(choice, classes.class_numbers)
+    selection, who = choose(select(classes), choice)
     require_selection(selection)
     parts = partition(
         templates, particles, selection.class_numbers[selection.selected], what=what
     )
     out = Path(out_dir)
     job_uid = output_job_uid(out, what.rsplit("/", 1)[-1])
+    config = {"job_dir": str(job_dir), "working_dir": str(Path.cwd()), **who}
     with replace_output_set(out, output_set()) as stage:
         written = write_partition(parts, stage, job_uid, classes)
         reports = write_selection_files(
@@ -223,7 +235,7 @@ def run_offline(
             selection,
             argv=argv,
             command="cryodiscovery-cryosparc",
-            config={"job_dir": str(job_dir), "outputs": sorted(written)},
+            config={**config, "outputs": sorted(written), **(record or {})},
         )
         files = {
             k: out / p.relative_to(stage) for k, p in {**written, **reports}.items()
@@ -233,3 +245,29 @@ def run_offline(
     return OfflineResult(
         {n: len(d) for n, d in parts.outputs() if len(d)}, files, summary
     )
+
+
+def rewrite_offline_job(correction: Correction) -> str:
+    """Write an offline run's outputs again from a person's selection (``cryodiscovery
+    apply-selection``): the 2D job is read again, nothing is scored, every particle
+    lands in exactly one output as in the run."""
+    if not correction.config.get("job_dir"):
+        raise InputError(
+            correction.record_path,
+            "the report of an online run: its outputs are on the cryoSPARC server; run "
+            "cryodiscovery-cryosparc --project P --job J --selection FILE instead",
+        )
+    job_dir = correction.path("job_dir")
+
+    def person(classes: ClassAverages) -> Selection:
+        correction.check_classes(classes.class_numbers, job_dir)
+        return correction.in_input_order(classes.class_numbers)
+
+    result = run_offline(
+        job_dir,
+        correction.job_dir,
+        person,
+        argv=correction.argv,
+        record=correction.record_config(),
+    )
+    return result.summary

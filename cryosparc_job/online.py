@@ -23,6 +23,7 @@ import numpy as np
 from cryodiscovery.core.classes import ClassAverages, Provenance
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.io.cryosparc_class2d import class_averages_from_datasets
+from cryodiscovery.core.person_selection import PersonChoice, check_choice, choose
 from cryodiscovery.core.report.selection_files import (
     render_gallery,
     write_selection_outputs,
@@ -61,7 +62,8 @@ class OnlineRequest:
     """What to score and where to put the result.
 
     ``workspace`` defaults to the 2D job's first workspace; ``out_dir`` keeps a local copy
-    of the scores, gallery and run record (otherwise they only go to the job's log).
+    of the scores, gallery and run record (otherwise they only go to the job's log);
+    ``choice`` is a person's selection to save instead of the model's decisions.
     """
 
     project: str
@@ -70,6 +72,7 @@ class OnlineRequest:
     title: str | None = None
     out_dir: Path | None = None
     argv: list[str] | None = None
+    choice: PersonChoice | None = None
 
 
 @dataclass(frozen=True)
@@ -322,10 +325,18 @@ def score_in_job(
             title=title,
         )
     classes, templates, particles = load_class2d(cs, source, request.project)
+    if request.choice is not None:
+        check_choice(request.choice, classes.class_numbers)
     ext.log(
         f"Scoring {len(classes)} class averages of {what} ({len(particles):,} particles)"
     )
-    selection = select(classes)
+    selection, who = choose(select(classes), request.choice)
+    if request.choice is not None:
+        n_flipped = who["person_selection"]["n_flipped"]
+        ext.log(
+            f"Saving a person's selection ({request.choice.path.name}): "
+            f"{selection.n_selected} classes kept, {n_flipped} differ from the model"
+        )
     for warning in selection.warnings:
         _log_quietly(ext, warning, "warning")
     require_selection(selection)  # nothing kept: the job fails, nothing is saved
@@ -339,7 +350,11 @@ def score_in_job(
         selection,
         argv=request.argv,
         command="cryodiscovery-cryosparc",
-        config={"cryosparc_job": what, "external_job": f"{request.project}/{ext.uid}"},
+        config={
+            "cryosparc_job": what,
+            "external_job": f"{request.project}/{ext.uid}",
+            **who,
+        },
     )
     for name, dset in ready:
         ext.save_output(name, dset)

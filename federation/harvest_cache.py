@@ -45,7 +45,7 @@ from cryodiscovery.federation.harvest import Finder, Harvest, harvest
 log = logging.getLogger(__name__)
 
 #: Files whose change invalidates the cache (everything a harvest reads).
-CACHE_SUFFIXES = (".star", ".mrcs", ".mrc", ".cs", ".txt")
+CACHE_SUFFIXES = (".star", ".mrcs", ".mrc", ".cs", ".txt", ".json", ".csv")
 FORMAT = 1
 
 Manifest = tuple[tuple[str, int, int], ...]

@@ -50,6 +50,9 @@ class ExternalJobConfig:
         which refuses bad values and combinations).
     explain:
         Also write saliency overlays (``explain/``).
+    selection_file:
+        A person's selection (``selection.csv`` or ``backup_selection.star``) to use
+        instead of the model's decisions; classes are still scored.
     relion_version:
         ``"3.1"``, ``"4.0"`` or ``"5.0"`` to force the node-label dialect; None: detect.
     ignored:
@@ -62,6 +65,7 @@ class ExternalJobConfig:
     threads: int = 1
     selection: SelectionOptions = field(default_factory=SelectionOptions)
     explain: bool = False
+    selection_file: Path | None = None
     relion_version: str | None = None
     ignored: tuple[str, ...] = field(default=())
 
@@ -112,6 +116,12 @@ _LABELLED: tuple[tuple[str, str, str], ...] = (
         "3.1, 4.0 or 5.0: node labels (default: default_pipeline.star)",
     ),
     ("device", "D", "where the networks run: auto (CUDA when available), cpu, cuda"),
+    (
+        "selection",
+        "FILE",
+        "a person's selection (selection.csv or backup_selection.star) instead of the "
+        "model's decisions; scores are still computed",
+    ),
 )
 
 
@@ -190,6 +200,7 @@ def config_from_args(ns: argparse.Namespace, unknown: list[str]) -> ExternalJobC
     model_text = (ns.model or "").strip()
     min_parts = (ns.min_particles or "").strip() or "0"
     version_text = (ns.relion_version or "").strip()
+    selection_text = (ns.selection or "").strip()
     selection = SelectionOptions(  # checks ranges and combinations, as for every tool
         model_path=None if model_text.lower() in _DEFAULT_WORDS else Path(model_text),
         threshold=_threshold(ns),
@@ -205,6 +216,7 @@ def config_from_args(ns: argparse.Namespace, unknown: list[str]) -> ExternalJobC
         threads=_integer("j", (ns.j or "").strip() or "1", 1),
         selection=selection,
         explain=_flag("explain", ns.explain),
+        selection_file=Path(selection_text) if selection_text else None,
         relion_version=normalise_version(version_text)
         if version_text and version_text.lower() != "auto"
         else None,

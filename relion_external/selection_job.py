@@ -14,18 +14,24 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.io.relion_class2d import RelionClass2DJob, read_relion_class2d
 from cryodiscovery.core.outputs import replace_output_set
+from cryodiscovery.core.person_selection import (
+    PersonChoice,
+    check_choice,
+    choose,
+    read_person_choice,
+)
 from cryodiscovery.core.report.selection_files import (
     SELECTION_OUTPUTS,
     write_selection_files,
 )
 from cryodiscovery.relion_external.config import ExternalJobConfig
-from cryodiscovery.relion_external.job import ExternalJob
+from cryodiscovery.relion_external.job import EXIT_MARKERS, EXIT_SUCCESS, ExternalJob
 from cryodiscovery.relion_external.nodes import detect_version, write_output_nodes
 from cryodiscovery.relion_external.outputs import (
     class_averages_table,
@@ -35,6 +41,7 @@ from cryodiscovery.relion_external.outputs import (
 from cryodiscovery.relion_external.particles import FilterResult, filter_particles
 
 if TYPE_CHECKING:
+    from cryodiscovery.core.correction import Correction
     from cryodiscovery.core.model.scorer import ClassScorer
     from cryodiscovery.core.selection import Selection
 
@@ -61,6 +68,22 @@ class JobSummary:
     n_particles_kept: int
     relion_version: str
     outputs: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """Where and how the output set is written.
+
+    ``folder`` is where the files go; ``job_name`` the job folder as RELION names it
+    (``External/job010/``, for the node list); ``record`` the config for the run record.
+    """
+
+    folder: Path
+    job_name: str
+    version: str
+    explain: bool
+    record: dict[str, Any]
+    argv: list[str] | None
 
 
 def _load(config: ExternalJobConfig) -> tuple[RelionClass2DJob, str]:
@@ -96,9 +119,13 @@ def _load(config: ExternalJobConfig) -> tuple[RelionClass2DJob, str]:
 
 
 def _select(
-    config: ExternalJobConfig, class2d: RelionClass2DJob, job: ExternalJob
-) -> tuple[Selection, ClassScorer]:
-    """Score every class and decide which to keep."""
+    config: ExternalJobConfig,
+    class2d: RelionClass2DJob,
+    job: ExternalJob,
+    choice: PersonChoice | None,
+) -> tuple[Selection, ClassScorer, dict[str, Any]]:
+    """Score every class and decide which to keep (the person decides when ``choice``
+    is given); also return what the run record says about who selected."""
     import torch
     from cryodiscovery.core.model.checkpoint import load_scorer
     from cryodiscovery.core.selection import require_selection, select_classes
@@ -108,13 +135,21 @@ def _select(
     log.info("Model %s (sha256 %s)", scorer.name, scorer.sha256[:12])
     job.check_abort()
     log.info("Scoring %d class averages ...", len(class2d.classes))
-    selection = select_classes(
+    model = select_classes(
         class2d.classes, config.selection, scorer=scorer, abort_check=job.check_abort
     )
     job.check_abort()
+    selection, record = choose(model, choice)
+    if choice is not None:
+        log.info(
+            "The person's selection %s: %d classes kept, %d differ from the model",
+            choice.path,
+            selection.n_selected,
+            record["person_selection"]["n_flipped"],
+        )
     _log_scores(class2d, selection)
     require_selection(selection)  # nothing kept: the job fails, nothing is written
-    return selection, scorer
+    return selection, scorer, record
 
 
 def _log_scores(class2d: RelionClass2DJob, selection: Selection) -> None:
@@ -137,20 +172,18 @@ def _log_scores(class2d: RelionClass2DJob, selection: Selection) -> None:
 
 
 def _write_outputs(
-    config: ExternalJobConfig,
+    plan: OutputPlan,
     class2d: RelionClass2DJob,
     selection: Selection,
-    scorer: ClassScorer,
-    version: str,
+    scorer: ClassScorer | None,
     job: ExternalJob,
-    argv: list[str] | None,
 ) -> tuple[FilterResult, set[Path]]:
     """Write the output set; return the particle counts and the files written (relative
     to the job folder)."""
     n_classes = len(class2d.model_classes)
     chosen = np.sort(selection.class_numbers[np.asarray(selection.selected, bool)])
-    prefix = config.out_dir.as_posix().rstrip("/") + "/"
-    with replace_output_set(config.out_dir, OUTPUTS) as stage:
+    prefix = plan.job_name.rstrip("/") + "/"
+    with replace_output_set(plan.folder, OUTPUTS) as stage:
         log.info("Writing particles.star ...")
         kept = filter_particles(
             class2d.data_star,
@@ -167,25 +200,25 @@ def _write_outputs(
         table = class_averages_table(
             class2d.model_classes, class2d.classes, selection.scores, selection.selected
         )
-        write_class_averages(stage / "class_averages.star", table, version=version)
+        write_class_averages(stage / "class_averages.star", table, version=plan.version)
         write_backup_selection(
-            stage / "backup_selection.star", n_classes, chosen, version=version
+            stage / "backup_selection.star", n_classes, chosen, version=plan.version
         )
         log.info(
-            "Drawing the gallery%s ...", " and explanations" if config.explain else ""
+            "Drawing the gallery%s ...", " and explanations" if plan.explain else ""
         )
         write_selection_files(
             stage,
             class2d.classes,
             selection,
-            argv=argv,
+            argv=plan.argv,
             command=COMMAND,
-            explain=config.explain,
-            scorer=scorer if config.explain else None,
-            config={**config.record(), "relion_version": version},
+            explain=plan.explain,
+            scorer=scorer if plan.explain else None,
+            config=plan.record,
         )
         nodes = {k: f"{prefix}{k}.star" for k in ("particles", "class_averages")}
-        write_output_nodes(stage, nodes, version)
+        write_output_nodes(stage, nodes, plan.version)
         job.check_abort()  # the last moment at which an abort leaves no outputs
         written = {p.relative_to(stage) for p in stage.rglob("*") if p.is_file()}
     log.info(
@@ -231,11 +264,26 @@ def run_selection_job(
     """
     start = time.monotonic()
     class2d, version = _load(config)
+    choice = None
+    if config.selection_file is not None:  # refused before minutes of scoring
+        choice = read_person_choice(config.selection_file, len(class2d.model_classes))
+        check_choice(choice, class2d.classes.class_numbers)
     job.check_abort()
-    selection, scorer = _select(config, class2d, job)
-    kept, written = _write_outputs(
-        config, class2d, selection, scorer, version, job, argv
+    selection, scorer, record = _select(config, class2d, job, choice)
+    plan = OutputPlan(
+        folder=config.out_dir,
+        job_name=config.out_dir.as_posix(),
+        version=version,
+        explain=config.explain,
+        record={
+            **config.record(),
+            "relion_version": version,
+            "working_dir": str(Path.cwd()),
+            **record,
+        },
+        argv=argv,
     )
+    kept, written = _write_outputs(plan, class2d, selection, scorer, job)
     log.info("Done in %.1f s", time.monotonic() - start)
     return JobSummary(
         n_classes=len(class2d.classes),
@@ -244,4 +292,40 @@ def run_selection_job(
         n_particles_kept=kept.n_written,
         relion_version=version,
         outputs=tuple(sorted(config.out_dir / p for p in written)),
+    )
+
+
+def rewrite_relion_job(correction: Correction) -> str:
+    """Write an External job's outputs again from a person's selection (``cryodiscovery
+    apply-selection``): the same writers and guarantees as the job. Inputs are read
+    again, nothing is scored; on success the job shows ``RELION_JOB_EXIT_SUCCESS``, on
+    any failure the folder (markers included) stays as it was."""
+    config = correction.config
+    class2d = read_relion_class2d(correction.path("in_parts"))
+    if not class2d.data_star.is_file():
+        raise InputError(
+            class2d.data_star, "file not found (needed for particles.star)"
+        )
+    correction.check_classes(class2d.classes.class_numbers, class2d.model_star)
+    scorer = correction.explain_scorer()
+    control = correction.path("control_dir") if config.get("control_dir") else None
+    if control is None or control.resolve() == correction.path("out_dir").resolve():
+        control = correction.job_dir
+    plan = OutputPlan(
+        folder=correction.job_dir,
+        job_name=str(config.get("out_dir") or correction.job_dir.as_posix()),
+        version=str(config.get("relion_version") or class2d.version),
+        explain=scorer is not None,
+        record=correction.record_config(),
+        argv=correction.argv,
+    )
+    selection = correction.in_input_order(class2d.classes.class_numbers)
+    kept, _ = _write_outputs(plan, class2d, selection, scorer, ExternalJob(control))
+    for name in EXIT_MARKERS:  # the outputs are whole and this run's: a success
+        if name != EXIT_SUCCESS:
+            (control / name).unlink(missing_ok=True)
+    (control / EXIT_SUCCESS).touch()
+    return (
+        f"{selection.n_selected} of {len(selection.scores)} classes kept, "
+        f"{kept.n_written} of {kept.n_read} particles, in {correction.job_dir}"
     )

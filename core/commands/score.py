@@ -30,6 +30,7 @@ from cryodiscovery.core.commands.selection_args import (
 from cryodiscovery.core.io.readers import read_class_averages
 from cryodiscovery.core.model.checkpoint import load_scorer
 from cryodiscovery.core.outputs import check_output_folder
+from cryodiscovery.core.person_selection import selection_record
 from cryodiscovery.core.report.explain import METHODS
 from cryodiscovery.core.report.selection_files import (
     format_summary,
@@ -89,6 +90,8 @@ def main(args: argparse.Namespace) -> int:
             "input_path": str(args.input),
             "angpix": args.angpix,
             **selection_config(args),
+            **selection_record(),
+            "working_dir": str(Path.cwd()),
         },
         explain_method=args.explain_method,
     )

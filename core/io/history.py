@@ -1,5 +1,6 @@
 """Harvesting of labelled past selections: every labelled Class2D result (a job plus the
-Select job that selected from it) under a folder, skipping selections a program made.
+Select job that selected from it) under a folder, skipping selections a program made
+unless a person corrected them (``cryodiscovery apply-selection``, ``--selection``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,12 +22,14 @@ from cryodiscovery.core.io.cryosparc_class2d import (
     read_cryosparc_selection,
     selection_source,
 )
+from cryodiscovery.core.io.readers import read_class_averages
 from cryodiscovery.core.io.relion_class2d import (
     RUN_FILE_RE,
     read_relion_class2d,
     read_relion_selection,
 )
 from cryodiscovery.core.io.star_tables import read_star
+from cryodiscovery.core.person_selection import person_corrected
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,8 @@ def find_labelled_sets(root: Path) -> list[ClassAverages]:
             read_set = _relion_set
         elif any(_SELECT_CS.match(f) for f in files):
             read_set = _cryosparc_set
+        elif {"scores.csv", "run_record.json"} <= files:
+            read_set = _score_set
         else:
             continue
         maker = automatic_selection(folder)
@@ -128,8 +134,10 @@ def automatic_selection(folder: Path) -> str | None:
     A program's selection is a prediction, never a person's label. Recognised:
 
     - this project's outputs: a ``run_record.json`` (written by every scoring command:
-      ``cryodiscovery-relion``, ``cryodiscovery-cryosparc --out``, ``score``...; only
-      ``simulate``, whose Select jobs hold the generated ground truth, is not one);
+      ``cryodiscovery-relion``, ``cryodiscovery-cryosparc --out``, ``score``...; not
+      ``simulate``, whose Select jobs hold the generated ground truth, nor an output a
+      person corrected, whose record says ``"selection_source": "person"``: both are
+      labels, whatever else marks the folder);
     - RELION External jobs (a folder under ``External/``, or a ``job.star`` of type
       ``relion.external``/99 or whose ``fn_exe`` is ``cryodiscovery-*``, or a
       ``note.txt`` running ``cryodiscovery-relion``) and relion_class_ranker's
@@ -139,7 +147,10 @@ def automatic_selection(folder: Path) -> str | None:
     """
     record = folder / "run_record.json"
     if record.is_file():
-        command = _record_command(record)
+        content = _record(record)
+        if person_corrected(content):
+            return None
+        command = str(content.get("command", "")) if isinstance(content, dict) else ""
         if command not in _GROUND_TRUTH_COMMANDS:
             return f"cryodiscovery ({command or 'run_record.json'})"
     if folder.parent.name == "External":
@@ -165,13 +176,12 @@ def automatic_selection(folder: Path) -> str | None:
     return None
 
 
-def _record_command(path: Path) -> str:
-    """The ``command`` of a run record; ``""`` if unreadable (still this project's)."""
+def _record(path: Path) -> Any:
+    """A run record as parsed; ``None`` if unreadable (still this project's)."""
     try:
-        record = json.loads(path.read_text(errors="replace"))
+        return json.loads(path.read_text(errors="replace"))
     except (OSError, ValueError):
-        return ""
-    return str(record.get("command", "")) if isinstance(record, dict) else ""
+        return None
 
 
 def _text(path: Path) -> str:
@@ -205,12 +215,28 @@ def _relion_select_source(select_dir: Path, project: Path) -> str | None:
     note = select_dir / "note.txt"
     if note.is_file():
         candidates.extend(_INPUT_RE.findall(note.read_text(errors="replace")))
+    candidates.extend(_record_sources(select_dir, project))
     candidates.extend(_class_averages_source(select_dir))
     candidates.extend(_pipeline_sources(project, select_dir))
     for cand in candidates:
         if RUN_FILE_RE.match(Path(cand).name) and (project / cand).is_file():
             return cand
     return None
+
+
+def _record_sources(job_dir: Path, project: Path) -> list[str]:
+    """The Class2D input a person-corrected External job's run record names
+    (``in_parts``, relative to the project)."""
+    record = _record(job_dir / "run_record.json")
+    if not person_corrected(record):
+        return []
+    config = record["config"]
+    source = Path(str(config.get("in_parts") or ""))
+    if source.is_absolute():
+        return (
+            [str(source.relative_to(project))] if source.is_relative_to(project) else []
+        )
+    return [str(source)] if source.parts else []
 
 
 def _class_averages_source(select_dir: Path) -> list[str]:
@@ -267,3 +293,29 @@ def _cryosparc_set(folder: Path) -> tuple[tuple[str, int], ClassAverages] | None
     )
     key = (str(job.job_dir.resolve()), iteration)
     return key, job.classes.with_labels(np.asarray(labels)[index])
+
+
+def _score_set(folder: Path) -> tuple[tuple[str, int], ClassAverages] | None:
+    """A ``score`` output a person corrected: its input, labelled from ``scores.csv``
+    (only these reach here; the model's own are skipped before)."""
+    record = _record(folder / "run_record.json")
+    if not person_corrected(record) or record.get("command") != "score":
+        return None
+    config = record["config"]
+    source = Path(str(config.get("input_path") or ""))
+    if not source.is_absolute():
+        source = Path(str(config.get("working_dir") or folder.parent)) / source
+    try:
+        classes = read_class_averages(source, config.get("angpix"))
+        table = pd.read_csv(folder / "scores.csv")
+        kept = dict(zip(table["class_number"], table["selected"], strict=True))
+        labels = [int(kept[int(c)]) for c in classes.class_numbers]
+    except (InputError, OSError, ValueError, KeyError) as exc:
+        log.warning("skipping %s: %s", folder, exc)
+        return None
+    first = (
+        Path(classes.provenance.sources[0]) if classes.provenance.sources else source
+    )
+    found = re.findall(r"_it(\d{3,})_|_(\d{3,})_class_averages", first.name)
+    iteration = int(next((a or b for a, b in found), -1))
+    return (str(first.resolve().parent), iteration), classes.with_labels(labels)
