@@ -5,10 +5,10 @@ RELION External job (cryodiscovery-relion) or of the cryoSPARC job offline
 (cryodiscovery-cryosparc --out). Its run_record.json names the inputs, which are read
 again; the outputs are written again with the person's decisions (scores stay the
 model's), all or nothing, and the run record says a person selected (then training
-harvests the folder as a person's labels). SELECTION is the review page's selection.csv
-(class_number,selected,score,source) or RELION's backup_selection.star. A selection of
-another job, one that keeps no class, or inputs that are gone end with one line (exit
-status 2) and change nothing.
+harvests the folder as a person's labels). --selection takes the review page's
+selection.csv (class_number,selected,score,source; selected 1 or 0) or RELION's
+backup_selection.star. A selection of another job, one that keeps no class, or inputs
+that are gone end with one line (exit status 2) and change nothing.
 
 Examples:
   cryodiscovery apply-selection External/job010 --selection ~/Downloads/selection.csv

@@ -394,3 +394,25 @@ def test_evaluate_and_the_facility_harvest_pick_up_a_correction(
     assert result.n_train + result.n_validation == len(scores(out))
     counts = result.label_counts()
     assert counts["train_selected"] + counts["validation_selected"] == len(person)
+
+
+def test_a_failure_while_writing_changes_nothing(relion, tmp_path, monkeypatch, capsys):
+    """All or nothing, markers included: a full disk half-way leaves the job as it was."""
+    import errno
+
+    from cryodiscovery.core.report import selection_files
+
+    job = relion / JOB
+    selection = write_selection(tmp_path / "s.csv", scores(job), flipped(scores(job)))
+    before = snapshot(job)
+
+    def full_disk(*args: object, **kwargs: object) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device", "score_histogram.png")
+
+    monkeypatch.setattr(selection_files, "render_score_histogram", full_disk)
+    assert apply(job, selection) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    [line] = [text for text in err if "error" in text.lower()]
+    assert line.endswith("score_histogram.png: No space left on device")
+    assert snapshot(job) == before
+    assert not list(job.glob(".staging-*"))
