@@ -226,17 +226,9 @@ def _relion_select_source(select_dir: Path, project: Path) -> str | None:
 
 def _record_sources(job_dir: Path, project: Path) -> list[str]:
     """The Class2D input a person-corrected External job's run record names
-    (``in_parts``, relative to the project)."""
-    record = _record(job_dir / "run_record.json")
-    if not person_corrected(record):
-        return []
-    config = record["config"]
-    source = Path(str(config.get("in_parts") or ""))
-    if source.is_absolute():
-        return (
-            [str(source.relative_to(project))] if source.is_relative_to(project) else []
-        )
-    return [str(source)] if source.parts else []
+    (``in_parts``), relative to the project."""
+    source = _recorded_input(job_dir, "in_parts")
+    return [] if source is None else [os.path.relpath(source, project)]
 
 
 def _class_averages_source(select_dir: Path) -> list[str]:
@@ -281,7 +273,7 @@ def _pipeline_sources(project: Path, select_dir: Path) -> list[str]:
 
 def _cryosparc_set(folder: Path) -> tuple[tuple[str, int], ClassAverages] | None:
     try:
-        source = selection_source(folder)
+        source = _recorded_input(folder, "job_dir") or selection_source(folder)
         job = read_cryosparc_class2d(source)
         index = job.classes.class_numbers - 1
         labels = read_cryosparc_selection(folder, n_classes=int(index.max()) + 1)
@@ -295,16 +287,27 @@ def _cryosparc_set(folder: Path) -> tuple[tuple[str, int], ClassAverages] | None
     return key, job.classes.with_labels(np.asarray(labels)[index])
 
 
+def _recorded_input(folder: Path, key: str) -> Path | None:
+    """The input path ``config[key]`` of a person-corrected output's run record (a
+    relative one resolved against the recorded working folder), else ``None``."""
+    record = _record(folder / "run_record.json")
+    if not person_corrected(record) or not record["config"].get(key):
+        return None
+    config = record["config"]
+    path = Path(str(config[key]))
+    if path.is_absolute():
+        return path
+    return Path(str(config.get("working_dir") or folder.parent)) / path
+
+
 def _score_set(folder: Path) -> tuple[tuple[str, int], ClassAverages] | None:
     """A ``score`` output a person corrected: its input, labelled from ``scores.csv``
     (only these reach here; the model's own are skipped before)."""
     record = _record(folder / "run_record.json")
-    if not person_corrected(record) or record.get("command") != "score":
+    source = _recorded_input(folder, "input_path")
+    if source is None or record.get("command") != "score":
         return None
     config = record["config"]
-    source = Path(str(config.get("input_path") or ""))
-    if not source.is_absolute():
-        source = Path(str(config.get("working_dir") or folder.parent)) / source
     try:
         classes = read_class_averages(source, config.get("angpix"))
         table = pd.read_csv(folder / "scores.csv")

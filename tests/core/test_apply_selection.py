@@ -246,6 +246,25 @@ def test_cryosparc_offline_written_again(cryosparc, tmp_path):
     assert {int(c) for c in found.class_numbers[found.labels == 1]} == person
 
 
+def test_a_correction_outside_the_project_is_harvested(
+    generated, tiny_model, tmp_path, monkeypatch
+):
+    """The run record leads back to the 2D job when the output folder is elsewhere."""
+    project = tmp_path / "cryosparc"
+    shutil.copytree(generated["cryosparc"], project)
+    shutil.rmtree(project / "J2")  # no Select 2D labels of its own
+    elsewhere = tmp_path / "home" / "selections"
+    monkeypatch.chdir(project)
+    argv = ["--job-dir", "J1", "--out", str(elsewhere), "--model", str(tiny_model)]
+    assert cryosparc_cli.main([*argv, *KEEP_ALL]) == 0
+    assert find_labelled_sets(elsewhere) == []
+    person = flipped(scores(elsewhere))
+    selection = write_selection(tmp_path / "s.csv", scores(elsewhere), person)
+    assert apply(elsewhere, selection) == 0
+    (found,) = find_labelled_sets(elsewhere)
+    assert {int(c) for c in found.class_numbers[found.labels == 1]} == person
+
+
 def test_the_models_own_selections_are_not_labels(relion, cryosparc):
     assert automatic_selection(relion / JOB) is not None
     assert automatic_selection(cryosparc / "J3") is not None
