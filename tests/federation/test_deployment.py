@@ -150,7 +150,7 @@ def _run(
 
 
 def _register(server: LocalServer, public_key: Path, name: str) -> int:
-    """``flwr supernode register KEY CONN --name NAME``, as the README says; node id."""
+    """``flwr supernode register KEY CONN --name NAME``, as docs/federation.md says; node id."""
     args = ["supernode", "register", str(public_key), server.conn.name, "--name", name]
     return int(control.flwr_json(server.conn, args)["node-id"])
 

@@ -1,4 +1,4 @@
-"""The systemd units shipped in ``federation/systemd/`` start what the README starts: the
+"""The systemd units shipped in ``federation/systemd/`` start what docs/federation.md starts: the
 same programs and flags as :mod:`deploy`, by absolute path, with the virtual
 environment's ``bin/`` first on ``PATH`` (a SuperExec starts ``flwr-serverapp`` and
 ``flwr-clientapp`` by name; systemd's default ``PATH`` lacks them)."""

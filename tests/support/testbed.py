@@ -1,4 +1,4 @@
-"""A federation server on 127.0.0.1 laid out as the README tells an operator: a TLS CA and
+"""A federation server on 127.0.0.1 laid out as docs/federation.md tells an operator: a TLS CA and
 server certificate, ``flower-superlink`` bound to 127.0.0.1 (SuperNode authentication,
 ``--database``, no run-time dependency installation) and, when nginx is installed, the
 nginx front that forwards only the Fleet API. Used by the real-process deployment tests
