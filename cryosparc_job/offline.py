@@ -9,8 +9,10 @@ slot of the input rows (CTF, location, ...); join the two on ``uid`` for the ful
 ``<JOB>`` is the output folder's name when it is a job uid (``J43``), else the 2D job's
 uid. Like Select 2D, the class averages of each template output are also written as an
 MRC stack, ``templates_selected.mrc`` and ``templates_excluded.mrc`` (in the rows' order,
-with the pixel size in the header). Empty outputs are not written. When no class is kept
-the run fails and writes nothing. All files appear together or not at all.
+with the pixel size in the header). Each output also gets ``<name>.csg``, the group file
+that cryoSPARC's "Import Result Group" job reads to bring it into a project
+(:mod:`~cryodiscovery.cryosparc_job.groups`). Empty outputs are not written. When no
+class is kept the run fails and writes nothing. All files appear together or not at all.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ from cryodiscovery.core.report.selection_files import (
     write_selection_files,
 )
 from cryodiscovery.core.selection import require_selection
+from cryodiscovery.cryosparc_job.groups import (
+    cryosparc_version,
+    group_file_name,
+    group_file_text,
+)
 from cryodiscovery.cryosparc_job.partition import (
     OUTPUT_NAMES,
     OUTPUT_TYPES,
@@ -53,6 +60,12 @@ log = logging.getLogger(__name__)
 
 Selector = Callable[[ClassAverages], "Selection"]
 _JOB_UID = re.compile(r"^J\d+$")
+_DESCRIPTIONS = {
+    "particles_selected": "Particles of the classes kept by cryodiscovery",
+    "particles_excluded": "Particles of the classes rejected by cryodiscovery",
+    "templates_selected": "Class averages kept by cryodiscovery",
+    "templates_excluded": "Class averages rejected by cryodiscovery",
+}
 
 
 @dataclass(frozen=True)
@@ -67,7 +80,7 @@ class OfflineResult:
 def output_files(name: str, job_uid: str) -> tuple[str, ...]:
     """File names of output ``name`` as Select 2D job ``job_uid`` names them: the written
     slots, the passthrough slots and, for templates, the class-average stack."""
-    files = (f"{name}.cs", f"{job_uid}_passthrough_{name}.cs")
+    files = (f"{name}.cs", f"{job_uid}_passthrough_{name}.cs", group_file_name(name))
     return (*files, f"{name}.mrc") if OUTPUT_TYPES[name] == "template" else files
 
 
@@ -81,23 +94,37 @@ def output_job_uid(out_dir: Path, source_uid: str | None) -> str:
 
 
 def write_partition(
-    parts: Partition, folder: Path, job_uid: str, classes: ClassAverages
+    parts: Partition,
+    folder: Path,
+    job_uid: str,
+    classes: ClassAverages,
+    source_dir: Path | None = None,
 ) -> dict[str, Path]:
     """Write the non-empty outputs of ``parts`` into ``folder`` (with the class-average
-    stacks of the template outputs, images from ``classes``); returns name -> path."""
+    stacks of the template outputs, images from ``classes``, and a group file per
+    output for cryoSPARC's "Import Result Group"; its version from ``source_dir``'s
+    group files when there are any); returns name -> path."""
     written: dict[str, Path] = {}
+    version = cryosparc_version(source_dir)
     for name, dset in parts.outputs():
         if len(dset) == 0:
             log.info("%s is empty; not written", name)
             continue
         otype = OUTPUT_TYPES[name]
-        main, passthrough, *stack = output_files(name, job_uid)
-        dset.filter_fields(written_fields(dset, otype), copy=True).save(folder / main)
-        written[name] = folder / main
+        main, passthrough, group, *stack = output_files(name, job_uid)
+        files = {main: dset.filter_fields(written_fields(dset, otype), copy=True)}
         extra = passthrough_fields(dset, otype)
         if len(extra) > 1:
-            dset.filter_fields(extra, copy=True).save(folder / passthrough)
+            files[passthrough] = dset.filter_fields(extra, copy=True)
             written[f"passthrough_{name}"] = folder / passthrough
+        for file_name, part in files.items():
+            part.save(folder / file_name)
+        written[name] = folder / main
+        text = group_file_text(
+            name, otype, files, version=version, description=_DESCRIPTIONS[name]
+        )
+        (folder / group).write_text(text)
+        written[f"{name}_group"] = folder / group
         if stack:
             write_template_stack(dset, classes, folder / stack[0])
             written[f"{name}_stack"] = folder / stack[0]
@@ -228,7 +255,7 @@ def run_offline(
     job_uid = output_job_uid(out, what.rsplit("/", 1)[-1])
     config = {"job_dir": str(job_dir), "working_dir": str(Path.cwd()), **who}
     with replace_output_set(out, output_set()) as stage:
-        written = write_partition(parts, stage, job_uid, classes)
+        written = write_partition(parts, stage, job_uid, classes, Path(job_dir))
         reports = write_selection_files(
             stage,
             classes,

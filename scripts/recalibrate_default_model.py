@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         str(p) for p in find_structures(args.structures) if p.name in names
     )
     if len(structures) != len(names):
-        print(f"the model was trained with {len(names)} structures; found {len(structures)}")
+        print(
+            f"the model was trained with {len(names)} structures; found {len(structures)}"
+        )
         return 2
     workers = max(1, min(args.threads, os.cpu_count() or 1))
     test = recipe.generate(range(*runs), workers, "test", structures)

@@ -201,3 +201,41 @@ def test_cli_corrupt_input_exits_2_with_one_line(job_dir, tmp_path, capsys):
         err.startswith("cryodiscovery-cryosparc: error: ")
         and "J12_020_particles.cs" in err
     )
+
+
+def test_each_output_has_a_group_file_for_import_result_group(job_dir, tmp_path):
+    yaml = pytest.importorskip("yaml")
+    out = tmp_path / "J43"
+    (job_dir / "J12_particles.csg").write_text("group: {}\nversion: v4.6.2\n")
+    run_offline(job_dir, out, keep([2, 3]))
+    groups = sorted(p.name for p in out.glob("*.csg"))
+    assert groups == [
+        f"{n}.csg"
+        for n in sorted(
+            (
+                "particles_excluded",
+                "particles_selected",
+                "templates_excluded",
+                "templates_selected",
+            )
+        )
+    ]
+    for csg in out.glob("*.csg"):
+        doc = yaml.safe_load(csg.read_text())
+        name, kind = doc["group"]["name"], doc["group"]["type"]
+        assert name == csg.stem and kind == csg.stem.split("_")[0][:-1]
+        assert doc["version"] == "v4.6.2"  # the source job's cryoSPARC version
+        listed: set[str] = set()
+        for slot, entry in doc["results"].items():
+            assert entry["type"] == f"{kind}.{slot}"
+            assert entry["metafile"].startswith(">")
+            rows = Dataset.load(out / entry["metafile"][1:])
+            assert entry["num_items"] == len(rows)
+            assert slot in rows.prefixes()
+            listed.add(entry["metafile"][1:])
+        # every slot of every file of this output is listed, and only those files
+        files = {p.name for p in out.glob(f"*{name}.cs")}
+        assert listed == files
+        slots = {s for f in files for s in Dataset.load(out / f).prefixes()}
+        assert slots == set(doc["results"])
+    assert (out / "J43_passthrough_particles_selected.cs").is_file()
