@@ -302,7 +302,18 @@ def _report(
         raw_data_file=reports["scores"],
         raw_data_format="csv",
     )
-    ext.log_plot(reports["score_histogram"], "Score histogram", formats=["png"])
+    # The review page rides along as the histogram's data: downloadable from the log.
+    ext.log_plot(
+        reports["score_histogram"],
+        "Score histogram",
+        formats=["png"],
+        raw_data_file=reports["review"],
+        raw_data_format="html",
+    )
+    ext.log(
+        "Review page: download review.html (the score histogram's data) and open it "
+        "in a browser to check, adjust and export the selection"
+    )
     _set_images(ext, classes, selection, reports, saved)
 
 

@@ -5,7 +5,8 @@ model (or --model) and prints how the selection compares with the truth.
 
 Writes DIR/relion_project (Class2D/job001 and the true selection as Select/job002, a
 RELION project you can open or score again) and DIR/score (scores.csv, gallery.png with
-each class's true kind under its tile, score_histogram.png, run_record.json).
+each class's true kind under its tile, score_histogram.png, review.html to open in a
+browser, run_record.json).
 
 Example:
   cryodiscovery demo --out demo
@@ -124,7 +125,10 @@ def main(args: argparse.Namespace) -> int:
         f"{report.balanced_accuracy:.3f}, false-negative rate {report.fnr:.3f} "
         f"({report.confusion[1][0]} good classes rejected), ROC AUC {report.auc:.3f}"
     )
-    print(f"Look at {outputs['gallery']}; score it again with:")
+    print(
+        f"Look at {outputs['gallery']} or open {outputs['review']} in a browser; "
+        "score it again with:"
+    )
     print(f"  {command_path()} score {data_star} --out {args.out / 'rescore'}")
     return 0
 

@@ -1,5 +1,6 @@
 """What a scoring run leaves for the user: the scores table, the class gallery, the score
-histogram, optional saliency overlays and the record of how it was made, replaced as one
+histogram, the review page (:mod:`~cryodiscovery.core.report.review`), optional saliency
+overlays and the record of how it was made, replaced as one
 set (:func:`~cryodiscovery.core.outputs.replace_output_set`) so that a failed run leaves
 nothing half-written.
 """
@@ -31,6 +32,7 @@ from cryodiscovery.core.report.gallery import (
     tile_size_for,
     to_rgb8,
 )
+from cryodiscovery.core.report.review import write_review_page
 from cryodiscovery.core.selection import Selection
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -55,6 +57,7 @@ SELECTION_OUTPUTS: tuple[str, ...] = (
     "gallery.png",
     "gallery_*.png",
     "score_histogram.png",
+    "review.html",
     "run_record.json",
     "explain/class_*.png",
     "explain/overview*.png",
@@ -254,8 +257,9 @@ def _explanations(
     selection: Selection,
     scorer: saliency.ExplainableScorer,
     method: str,
-) -> list[Path]:
-    """Write explain/class_NNN.png and explain/overview.png into the staging folder."""
+) -> tuple[list[Path], npt.NDArray[np.float32]]:
+    """Write explain/class_NNN.png and explain/overview.png into the staging folder;
+    return the files and the ``(n, B, B)`` saliency maps."""
     toward_good = np.asarray(selection.scores) >= selection.threshold
     maps = saliency.saliency_maps(scorer, classes, toward_good, method=method)
     counts = classes.field("particle_count")
@@ -278,7 +282,7 @@ def _explanations(
     )
     suffix = f"; {name} (bright = evidence for the decision)"
     overview = stage / "explain" / "overview.png"
-    return paths + render_gallery_pages(
+    pages = render_gallery_pages(
         classes,
         selection,
         overview,
@@ -286,6 +290,7 @@ def _explanations(
         maps=maps,
         title_suffix=suffix,
     )
+    return paths + pages, maps
 
 
 def write_selection_outputs(
@@ -359,7 +364,8 @@ def write_selection_files(
     Returns
     -------
     Output name -> path: ``scores``, ``gallery`` (plus ``gallery_2``... for more pages),
-    ``score_histogram``, ``run_record``, and with ``explain`` ``explain_overview`` and
+    ``score_histogram``, ``review`` (the review page, with the saliency overlays when
+    ``explain``), ``run_record``, and with ``explain`` ``explain_overview`` and
     ``explain`` (the folder).
     """
     _check_matches(classes, selection)
@@ -371,8 +377,15 @@ def write_selection_files(
         classes, selection, stage / "gallery.png", max_tiles=GALLERY_PAGE_TILES
     )
     written.append(render_score_histogram(selection, stage / "score_histogram.png"))
+    maps = None
     if explain and scorer is not None:
-        written += _explanations(stage, classes, selection, scorer, explain_method)
+        overlays, maps = _explanations(
+            stage, classes, selection, scorer, explain_method
+        )
+        written += overlays
+    written.append(
+        write_review_page(stage / "review.html", classes, selection, saliency=maps)
+    )
     record = _record_config(classes, selection, explain, explain_method, config)
     names = sorted(str(p.relative_to(stage)) for p in written)
     record["outputs"] = [n for n in names if not n.startswith("explain/class_")]
@@ -454,7 +467,9 @@ def format_summary(
         f"  model      {selection.model_name} (sha256 {selection.model_sha256[:12]})",
     ]
     main = [
-        outputs[k] for k in ("scores", "gallery", "score_histogram") if k in outputs
+        outputs[k]
+        for k in ("scores", "gallery", "score_histogram", "review")
+        if k in outputs
     ]
     lines.append("  outputs    " + ", ".join(str(p) for p in main))
     if "explain" in outputs:

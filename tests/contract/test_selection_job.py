@@ -2,11 +2,12 @@
 RELION External job, the cryoSPARC offline job), run against each alike, as mrcfile runs
 one set of tests over every file implementation.
 
-The contract: the outputs appear all or nothing; a failed rerun keeps the previous set;
-a rerun leaves no stale output of the previous set; every run leaves a run record; the
-same options give the same decisions; the same mistakes get the same refusal (exit 2 and
-one error line) and touch nothing. Each tool runs in-process through its ``main`` on a
-small generated job (:mod:`cryodiscovery.core.synthetic.export`) with a tiny model.
+The contract: the outputs, the review page (``review.html``) among them, appear all or
+nothing; a failed rerun keeps the previous set; a rerun leaves no stale output of the
+previous set; every run leaves a run record; the same options give the same decisions;
+the same mistakes get the same refusal (exit 2 and one error line) and touch nothing.
+Each tool runs in-process through its ``main`` on a small generated job
+(:mod:`cryodiscovery.core.synthetic.export`) with a tiny model.
 """
 
 from __future__ import annotations
@@ -134,7 +135,9 @@ class SelectionJobContract(abc.ABC):
         out = env / "out"
         assert self.call(env, out, *KEEP_ALL) == 0
         written = self.outputs(out)
-        assert {"scores.csv", "gallery.png", "run_record.json"} <= set(written)
+        report = {"scores.csv", "gallery.png", "review.html", "run_record.json"}
+        assert report <= set(written)
+        assert b'data-class="' in written["review.html"]
         record = json.loads(written["run_record.json"])
         assert record["command"] == self.command
         assert len(record["model_sha256"]) == 64 and record["argv"]

@@ -116,6 +116,11 @@ def test_logs_summary_table_gallery_and_images(finished):
     assert any(n.endswith(".png") for n in names) and any(
         n.endswith(".csv") for n in names
     )
+    review = next(
+        f for e in images for f in e["images"] if fake.assets[f][0] == "review.html"
+    )
+    assert b'data-class="' in fake.assets[review][1]
+    assert any(t.startswith("Review page: download review.html") for t in texts)
     assert fake.assets[images[0]["images"][0]][1][:8] == b"\x89PNG\r\n\x1a\n"
     assert job.ui_tile_images and job.spec.outputs.root["templates_selected"].image
 

@@ -1,5 +1,6 @@
-"""The built wheel holds every module, the shipped weights and the RELION job.star template,
-all under the cryodiscovery namespace (nothing installs a bare `core` package)."""
+"""The built wheel holds every module, the shipped weights, the RELION job.star template
+and the review page template, all under the cryodiscovery namespace (nothing installs a
+bare `core` package)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,6 @@ def test_wheel_contents(tmp_path):
         n.startswith("cryodiscovery/relion_external/") and n.endswith(".star")
         for n in names
     ), "RELION job.star template not shipped"
+    assert "cryodiscovery/core/report/review_template.html" in names, (
+        "the review page template not shipped"
+    )
