@@ -1,6 +1,8 @@
 """The review page in a real headless Chromium (selenium): a scored job's review.html opens
 from file://, the threshold slider updates the counts, clicks and keys flip classes, and
-the exported backup_selection.star and selection.csv hold exactly what the page shows.
+the exported backup_selection.star and selection.csv hold exactly what the page shows;
+``apply-selection`` takes that selection.csv, and the page it writes again opens with the
+person's decisions.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` and selenium (the ``dev`` extra);
 skipped with the reason otherwise. A screenshot goes to ``tmp_path`` and, when
@@ -152,6 +154,8 @@ def test_slider_flips_and_exports_in_chromium(scored_job: Path, tmp_path: Path):
     check_exports(
         star, table, expected, flipped, data["maxClass"], scored_job, tmp_path
     )
+    few = {n: c["few"] for n, c in entries.items()}
+    check_applied(table, expected, few, scored_job, tmp_path)
 
 
 def check_exports(
@@ -180,6 +184,34 @@ def check_exports(
     assert {r["class_number"]: r["score"] for r in rows} == run_scores
     assert {int(r["class_number"]) for r in rows if r["source"] == "person"} == flipped
     assert {r["source"] for r in rows} == {"model", "person"}
+
+
+def check_applied(
+    table: Path,
+    expected: dict[int, bool],
+    few: dict[int, bool],
+    scored_job: Path,
+    tmp_path: Path,
+) -> None:
+    """``apply-selection`` takes the exported CSV; the page it writes again opens with
+    the person's decisions, those off the rule at the run's threshold marked as theirs."""
+    job = tmp_path / "applied"
+    shutil.copytree(scored_job, job)
+    assert cli.main(["apply-selection", str(job), "--selection", str(table)]) == 0
+    with open(job / "scores.csv", newline="") as fh:
+        rows = {
+            int(r["class_number"]): r["selected"] == "1" for r in csv.DictReader(fh)
+        }
+    assert rows == expected
+    with browser.headless_chromium() as driver:
+        driver.get((job / "review.html").resolve().as_uri())
+        driver.find_element("css selector", "body[data-ready='true']")
+        assert counts(driver)[0] == sum(expected.values())
+        marked = driver.find_elements("css selector", ".tile.person")
+        # The run's threshold is 0: the rule keeps every class that has particles.
+        theirs = {n for n, keep in expected.items() if keep != (not few[n])}
+        assert {int(t.get_attribute("data-class")) for t in marked} == theirs
+        assert theirs
 
 
 def test_a_persons_applied_selection_opens_as_theirs(tmp_path: Path):
