@@ -135,9 +135,13 @@ def _sections(selection: Selection) -> list[Section]:
     order = np.lexsort((selection.class_numbers, -scores))
     keep_idx, reject_idx = order[kept[order]], order[~kept[order]]
     n = scores.size
-    threshold = (
-        f"score ≥ {selection.threshold:.3f} ({selection.threshold_source} threshold)"
-    )
+    if any(r.startswith("person:") for r in selection.reasons):
+        threshold = "chosen by a person"
+    else:
+        threshold = (
+            f"score ≥ {selection.threshold:.3f} "
+            f"({selection.threshold_source} threshold)"
+        )
     return [
         Section(
             f"Kept: {keep_idx.size} of {n} classes   {threshold}, best first",

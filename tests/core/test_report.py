@@ -4,6 +4,7 @@ and that a failed run leaves nothing half-written."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -122,6 +123,13 @@ def test_sections_put_kept_first_each_sorted_by_score() -> None:
         s = selection.scores[section.indices]
         assert np.all(np.diff(s) <= 0)
     assert kept.colour == KEPT_COLOUR and rejected.colour == REJECTED_COLOUR
+    assert "≥" in kept.title
+    # a person's selection is not a threshold: the heading says who chose
+    person = dataclasses.replace(
+        selection, reasons=tuple(f"person: {r}" for r in selection.reasons)
+    )
+    kept, _ = report._sections(person)
+    assert "chosen by a person" in kept.title and "≥" not in kept.title
 
 
 def test_tiles_are_stretched_per_class() -> None:
