@@ -9,6 +9,7 @@ random in training), so one network scores both modes.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from cryodiscovery.core.model.preprocess import N_META
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +168,42 @@ class ClassNet(nn.Module):
             feats.append(self.meta(meta))
         logits: torch.Tensor = self.head(torch.cat(feats, dim=1)).squeeze(1)
         return logits
+
+
+def inference_copy(net: ClassNet) -> ClassNet:
+    """A copy of an eval-mode ``net`` for scoring only: each BatchNorm folded into the
+    convolution before it (``torch.nn.utils.fusion.fuse_conv_bn_eval``: the same
+    affine map, one pass fewer) and the weights in ``channels_last`` memory format
+    (faster convolutions on the CPU). Logits equal ``net``'s to float32 rounding
+    (about 1e-6). ``net`` itself is left as it is: training and the federation keep the
+    unfused modules, whose running statistics they update.
+
+    Raises
+    ------
+    ValueError
+        ``net`` is in training mode (its BatchNorm layers use batch statistics then).
+    """
+    if net.training:
+        raise ValueError("only a network in eval mode can be fused for inference")
+    fused = copy.deepcopy(net)
+    for module in list(fused.modules()):
+        if isinstance(module, ResidualBlock):
+            if isinstance(module.bn1, nn.BatchNorm2d):
+                module.conv1 = fuse_conv_bn_eval(module.conv1, module.bn1)
+                module.bn1 = nn.Identity()
+            if isinstance(module.bn2, nn.BatchNorm2d):
+                module.conv2 = fuse_conv_bn_eval(module.conv2, module.bn2)
+                module.bn2 = nn.Identity()
+        elif isinstance(module, nn.Sequential):
+            for i in range(len(module) - 1):
+                conv, norm = module[i], module[i + 1]
+                if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                    module[i] = fuse_conv_bn_eval(conv, norm)
+                    module[i + 1] = nn.Identity()
+    # Module.to takes memory_format (documented; in place) but its type overloads do
+    # not list it.
+    fused.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return fused
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -36,7 +36,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from cryodiscovery.core.classes import ClassAverages
-from scipy import fft, ndimage
+from cryodiscovery.core.model.framing import mask_radius_fraction, particle_radius
+from scipy import fft
 
 log = logging.getLogger(__name__)
 
@@ -212,45 +213,6 @@ def _resample_axis(x: FloatArray, size: int, axis: int) -> FloatArray:
     return np.asarray(fft.irfft(out, n=size, axis=axis) * (size / n), dtype=np.float32)
 
 
-def mask_radius_fraction(images: npt.ArrayLike) -> FloatArray:
-    """Radius of the region that is not flat background, as a fraction of half the box.
-
-    RELION (``--zero_mask``) and cryoSPARC set the outside of the soft circular mask to a
-    single value; the mask is the disc that holds every pixel that differs from it. When
-    the corners are not flat (no zero mask) the whole inscribed circle counts (1.0).
-
-    Parameters
-    ----------
-    images:
-        ``(n, b, b)`` images at their original sampling.
-
-    Returns
-    -------
-    ``(n,)`` float32 in ``[0.25, 1.0]``.
-    """
-    imgs = np.asarray(images, dtype=np.float32)
-    n, box = imgs.shape[0], imgs.shape[-1]
-    yy, xx = np.mgrid[:box, :box]
-    c = (box - 1) / 2.0
-    radius = np.hypot(yy - c, xx - c) / (box / 2.0)
-    ring = np.minimum(np.rint(radius * box).astype(np.int64), 2 * box).ravel()
-    ring_radius = np.arange(2 * box + 1) / box
-    corners = np.median(imgs[:, [0, 0, -1, -1], [0, -1, 0, -1]], axis=1)
-    spread = imgs.reshape(n, -1).std(axis=1)
-    spread = np.where(spread > 0, spread, 1.0)
-    differs = np.abs(imgs - corners[:, None, None]) > 1e-4 * spread[:, None, None]
-    out = np.ones(n, dtype=np.float32)
-    for i in range(n):
-        d = differs[i].ravel()
-        total = int(d.sum())
-        if total in (0, d.size):
-            continue
-        # Outermost radius holding 99.5% of the differing pixels (ignores strays).
-        cum = np.cumsum(np.bincount(ring[d], minlength=ring_radius.size))
-        out[i] = ring_radius[int(np.searchsorted(cum, 0.995 * total))]
-    return np.clip(out, 0.25, 1.0).astype(np.float32)
-
-
 def soft_disc(size: int, radius: torch.Tensor, edge: float = 2.0) -> torch.Tensor:
     """Soft discs, 1 inside ``radius`` falling to 0 over ``edge`` pixels (cosine edge).
 
@@ -314,51 +276,6 @@ def normalise_images(
         x = x * torch.where(third < 0, -1.0, 1.0)
     x = config.clip * torch.tanh(x / config.clip)
     return (x.reshape(n, s, s) * weights).unsqueeze(1)
-
-
-def particle_radius(images: npt.ArrayLike, mask: npt.ArrayLike) -> FloatArray:
-    """Radius (px) holding 85% of each image's contrast against its solvent.
-
-    The image is smoothed (σ = box / 64), the solvent level is the median of the outer
-    fifth of the mask, and each pixel inside the mask weighs by how far it stands from
-    that level beyond half the image's spread, so that solvent noise weighs nothing.
-    A centred particle gives its own radius; junk that fills the mask (noise, streaks,
-    edges) gives about the mask radius. Padding or cropping the box (as long as the
-    particle stays inside) leaves the value unchanged.
-
-    Parameters
-    ----------
-    images:
-        ``(n, b, b)`` images at their original sampling.
-    mask:
-        ``(n,)`` mask radii as fractions of half the box (:func:`mask_radius_fraction`).
-
-    Returns
-    -------
-    ``(n,)`` float32 radii in pixels of the original sampling.
-    """
-    imgs = np.asarray(images, dtype=np.float64)
-    masks = np.asarray(mask, dtype=np.float64)
-    n, box = imgs.shape[0], imgs.shape[-1]
-    c = (box - 1) / 2.0
-    yy, xx = np.mgrid[:box, :box]
-    r = np.hypot(yy - c, xx - c)
-    shells = np.minimum(r.astype(np.int64), box).ravel()
-    smooth = ndimage.gaussian_filter(imgs, (0.0, box / 64.0, box / 64.0))
-    out = np.empty(n, dtype=np.float32)
-    for i in range(n):
-        rm = float(masks[i]) * box / 2.0
-        inside = r <= 0.97 * rm
-        bg = np.median(smooth[i][inside & (r >= 0.8 * rm)])
-        spread = float(smooth[i][inside].std()) + 1e-12
-        w = np.where(inside, np.maximum(np.abs(smooth[i] - bg) / spread - 0.5, 0), 0)
-        total = float(w.sum())
-        if total <= 0:
-            out[i] = rm
-            continue
-        cum = np.cumsum(np.bincount(shells, w.ravel(), minlength=box + 1))
-        out[i] = float(np.searchsorted(cum, 0.85 * total)) + 0.5
-    return out
 
 
 def _window_sizes(

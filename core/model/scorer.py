@@ -16,7 +16,13 @@ from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.model.calibration import calibrate
 from cryodiscovery.core.model.device import resolve_device
-from cryodiscovery.core.model.nets import RULES, ClassNet, NetConfig, combine_logits
+from cryodiscovery.core.model.nets import (
+    RULES,
+    ClassNet,
+    NetConfig,
+    combine_logits,
+    inference_copy,
+)
 from cryodiscovery.core.model.preprocess import (
     PreprocessConfig,
     input_windows,
@@ -135,13 +141,27 @@ class ClassScorer:
         return next(self.members[0].parameters()).device
 
     def member_logits(
-        self, images: torch.Tensor, meta: torch.Tensor
+        self,
+        images: torch.Tensor,
+        meta: torch.Tensor,
+        networks: list[ClassNet] | None = None,
     ) -> list[torch.Tensor]:
         """Each member's ``(n,)`` logits for prepared inputs (no gradient), on the CPU
-        whatever :attr:`device` the networks run on."""
-        dev = self.device
+        whatever :attr:`device` the networks run on. ``networks``: the members to run
+        instead of :attr:`members`, e.g. :meth:`inference_networks`."""
+        nets = self.members if networks is None else networks
+        dev = next(nets[0].parameters()).device
         with torch.inference_mode():
-            return [m(images.to(dev), meta.to(dev)).cpu() for m in self.members]
+            return [m(images.to(dev), meta.to(dev)).cpu() for m in nets]
+
+    def inference_networks(self) -> list[ClassNet]:
+        """The members as they score fastest: BatchNorm folded into the convolutions and
+        ``channels_last`` weights (:func:`~cryodiscovery.core.model.nets.inference_copy`),
+        made afresh from the current weights on each call; the members themselves when
+        any is in training mode or uses GroupNorm (nothing to fold)."""
+        if self.net_config.norm != "batch" or any(m.training for m in self.members):
+            return list(self.members)
+        return [inference_copy(m) for m in self.members]
 
     def combine(self, member_logits: list[torch.Tensor]) -> torch.Tensor:
         """The ensemble rule: member logits -> ``(n,)`` probabilities."""
@@ -159,8 +179,9 @@ class ClassScorer:
         ``"cuda"``) and are back on the CPU afterwards."""
         dev = resolve_device(device)
         scores = []
+        networks = self.inference_networks()
         try:
-            for m in self.members:
+            for m in networks:
                 m.to(dev)
             for start in range(0, len(classes), batch_size):
                 if on_batch is not None:
@@ -169,11 +190,10 @@ class ClassScorer:
                     np.arange(start, min(start + batch_size, len(classes)))
                 )
                 images, meta = self.prepare(part)
-                scores.append(
-                    self.combine(self.member_logits(images, meta)).double().numpy()
-                )
+                logits = self.member_logits(images, meta, networks)
+                scores.append(self.combine(logits).double().numpy())
         finally:
-            for m in self.members:
+            for m in networks:
                 m.to("cpu")
         return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float64)
 

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from cryodiscovery.core.model.nets import ClassNet, NetConfig, count_parameters
-from cryodiscovery.core.model.preprocess import N_META
+from cryodiscovery.core.model.nets import (
+    ClassNet,
+    NetConfig,
+    count_parameters,
+    inference_copy,
+)
+from cryodiscovery.core.model.preprocess import N_META, PreprocessConfig
+from cryodiscovery.core.model.scorer import ClassScorer
+from model_fixtures import make_toy_classes, tiny_scorer
 
 
 def test_default_network_is_compact() -> None:
@@ -89,3 +97,56 @@ def test_ensemble_rules_combine_three_members() -> None:
     )
     with pytest.raises(ValueError, match="mean3"):
         combine_logits(z[:2], "mean3")
+
+
+def _with_running_statistics(net: ClassNet, seed: int) -> ClassNet:
+    """``net`` after a few training-mode passes (BatchNorm statistics far from 0/1),
+    back in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            images = 3.0 * torch.randn(16, 1, 64, 64, generator=gen) + 1.5
+            net(images, torch.rand(16, net.config.meta_features, generator=gen))
+    return net.eval()
+
+
+def test_inference_copy_folds_batchnorm_and_keeps_the_logits() -> None:
+    torch.manual_seed(0)
+    net = _with_running_statistics(ClassNet(NetConfig(stem=8, widths=(12, 16))), 1)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    fused = inference_copy(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == 7
+    images, meta = torch.randn(9, 1, 64, 64), torch.rand(9, N_META)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(images, meta), net(images, meta))
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # net untouched
+    with pytest.raises(ValueError, match="eval mode"):
+        inference_copy(net.train())
+
+
+def test_scorer_scores_with_fused_copies_as_with_its_members() -> None:
+    """predict runs fused copies; the scores equal those of the unfused members (and
+    those stay unfused, in eval mode); a GroupNorm model runs its members as they are."""
+    scorer = tiny_scorer()
+    for i, member in enumerate(scorer.members):
+        _with_running_statistics(member, seed=10 + i)
+    classes = make_toy_classes(20, seed=3)
+    images, meta = scorer.prepare(classes)
+    unfused = scorer.combine(scorer.member_logits(images, meta)).double().numpy()
+    np.testing.assert_allclose(scorer.predict(classes), unfused, rtol=0, atol=1e-6)
+    assert all(
+        any(isinstance(m, torch.nn.BatchNorm2d) for m in member.modules())
+        and not member.training
+        for member in scorer.members
+    )
+    networks = scorer.inference_networks()
+    assert all(n is not m for n, m in zip(networks, scorer.members, strict=True))
+    scorer.members[0].train()
+    assert scorer.inference_networks() == scorer.members  # a member in training
+    scorer.members[0].eval()
+    cfg = NetConfig(stem=8, widths=(12, 16), norm="group")
+    grouped = ClassScorer([ClassNet(cfg)], cfg, PreprocessConfig(), "single", 0.5)
+    assert grouped.inference_networks() == grouped.members
