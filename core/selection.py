@@ -156,6 +156,10 @@ def choose_threshold(
         return scorer.threshold_for_fnr(options.target_fnr, mode), "target-fnr"
     stored = scorer.stored_threshold(mode)
     if options.adaptive:
+        # The share of this job's own upper ("good") score mode to give up: the model's
+        # target_fnr in both modes. The image-only target differs only because generated
+        # validation scores run lower than real ones without metadata, a shift that does
+        # not exist within one job's scores (and the stored threshold caps the result).
         result = adaptive_threshold(scores, stored, scorer.target_fnr)
         if result.adapted:
             log.info("adaptive threshold %.4f (%s)", result.threshold, result.reason)
