@@ -2,11 +2,12 @@
 
 Writes ``review.html`` for 100 and 300 classes at a 256 px box (shown at 128 px): 60
 generated classes, repeated under new class numbers (generating 300 large classes takes
-minutes, and the size per class is what counts), prints the file size and the time to write it, then opens each page in a
-headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by selenium, as
-the browser test does) and prints the time from navigation to the page's ready mark and
-the time one slider move takes (counts, 300 tiles, histogram, layout). Best of
-``--repeats``. Without a browser it prints why and skips the browser figures.
+minutes, and the size per class is what counts), prints the file size (and the part of
+it that is the class averages' base64 PNGs) and the time to write it, then opens each
+page in a headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by
+selenium, as the browser test does) and prints the time from navigation to the page's
+ready mark and the time one slider move takes (counts, 300 tiles, histogram, layout).
+Best of ``--repeats``. Without a browser it prints why and skips the browser figures.
 
     python benchmarks/bench_review.py [--repeats 3]
 """
@@ -14,6 +15,7 @@ the time one slider move takes (counts, 300 tiles, histogram, layout). Best of
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import time
@@ -99,9 +101,12 @@ def main() -> None:
             t0 = time.perf_counter()
             write_review_page(page, classes, fake_selection(classes))
             took = time.perf_counter() - t0
+            text = page.read_text(encoding="utf-8")
+            images = sum(map(len, re.findall(r"data:image/png;base64,[^\"]+", text)))
             line = (
                 f"review.html {n:3d} classes, box 256 px: "
-                f"{page.stat().st_size / 1e6:.2f} MB, written in {took:.2f} s"
+                f"{page.stat().st_size / 1e6:.3f} MB ({images / 1e6:.3f} MB images), "
+                f"written in {took:.2f} s"
             )
             if not reason:
                 ready, move = open_times(page, args.repeats)

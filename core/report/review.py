@@ -6,24 +6,36 @@ Everything is inline: CSS and JavaScript come from the package's
 histogram is inline SVG drawn by the page. The page shows one tile per class (sorted by
 score, or by class number, particle count or resolution), a threshold slider with live
 counts, the score histogram with the cut, per-class details (metadata, and the saliency
-overlay of a run with ``--explain``), and exports ``backup_selection.star`` (RELION's
-layout, as :func:`cryodiscovery.relion_external.outputs.write_backup_selection` writes
-it, for a Select job's "Load backup selection") and ``selection.csv``
-(``class_number,selected,score,source``).
+overlay of a run with ``--explain``), and exports ``backup_selection.star`` and
+``selection.csv`` (``class_number,selected,score,source``). The STAR file is
+:func:`backup_selection_text`: ``write_star``'s layout of one unnamed ``rlnSelected``
+table, one row per class number 1..the largest (0 for numbers the job does not have),
+after a ``# version`` line with ``star_version`` of :func:`write_review_page` (30001
+unless the caller passes the number its RELION writes), for a Select job's "Load backup
+selection".
 
-A class's state is the model's decision at the slider's threshold (``score >=
-threshold`` and not rejected for too few particles) unless a person has decided it:
-clicking a tile (or Space/Enter on a focused tile) records an explicit per-class
-decision, keep or reject, that the slider does not change afterwards. Flipping a class
-back to what the model decides at the current threshold removes the person's decision,
-so two flips undo one. Classes a person decided are marked on the page and have
-``source`` ``person`` in ``selection.csv``. The page opens with the run's decisions: where
-one differs from the rule at the run's threshold (a run that applied a person's
-selection, ``apply-selection`` or ``--selection``), it starts as a person's decision.
+A class's state is the model's decision unless a person has decided it. At the run's
+threshold the model's decision is the run's own (:class:`Selection` ``selected``, or for
+a person's selection the model's decision its reasons record, or ``model_selected``); at
+any other slider position it is ``score >= threshold`` and not rejected by the run's
+particle-count rule (a class rejected for too few particles, or an empty one, stays
+rejected; a class without a score is never kept). Clicking a tile (or Space/Enter on a
+focused tile) records an explicit per-class decision, keep or reject, that the slider
+does not change afterwards. Flipping a class back to what the model decides at the
+current threshold removes the person's decision, so two flips undo one. Classes a person
+decided are marked on the page and have ``source`` ``person`` in ``selection.csv``. The
+page opens with the run's decisions: where one differs from the model's (a run that
+applied a person's selection, ``apply-selection`` or ``--selection``), it starts as a
+person's decision.
+
+Text from the run (job and file names, model name, metadata, kinds) reaches the page
+only HTML-escaped or, from the page's JSON (in which every ``<``, ``>`` and ``&`` is a
+``\\u`` escape), through ``textContent``; a NaN score or threshold is ``null`` there.
 
 Class averages are shown at their native size up to :data:`DISPLAY_MAX_PX` (larger boxes
-are downsampled for display only, so that 300 classes at 256 px stay small and the page
-responsive), each stretched to its own percentile range as the gallery does.
+are downsampled for display only, so that 300 classes at 256 px stay under 3 MB and the
+page responsive), each stretched to its own percentile range as the gallery does, as
+8-bit grey PNGs.
 """
 
 from __future__ import annotations
@@ -52,10 +64,16 @@ DISPLAY_MAX_PX = 128
 #: Smallest edge (px) a tile is shown at: smaller boxes are enlarged by a whole factor
 #: with square pixels (no blur).
 DISPLAY_MIN_PX = 96
+#: The ``# version`` number of the exported ``backup_selection.star`` unless the caller
+#: passes its own: what ``write_star`` writes for RELION 3.1/4.0 (RELION 5.0, which
+#: writes 50001, reads it too).
+STAR_VERSION = 30001
 #: ``backup_selection.star`` around its rows, as ``write_star`` writes an unnamed
-#: ``rlnSelected`` table for RELION 3.1/4.0 (``# version 30001``; RELION 5.0 reads it).
-BACKUP_STAR_HEAD = "\n# version 30001\n\ndata_\n\nloop_ \n_rlnSelected #1 \n"
+#: ``rlnSelected`` table (``{version}``: the ``# version`` number).
+BACKUP_STAR_HEAD = "\n# version {version}\n\ndata_\n\nloop_ \n_rlnSelected #1 \n"
 BACKUP_STAR_TAIL = " \n"
+#: The slider's position when the run's threshold is unknown.
+_UNKNOWN_THRESHOLD_START = 0.5
 _TEMPLATE = "review_template.html"
 #: Metadata shown in a class's details: field -> (label, format).
 _DETAILS: dict[str, tuple[str, str]] = {
@@ -70,11 +88,17 @@ _DETAILS: dict[str, tuple[str, str]] = {
 }
 
 
-def backup_selection_text(flags: npt.ArrayLike) -> str:
+def backup_selection_text(flags: npt.ArrayLike, version: int = STAR_VERSION) -> str:
     """``backup_selection.star`` for ``flags`` (1/0 for classes 1..n), as the page
-    exports it."""
+    exports it, with ``version`` on its ``# version`` line."""
     rows = "".join(f"{int(bool(f))} \n" for f in np.asarray(flags).ravel())
-    return BACKUP_STAR_HEAD + rows + BACKUP_STAR_TAIL
+    return _star_head(version) + rows + BACKUP_STAR_TAIL
+
+
+def _star_head(version: int) -> str:
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)):
+        raise ValueError(f"STAR version must be an integer, got {version!r}")
+    return BACKUP_STAR_HEAD.format(version=int(version))
 
 
 def _filtered_rows(x: npt.NDArray[np.int16], channels: int) -> npt.NDArray[np.uint8]:
@@ -139,37 +163,94 @@ def display_size(box: int) -> int:
     return min(int(box), DISPLAY_MAX_PX)
 
 
-def _number(value: float) -> float | None:
-    return None if not math.isfinite(value) else float(value)
+def _number(value: float | None, digits: int | None = None) -> float | int | None:
+    """A finite value for JSON (integral ones as integers, others rounded to
+    ``digits`` when given), else ``None``."""
+    if value is None or not math.isfinite(value):
+        return None
+    if float(value).is_integer():
+        return int(value)
+    return float(value) if digits is None else round(float(value), digits)
 
 
-def _details(classes: ClassAverages, i: int) -> list[list[str]]:
-    rows = [
-        [label, fmt.format(classes.field(name)[i])]
-        for name, (label, fmt) in _DETAILS.items()
-        if not math.isnan(classes.field(name)[i])
+def _details(classes: ClassAverages, i: int) -> list[str | None]:
+    """The class's values for :data:`_DETAIL_LABELS`, ``None`` where unknown."""
+    values: list[str | None] = [
+        None if math.isnan(v := classes.field(name)[i]) else fmt.format(v)
+        for name, (_, fmt) in _DETAILS.items()
     ]
-    if classes.kinds[i]:
-        rows.append(["Kind (simulated truth)", classes.kinds[i].replace("_", " ")])
-    return rows
+    values.append(classes.kinds[i].replace("_", " ") or None)
+    return values
+
+
+#: Labels of a class's details, in the order of each class's ``details`` values.
+_DETAIL_LABELS = [label for label, _ in _DETAILS.values()] + ["Kind (simulated truth)"]
+
+
+def model_decisions(
+    selection: Selection, model_selected: npt.ArrayLike | None = None
+) -> tuple[npt.NDArray[np.bool_], list[str]]:
+    """The model's decision of the run per class and the model's reason for a
+    rejection (``""`` when kept), as the page shows them at the run's threshold.
+
+    For a selection the model made these are ``selected`` and ``reasons``. For a
+    person's selection (reasons ``"person: kept (model: score)"``, see
+    :mod:`cryodiscovery.core.person_selection`) they come from the ``(model: ...)``
+    part: ``"kept"`` or none is the model keeping the class, anything else its reasons
+    for rejecting it. ``model_selected``, when the caller knows it, takes precedence
+    over what the reasons say.
+    """
+    kept: list[bool] = []
+    why: list[str] = []
+    for selected, reason in zip(
+        selection.selected.tolist(), selection.reasons, strict=True
+    ):
+        if reason.startswith("person:"):
+            said = re.search(r"\(model: ([^()]*)\)\s*$", reason)
+            model_reason = said.group(1).strip() if said else ""
+            if model_reason == "kept":
+                model_reason = ""
+            kept.append(not model_reason)
+            why.append(model_reason)
+        else:
+            kept.append(bool(selected))
+            why.append(reason)
+    decided = np.asarray(kept, dtype=bool)
+    if model_selected is not None:
+        given = np.asarray(model_selected, dtype=bool).ravel()
+        if given.shape != decided.shape:
+            raise ValueError(
+                f"model_selected has {given.size} entries for {decided.size} classes"
+            )
+        decided = given
+    return decided, why
 
 
 def _class_entries(
-    classes: ClassAverages, selection: Selection, overlays: list[str] | None
+    classes: ClassAverages,
+    selection: Selection,
+    overlays: list[str] | None,
+    model_selected: npt.ArrayLike | None,
 ) -> list[dict[str, Any]]:
-    """Per class, what the page's script needs (JSON-safe: no NaN)."""
+    """Per class, what the page's script needs (JSON-safe: NaN is ``None``).
+
+    ``model``: the model's decision at the run's threshold; ``few``: rejected by the
+    run's particle-count rule (too few particles, or none), whatever the threshold.
+    """
     counts = classes.field("particle_count")
     resolution = classes.field("resolution_A")
+    model, why = model_decisions(selection, model_selected)
     return [
         {
             "n": int(classes.class_numbers[i]),
-            "score": float(selection.scores[i]),
-            "scoreText": f"{float(selection.scores[i]):.6f}",
+            "score": _number(float(selection.scores[i])),
+            "scoreText": f"{float(selection.scores[i]):.6f}",  # as scores.csv has it
             "kept": bool(selection.selected[i]),
-            "few": "min_particles" in selection.reasons[i],
+            "model": bool(model[i]),
+            "few": "min_particles" in why[i],
             "reason": selection.reasons[i],
-            "count": _number(counts[i]),
-            "res": _number(resolution[i]),
+            "count": _number(counts[i], 3),
+            "res": _number(resolution[i], 3),
             "details": _details(classes, i),
             "saliency": None if overlays is None else overlays[i],
         }
@@ -178,8 +259,10 @@ def _class_entries(
 
 
 def _tile_html(entry: dict[str, Any], image: str, edge: int) -> str:
-    """One tile: the image and its label lines; the script sets state and marks."""
+    """One tile: the image and its label lines; the script adds the state line (with
+    the details button) and keeps state, marks and ``aria-checked`` up to date."""
     n, score = entry["n"], entry["score"]
+    shown = "–" if score is None else f"{score:.3f}"
     facts = []
     if entry["count"] is not None:
         facts.append(f"{entry['count']:,.0f} ptcls")
@@ -188,13 +271,10 @@ def _tile_html(entry: dict[str, Any], image: str, edge: int) -> str:
     state = "kept" if entry["kept"] else "rejected"
     return (
         f'<div class="tile {state}" data-class="{n}" tabindex="0" role="checkbox" '
-        f'aria-checked="{str(entry["kept"]).lower()}" '
-        f'aria-label="class {n}, score {score:.3f}">'
+        f'aria-label="class {n}, score {shown}">'
         f'<img src="{image}" width="{edge}" height="{edge}" alt="class {n}">'
-        f'<div class="line"><b>#{n}</b><span class="score">{score:.3f}</span></div>'
+        f'<div class="line"><b>#{n}</b><span>{shown}</span></div>'
         f'<div class="line facts">{html.escape(" · ".join(facts)) or "&nbsp;"}</div>'
-        f'<div class="line"><span class="state">{state}</span>'
-        '<button class="info" tabindex="-1" title="details (key i)">i</button></div>'
         "</div>"
     )
 
@@ -239,6 +319,8 @@ def write_review_page(
     selection: Selection,
     *,
     saliency: npt.ArrayLike | None = None,
+    model_selected: npt.ArrayLike | None = None,
+    star_version: int = STAR_VERSION,
 ) -> Path:
     """Write ``review.html`` for a scored set of classes (atomically).
 
@@ -247,10 +329,19 @@ def write_review_page(
     path:
         The file to write.
     classes, selection:
-        The scored class averages and the decision (same classes, same order).
+        The scored class averages and the decision (same classes, same order). A NaN
+        score or threshold gives a page without it (the class is never kept by the
+        slider's rule; the run's decisions still show).
     saliency:
         ``(n, box, box)`` saliency maps in [0, 1] (as ``--explain`` computes them),
         shown as overlays in each class's details; ``None`` leaves them out.
+    model_selected:
+        ``(n,)`` the model's decisions at the run's threshold when ``selection`` is a
+        person's and the caller knows them; ``None``: as :func:`model_decisions` reads
+        them from ``selection``.
+    star_version:
+        The number on the ``# version`` line of the exported ``backup_selection.star``
+        (RELION 3.1/4.0 write 30001, RELION 5.0 50001).
 
     Returns
     -------
@@ -258,32 +349,48 @@ def write_review_page(
     """
     if not np.array_equal(selection.class_numbers, classes.class_numbers):
         raise ValueError("selection and class averages list different class numbers")
+    star_head = _star_head(star_version)
     images, overlays, edge = _page_images(classes, saliency)
-    entries = _class_entries(classes, selection, overlays)
+    entries = _class_entries(classes, selection, overlays, model_selected)
     order = np.lexsort((classes.class_numbers, -np.asarray(selection.scores)))
     tiles = "\n".join(_tile_html(entries[i], images[i], edge) for i in order)
     title, subtitle = _title(classes, selection)
+    threshold = None if selection.threshold is None else _number(selection.threshold)
+    start = _UNKNOWN_THRESHOLD_START if threshold is None else threshold
+    shown = "–" if threshold is None else f"{threshold:.3f}"
     data = {
-        "threshold": float(selection.threshold),
-        "thresholdSource": selection.threshold_source,
+        "threshold": threshold,
+        "start": start,
         "maxClass": int(np.max(classes.class_numbers, initial=0)),
-        "starHead": BACKUP_STAR_HEAD,
+        "starHead": star_head,
         "starTail": BACKUP_STAR_TAIL,
+        "detailLabels": _DETAIL_LABELS,
         "classes": entries,
     }
-    # "</" inside the JSON must not end the script element.
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
-    page = resources.files(__package__).joinpath(_TEMPLATE).read_text("utf-8")
     fields = {
         "__TITLE__": html.escape(title),
         "__SUBTITLE__": html.escape(subtitle),
-        "__THRESHOLD__": f"{selection.threshold:.3f}",
+        "__START__": repr(float(start)),
+        "__THRESHOLD__": shown,
+        "__MARKS__": "" if threshold is None else f'<option value="{threshold!r}">',
         "__THRESHOLD_SOURCE__": html.escape(selection.threshold_source),
         "__EDGE__": str(edge),
         "__TILES__": tiles,
-        "__DATA__": payload,
+        "__DATA__": script_json(data),
     }
+    page = resources.files(__package__).joinpath(_TEMPLATE).read_text("utf-8")
     page = re.sub("|".join(fields), lambda m: fields[m.group(0)], page)
     with atomic_path(Path(path)) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return Path(path)
+
+
+def script_json(data: Any) -> str:
+    """``data`` as strict JSON (NaN or infinity raise ``ValueError``) that is safe
+    inside a ``<script>`` element: every ``<``, ``>`` and ``&`` is written as its
+    ``\\u`` escape, so no string can end the element or open a comment in it."""
+    text = json.dumps(data, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    for char, escape in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e")):
+        text = text.replace(char, escape)
+    # JSON allows U+2028/2029 unescaped; escape them too for older script parsers.
+    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")

@@ -2,7 +2,9 @@
 from file://, the threshold slider updates the counts, clicks and keys flip classes, and
 the exported backup_selection.star and selection.csv hold exactly what the page shows;
 ``apply-selection`` takes that selection.csv, and the page it writes again opens with the
-person's decisions.
+person's decisions. Pages with NaN scores or an unknown threshold, hostile names and
+gapped class numbers open without a script error, show names literally, open with the
+run's kept count and export one STAR row per class number.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` and selenium (the ``dev`` extra);
 skipped with the reason otherwise. A screenshot goes to ``tmp_path`` and, when
@@ -12,6 +14,8 @@ skipped with the reason otherwise. A screenshot goes to ``tmp_path`` and, when
 from __future__ import annotations
 
 import csv
+import dataclasses
+import math
 import os
 import shutil
 import time
@@ -23,7 +27,7 @@ import pandas as pd
 import pytest
 import starfile
 from cryodiscovery.core import cli
-from cryodiscovery.core.classes import ClassAverages
+from cryodiscovery.core.classes import ClassAverages, Provenance
 from cryodiscovery.core.io.star_tables import write_star
 from cryodiscovery.core.report.review import write_review_page
 from cryodiscovery.core.selection import Selection
@@ -94,19 +98,26 @@ def counts(driver: Any) -> tuple[int, int]:
     )
 
 
+def run_kept(job: Path) -> int:
+    """How many classes the run kept, from its scores.csv."""
+    with open(job / "scores.csv", newline="") as fh:
+        return sum(r["selected"] == "1" for r in csv.DictReader(fh))
+
+
 def test_slider_flips_and_exports_in_chromium(scored_job: Path, tmp_path: Path):
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     with browser.headless_chromium(downloads) as driver:
         driver.get((scored_job / "review.html").resolve().as_uri())
         driver.find_element("css selector", "body[data-ready='true']")
+        assert browser.severe_messages(driver) == []
         data = driver.execute_script(
             "return JSON.parse(document.getElementById('review-data').textContent)"
         )
         entries = {c["n"]: c for c in data["classes"]}
         scores = np.array(sorted(c["score"] for c in entries.values()))
         assert scores[-1] > scores[0], "the tiny model gave every class one score"
-        assert counts(driver)[0] == sum(c["kept"] for c in entries.values())
+        assert counts(driver)[0] == run_kept(scored_job)
 
         # Between the middle scores: about half the classes stay above the cut.
         middle = len(scores) // 2
@@ -150,6 +161,7 @@ def test_slider_flips_and_exports_in_chromium(scored_job: Path, tmp_path: Path):
         click(driver, f'.tile[data-class="{kept_one}"] .info')
         assert driver.find_element("id", "details").is_displayed()
         save_screenshot(driver, tmp_path)
+        assert browser.severe_messages(driver) == []
 
     check_exports(
         star, table, expected, flipped, data["maxClass"], scored_job, tmp_path
@@ -206,7 +218,8 @@ def check_applied(
     with browser.headless_chromium() as driver:
         driver.get((job / "review.html").resolve().as_uri())
         driver.find_element("css selector", "body[data-ready='true']")
-        assert counts(driver)[0] == sum(expected.values())
+        assert browser.severe_messages(driver) == []
+        assert counts(driver)[0] == sum(expected.values()) == run_kept(job)
         marked = driver.find_elements("css selector", ".tile.person")
         # The run's threshold is 0: the rule keeps every class that has particles.
         theirs = {n for n, keep in expected.items() if keep != (not few[n])}
@@ -251,3 +264,87 @@ def test_a_persons_applied_selection_opens_as_theirs(tmp_path: Path):
         assert counts(driver)[0] == 3
         driver.execute_script(SET_SLIDER, "0.75")  # the model keeps 1 and 3 only
         assert counts(driver)[0] == 2  # 1, and 2 kept by the person; 3 rejected
+
+
+HOSTILE_JOB = "job<script>alert(1)</script>&\"'"
+HOSTILE_KIND = "junk<!--<script"
+
+
+def hostile_run() -> tuple[ClassAverages, Selection]:
+    """Six classes numbered with gaps (5..20), a NaN score, too few particles and an
+    empty class, a job name and a kind with markup, decided as select_classes does
+    (threshold 0.5, at least 10 particles; a NaN score is not below the threshold)."""
+    rng = np.random.default_rng(3)
+    classes = ClassAverages.create(
+        rng.normal(size=(6, 32, 32)),
+        class_numbers=[5, 8, 11, 13, 17, 20],
+        metadata={"particle_count": [100, 100, 3, 0, 100, 100]},
+        kinds=["good", "", HOSTILE_KIND, "", "", ""],
+        provenance=Provenance("relion", ("run_it025_data.star",), HOSTILE_JOB),
+    )
+    selection = Selection(
+        class_numbers=classes.class_numbers,
+        scores=np.array([0.9, np.nan, 0.8, 0.7, 0.3, 0.6]),
+        selected=np.array([True, True, False, False, False, True]),
+        threshold=0.5,
+        threshold_source="user",
+        mode="image+metadata",
+        model_sha256="ab" * 32,
+        model_name="<b>model</b>",
+        reasons=("", "", "min_particles", "min_particles", "score", ""),
+    )
+    return classes, selection
+
+
+def test_nan_scores_hostile_names_and_gapped_numbers(tmp_path: Path):
+    if browser.missing():
+        pytest.skip(f"no browser for the review page test: {browser.missing()}")
+    classes, selection = hostile_run()
+    page = write_review_page(tmp_path / "review.html", classes, selection)
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with browser.headless_chromium(downloads) as driver:
+        driver.get(page.as_uri())
+        driver.find_element("css selector", "body[data-ready='true']")
+        assert browser.severe_messages(driver) == []
+        assert driver.title == f"Review: {HOSTILE_JOB}"
+        assert driver.find_element("css selector", "h1").text == driver.title
+        assert not driver.execute_script("return document.querySelector('h1 script')")
+        # The run's decisions at load: 5, 8 (no score, but the run kept it) and 20.
+        assert counts(driver)[0] == selection.n_selected == 3
+        tile = driver.find_element("css selector", '.tile[data-class="8"]')
+        assert "–" in tile.text and "person" not in tile.get_attribute("class")
+        assert driver.execute_script(SET_SLIDER, "0") == 0
+        assert counts(driver)[0] == 3  # 5, 17, 20: not 8 (no score), 11, 13 (few)
+        driver.execute_script(SET_SLIDER, "0.55")
+        assert counts(driver)[0] == 2  # 5, 20
+        click(driver, "#reset-threshold")
+        assert counts(driver)[0] == 3
+        click(driver, '.tile[data-class="11"] .info')
+        details = driver.find_element("id", "details").text
+        assert HOSTILE_KIND in details and "too few particles" in details
+        driver.find_element("id", "export-star").click()
+        star = wait_for_file(downloads / "backup_selection.star")
+        assert browser.severe_messages(driver) == []
+
+        for threshold in (math.nan, None):
+            missing = dataclasses.replace(selection, threshold=threshold)
+            page = write_review_page(unknown / "review.html", classes, missing)
+            driver.get(page.as_uri())
+            driver.find_element("css selector", "body[data-ready='true']")
+            assert browser.severe_messages(driver) == []
+            assert counts(driver)[0] == 3
+            assert driver.find_element("id", "threshold-value").text == "–"
+            driver.execute_script(SET_SLIDER, "0.55")
+            assert counts(driver)[0] == 2
+            assert driver.find_element("id", "threshold-value").text == "0.550"
+            click(driver, "#reset-threshold")
+            assert counts(driver)[0] == 3
+            assert browser.severe_messages(driver) == []
+
+    # One row per class number 1..20 (0 for numbers the job lacks), 1 where kept.
+    flags = starfile.read(star, always_dict=True)[""]["rlnSelected"].tolist()
+    assert len(flags) == 20
+    assert [n for n, f in enumerate(flags, 1) if f == 1] == [5, 8, 20]

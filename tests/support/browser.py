@@ -50,7 +50,8 @@ def headless_chromium(
     download_dir: Path | None = None, size: tuple[int, int] = (1400, 1000)
 ) -> Iterator[Any]:
     """A selenium ``WebDriver`` of a fresh headless Chromium (own profile folder, removed
-    afterwards); downloads go to ``download_dir`` without asking."""
+    afterwards); downloads go to ``download_dir`` without asking, and the console is
+    kept for :func:`severe_messages`."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -60,6 +61,8 @@ def headless_chromium(
         for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
             options.add_argument(flag)
         options.add_argument(f"--window-size={size[0]},{size[1]}")
+        # The console (script errors among it) for :func:`severe_messages`.
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         if download_dir is not None:
             options.add_experimental_option(
                 "prefs",
@@ -80,3 +83,9 @@ def headless_chromium(
             yield driver
         finally:
             driver.quit()
+
+
+def severe_messages(driver: Any) -> list[str]:
+    """The console's ``SEVERE`` entries (uncaught script errors, failed loads) since the
+    last call, as text."""
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
