@@ -2,8 +2,8 @@
 selection: its run record, the model's selection as that run wrote it (``scores.csv``),
 the person's, and where the run's relative input paths resolve.
 
-Each tool that writes a selection has a rewriter (:data:`Rewriter`): ``score`` here, the
-RELION and cryoSPARC jobs in their adapters, registered under the ``cryodiscovery.
+Each tool that writes a selection has a rewriter (:data:`Rewriter`): ``score`` here
+(:func:`rewrite_score`), the RELION and cryoSPARC jobs in their adapters, registered under the ``cryodiscovery.
 apply_selection`` entry-point group by the run record's ``command`` (so core imports no
 adapter code). A rewriter re-reads the inputs and writes the job's outputs again with
 the same writers the tool uses.
@@ -11,7 +11,6 @@ the same writers the tool uses.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -23,12 +22,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.io.readers import read_class_averages
 from cryodiscovery.core.person_selection import (
     PersonChoice,
-    apply_choice,
+    choose,
+    positions,
     read_person_choice,
-    require_person_selection,
-    selection_record,
+)
+from cryodiscovery.core.report.selection_files import (
+    format_summary,
+    read_scores_csv,
+    write_selection_outputs,
 )
 from cryodiscovery.core.selection import Selection
 
@@ -55,9 +59,13 @@ class Correction:
         The folder the run was started from: relative paths in the record resolve here.
     model, person:
         The model's selection (scores, threshold and decisions of the run) and the
-        person's (same scores, the person's decisions).
+        person's (same scores, the person's decisions; the model's selection when the
+        file decides no class otherwise).
     choice:
         The person's selection file, as read.
+    who:
+        What the run record says about who selected
+        (:func:`~cryodiscovery.core.person_selection.selection_record`).
     argv:
         This command line, for the new run record.
     """
@@ -68,6 +76,7 @@ class Correction:
     model: Selection
     person: Selection
     choice: PersonChoice
+    who: dict[str, Any]
     argv: list[str] | None
 
     @property
@@ -84,11 +93,10 @@ class Correction:
     def path(self, key: str) -> Path:
         """The path the record holds under ``config[key]``, resolved against the run's
         working folder; an :class:`InputError` when the record has none."""
-        value = self.config.get(key)
-        if not value:
+        path = recorded_path(self.record, key, self.job_dir)
+        if path is None:
             raise InputError(self.record_path, f"no {key} in its config")
-        path = Path(str(value))
-        return path if path.is_absolute() else self.working_dir / path
+        return path
 
     @property
     def record_path(self) -> Path:
@@ -96,12 +104,16 @@ class Correction:
         return self.job_dir / "run_record.json"
 
     def record_config(self) -> dict[str, Any]:
-        """The config for the new run record: the run's own, with who selected and the
-        working folder."""
+        """The config for the new run record: the run's own, with who selected, the
+        working folder and the command line that scored (``scored_argv``; the record's
+        ``argv`` becomes this one). The RELION job's ``selection_file`` (a ``--selection``
+        given when it scored) is dropped: ``person_selection`` names the file now."""
+        config = {k: v for k, v in self.config.items() if k != "selection_file"}
         return {
-            **self.config,
-            **selection_record(self.choice, self.model, self.person),
+            **config,
+            **self.who,
             "working_dir": str(self.working_dir),
+            "scored_argv": self.config.get("scored_argv", self.record.get("argv")),
         }
 
     def check_classes(self, class_numbers: npt.ArrayLike, source: str | Path) -> None:
@@ -118,8 +130,7 @@ class Correction:
     def in_input_order(self, class_numbers: npt.ArrayLike) -> Selection:
         """The person's selection in the order of the re-read input's classes."""
         numbers = np.asarray(class_numbers, dtype=np.int64)
-        order = np.argsort(self.person.class_numbers)
-        at = order[np.searchsorted(self.person.class_numbers[order], numbers)]
+        at = positions(self.person.class_numbers, numbers)
         return replace(
             self.person,
             class_numbers=numbers,
@@ -176,21 +187,31 @@ def read_run_record(job_dir: Path) -> dict[str, Any]:
     return record
 
 
-def recorded_selection(job_dir: Path, record: dict[str, Any]) -> Selection:
-    """The model's selection as the run wrote it: scores and decisions from
-    ``scores.csv``, threshold and model from the record (after an earlier correction,
-    the model's decisions are the ones that record kept)."""
-    path = job_dir / "scores.csv"
+def recorded_selection(
+    job_dir: Path, record: dict[str, Any]
+) -> tuple[Selection, npt.NDArray[np.float64]]:
+    """The model's selection as the run made it, and the ``(n,)`` particle counts per
+    class (NaN where unknown), from ``scores.csv``; the model's decisions and
+    full-precision scores from the record's ``model_selection`` where it has them
+    (``scores.csv`` rounds scores to 6 decimals and, after a correction, holds the
+    person's decisions), threshold and model from the record."""
     config = record["config"]
-    numbers, scores, selected, reasons = _read_scores(path)
+    numbers, scores, selected, counts, reasons = read_scores_csv(job_dir / "scores.csv")
     earlier = config.get("model_selection")
-    if config.get("selection_source") == "person" and isinstance(earlier, dict):
+    if isinstance(earlier, dict):
         kept = {int(c) for c in earlier.get("kept", [])}
         why = earlier.get("reasons", {})
+        exact = earlier.get("scores") or {}
         selected = np.isin(numbers, sorted(kept))
         reasons = [str(why.get(str(int(c)), "")) for c in numbers]
+        scores = np.asarray(
+            [
+                float(exact.get(str(int(c)), s))
+                for c, s in zip(numbers, scores, strict=True)
+            ]
+        )
     source = str(config.get("threshold_source", "model"))
-    return Selection(
+    model = Selection(
         class_numbers=numbers,
         scores=scores,
         selected=selected,
@@ -201,45 +222,41 @@ def recorded_selection(job_dir: Path, record: dict[str, Any]) -> Selection:
         model_name=str(config.get("model_name", "")),
         reasons=tuple(reasons),
     )
-
-
-def _read_scores(
-    path: Path,
-) -> tuple[
-    npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.bool_], list[str]
-]:
-    if not path.is_file():
-        raise InputError(path, "file not found (the run's scores)")
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        numbers = np.asarray([int(r["class_number"]) for r in rows], dtype=np.int64)
-        scores = np.asarray([float(r["score"]) for r in rows], dtype=np.float64)
-        selected = np.asarray([r["selected"] == "1" for r in rows], dtype=bool)
-        reasons = [r.get("reason") or "" for r in rows]
-    except (OSError, KeyError, ValueError, TypeError) as err:
-        raise InputError(path, f"not a scores table of a run ({err})") from err
-    if numbers.size == 0:
-        raise InputError(path, "no classes")
-    return numbers, scores, selected, reasons
+    return model, counts
 
 
 def working_dir_of(job_dir: Path, record: dict[str, Any]) -> Path:
     """The folder the run was started from: as recorded, else the folder its relative
-    output path (``--out``/``--o`` in the recorded command line) was relative to, else
-    the current folder."""
+    output path (``--out``/``--o`` in the recorded command line, also ``--out=X``) was
+    relative to, else the current folder."""
     recorded = record["config"].get("working_dir")
     if recorded:
         return Path(str(recorded))
     argv = [str(a) for a in record.get("argv") or []]
     here = job_dir.resolve()
-    for flag in _OUT_FLAGS:
-        if flag in argv[:-1]:
-            given = Path(argv[argv.index(flag) + 1])
-            parts = given.parts
-            if not given.is_absolute() and here.parts[-len(parts) :] == parts:
-                return here.parents[len(parts) - 1]
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag not in _OUT_FLAGS:
+            continue
+        if not eq:
+            if i + 1 >= len(argv):
+                continue
+            value = argv[i + 1]
+        given = Path(value)
+        parts = given.parts
+        if parts and not given.is_absolute() and here.parts[-len(parts) :] == parts:
+            return here.parents[len(parts) - 1]
     return Path.cwd()
+
+
+def recorded_path(record: Any, key: str, job_dir: Path) -> Path | None:
+    """The path a run record holds under ``config[key]`` (a relative one resolved
+    against the run's working folder, :func:`working_dir_of`); ``None`` without one."""
+    config = record.get("config") if isinstance(record, dict) else None
+    if not isinstance(config, dict) or not config.get(key):
+        return None
+    path = Path(str(config[key]))
+    return path if path.is_absolute() else working_dir_of(job_dir, record) / path
 
 
 def prepare_correction(
@@ -253,15 +270,14 @@ def prepare_correction(
     InputError
         Not an output folder of a selection run, a malformed selection file, or one of
         another job (unknown classes, another class count, other scores), or a selection
-        that keeps no class.
+        that keeps no class or only classes without particles.
     """
     record = read_run_record(job_dir)
-    model = recorded_selection(job_dir, record)
+    model, counts = recorded_selection(job_dir, record)
     choice = read_person_choice(
         selection_file, n_classes=int(model.class_numbers.max())
     )
-    person = apply_choice(model, choice)
-    require_person_selection(person, choice)
+    person, who = choose(model, choice, counts)
     return Correction(
         job_dir=job_dir,
         record=record,
@@ -269,5 +285,27 @@ def prepare_correction(
         model=model,
         person=person,
         choice=choice,
+        who=who,
         argv=argv,
     )
+
+
+def rewrite_score(correction: Correction) -> str:
+    """Write a ``score`` output folder again from the person's selection."""
+    config = correction.config
+    source = correction.path("input_path")
+    classes = read_class_averages(source, config.get("angpix"))
+    correction.check_classes(classes.class_numbers, source)
+    scorer = correction.explain_scorer()
+    outputs = write_selection_outputs(
+        correction.job_dir,
+        classes,
+        correction.in_input_order(classes.class_numbers),
+        argv=correction.argv,
+        command="score",
+        explain=scorer is not None,
+        scorer=scorer,
+        config=correction.record_config(),
+        explain_method=str(config.get("explain") or "gradient-x-input"),
+    )
+    return format_summary(classes, correction.person, outputs)

@@ -6,14 +6,17 @@ that it belongs to the job, and turn the model's
 Scores and the threshold stay the model's; only ``selected`` changes, and every reason
 says it was a person's choice (``"person: kept"``, ``"person: rejected"``), followed by
 the model's decision where that differed or had a reason (``"person: kept (model:
-score)"``, ``"person: rejected (model: kept)"``). The run record of a person-corrected
-output says so (:func:`selection_record`: ``"selection_source": "person"``), which makes
-it a person's label for training (:mod:`cryodiscovery.core.io.history`).
+score)"``, ``"person: rejected (model: kept)"``). The run record says how many classes a
+person decided (:func:`selection_record`): ``"selection_source": "person"`` only when at
+least one was, which makes the output a person's labels for training
+(:mod:`cryodiscovery.core.io.history`); a file that only repeats the model's decisions
+(the review page exported untouched) is written but is no label.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +28,8 @@ from cryodiscovery.core.errors import InputError, NothingSelected
 from cryodiscovery.core.io.relion_class2d import read_relion_selection
 from cryodiscovery.core.outputs import sha256_file
 from cryodiscovery.core.selection import Selection
+
+log = logging.getLogger(__name__)
 
 #: Columns ``selection.csv`` must have (``score`` and ``source`` are optional).
 REQUIRED_COLUMNS: tuple[str, ...] = ("class_number", "selected")
@@ -52,6 +57,12 @@ class PersonChoice:
         ``(n,)`` bool, True where the person kept the class.
     scores:
         ``(n,)`` float64 scores the file shows (0-1), NaN where it has none.
+    marked:
+        ``(n,)`` bool, True where the file's ``source`` column says ``person`` (all
+        False without one).
+    numbered_rows:
+        True for a STAR file of one ``rlnSelected`` row per class number 1..n: rows
+        for numbers the job lacks (gaps in its numbering) are allowed when 0.
     """
 
     path: Path
@@ -59,6 +70,8 @@ class PersonChoice:
     class_numbers: npt.NDArray[np.int64]
     selected: npt.NDArray[np.bool_]
     scores: npt.NDArray[np.float64]
+    marked: npt.NDArray[np.bool_]
+    numbered_rows: bool = False
 
 
 def read_person_choice(path: str | Path, n_classes: int | None = None) -> PersonChoice:
@@ -82,16 +95,25 @@ def read_person_choice(path: str | Path, n_classes: int | None = None) -> Person
         numbers = np.arange(1, len(labels) + 1, dtype=np.int64)
         selected = np.asarray(labels) == 1
         scores = np.full(len(labels), math.nan)
+        marked = np.zeros(len(labels), dtype=bool)
     else:
-        numbers, selected, scores = _read_csv(file)
+        numbers, selected, scores, marked = _read_csv(file)
     if numbers.size == 0:
         raise InputError(file, "no classes in the selection")
-    return PersonChoice(file, sha256_file(file), numbers, selected, scores)
+    numbered = file.suffix.lower() == ".star"
+    return PersonChoice(
+        file, sha256_file(file), numbers, selected, scores, marked, numbered
+    )
 
 
 def _read_csv(
     path: Path,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
+) -> tuple[
+    npt.NDArray[np.int64],
+    npt.NDArray[np.bool_],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.bool_],
+]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.reader(fh))
@@ -111,6 +133,7 @@ def _read_csv(
     numbers: list[int] = []
     selected: list[bool] = []
     scores: list[float] = []
+    marked: list[bool] = []
     for lineno, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
@@ -124,6 +147,8 @@ def _read_csv(
             raise InputError(path, f"line {lineno}: selected {flag!r} is not 1 or 0")
         selected.append(flag == "1")
         scores.append(_score(path, lineno, row[col["score"]] if "score" in col else ""))
+        source = row[col["source"]] if "source" in col else ""
+        marked.append(source.strip().lower() == PERSON)
     unique, counts = np.unique(numbers, return_counts=True)
     if np.any(counts > 1):
         raise InputError(path, f"class {int(unique[counts > 1][0])} is listed twice")
@@ -131,6 +156,7 @@ def _read_csv(
         np.asarray(numbers, dtype=np.int64),
         np.asarray(selected, dtype=bool),
         np.asarray(scores, dtype=np.float64),
+        np.asarray(marked, dtype=bool),
     )
 
 
@@ -155,18 +181,37 @@ def _score(path: Path, lineno: int, text: str) -> float:
         ) from None
 
 
-def check_choice(choice: PersonChoice, class_numbers: npt.ArrayLike) -> None:
-    """Refuse a choice that is not about exactly the classes ``class_numbers`` of the job.
+def check_choice(choice: PersonChoice, class_numbers: npt.ArrayLike) -> PersonChoice:
+    """Refuse a choice that is not about exactly the classes ``class_numbers`` of the
+    job; return it restricted to them (a STAR file's rows for class numbers the job
+    lacks, which must be 0, dropped).
 
     Raises
     ------
     InputError
-        The file names a class the job does not have, or does not name every class of
-        the job (a selection of another job).
+        The file names (or, in a STAR file, keeps) a class the job does not have, or
+        does not name every class of the job (a selection of another job).
     """
     numbers = np.asarray(class_numbers, dtype=np.int64)
     unknown = np.setdiff1d(choice.class_numbers, numbers)
     span = f"classes {numbers.min()}-{numbers.max()}" if numbers.size else "no classes"
+    if unknown.size and choice.numbered_rows:
+        known = np.isin(choice.class_numbers, numbers)
+        kept = choice.class_numbers[~known & choice.selected]
+        if kept.size:
+            raise InputError(
+                choice.path,
+                f"keeps class {int(kept[0])}, which the job does not have (it has "
+                f"{numbers.size} classes, {span}); a selection of another job?",
+            )
+        choice = replace(
+            choice,
+            class_numbers=choice.class_numbers[known],
+            selected=choice.selected[known],
+            scores=choice.scores[known],
+            marked=choice.marked[known],
+        )
+        unknown = unknown[:0]
     if unknown.size:
         shown = ", ".join(str(int(c)) for c in unknown[:5])
         raise InputError(
@@ -180,6 +225,16 @@ def check_choice(choice: PersonChoice, class_numbers: npt.ArrayLike) -> None:
             f"{choice.class_numbers.size} classes but the job has {numbers.size}; "
             "a selection of another job?",
         )
+    return choice
+
+
+def positions(numbers: npt.ArrayLike, wanted: npt.ArrayLike) -> npt.NDArray[np.intp]:
+    """Where each of ``wanted`` is in ``numbers`` (unique class numbers, any order):
+    ``numbers[positions(numbers, wanted)] == wanted``. Every one must be there."""
+    have = np.asarray(numbers, dtype=np.int64)
+    order = np.argsort(have)
+    at = order[np.searchsorted(have[order], np.asarray(wanted, dtype=np.int64))]
+    return np.asarray(at, dtype=np.intp)
 
 
 def apply_choice(model: Selection, choice: PersonChoice) -> Selection:
@@ -191,9 +246,8 @@ def apply_choice(model: Selection, choice: PersonChoice) -> Selection:
         The choice is not about the model's classes (:func:`check_choice`), or its
         scores differ from the model's (a selection of another job).
     """
-    check_choice(choice, model.class_numbers)
-    order = np.argsort(choice.class_numbers)
-    position = order[np.searchsorted(choice.class_numbers[order], model.class_numbers)]
+    choice = check_choice(choice, model.class_numbers)
+    position = positions(choice.class_numbers, model.class_numbers)
     scores = choice.scores[position]
     known = np.isfinite(scores)
     diff = np.abs(scores[known] - np.asarray(model.scores)[known])
@@ -225,28 +279,48 @@ def _reason(person: bool, model: bool, model_reason: str) -> str:
     return f"{text} (model: {model_reason})" if model_reason else text
 
 
-def require_person_selection(selection: Selection, choice: PersonChoice) -> None:
+def require_person_selection(
+    selection: Selection,
+    choice: PersonChoice,
+    particle_counts: npt.ArrayLike | None = None,
+) -> None:
     """Raise :class:`~cryodiscovery.core.errors.NothingSelected` (naming the file) when
-    the person kept no class, as every tool ends when its selection keeps none."""
+    the person kept no class, or only classes without particles (``particle_counts``,
+    ``(n,)`` in the selection's order, NaN where unknown), as every tool ends when its
+    selection keeps none."""
+    n = len(selection.scores)
     if selection.n_selected == 0:
         raise NothingSelected(
             choice.path,
-            f"no class kept: the selection keeps none of the {len(selection.scores)} "
-            "classes: nothing to pass on; keep at least one class",
+            f"no class kept: the selection keeps none of the {n} classes: nothing to "
+            "pass on; keep at least one class",
+        )
+    if particle_counts is None:
+        return
+    counts = np.asarray(particle_counts, dtype=np.float64)[selection.selected]
+    if np.all(counts == 0):
+        raise NothingSelected(
+            choice.path,
+            f"no particles kept: the {counts.size} class(es) kept have 0 particles: "
+            "nothing to pass on; keep at least one class with particles",
         )
 
 
 def choose(
-    model: Selection, choice: PersonChoice | None
+    model: Selection,
+    choice: PersonChoice | None,
+    particle_counts: npt.ArrayLike | None = None,
 ) -> tuple[Selection, dict[str, Any]]:
     """The selection to pass on, the person's when there is a ``choice`` (refused when
-    it keeps no class), and what the run record says about it
-    (:func:`selection_record`)."""
+    it keeps no class, or only classes of 0 ``particle_counts``; the model's, reasons
+    included, when the choice decides no class otherwise, :func:`selection_record`),
+    and what the run record says about it."""
     if choice is None:
-        return model, selection_record()
+        return model, selection_record(model=model)
     person = apply_choice(model, choice)
-    require_person_selection(person, choice)
-    return person, selection_record(choice, model, person)
+    require_person_selection(person, choice, particle_counts)
+    record = selection_record(choice, model, person)
+    return (person if record["selection_source"] == PERSON else model), record
 
 
 def selection_record(
@@ -254,36 +328,68 @@ def selection_record(
     model: Selection | None = None,
     person: Selection | None = None,
 ) -> dict[str, Any]:
-    """What a run record says about who selected: ``{"selection_source": "model"}``, or
-    for a person's choice ``"person"`` with the file's path and SHA-256, the classes
-    flipped relative to the model, and the model's own decisions (so that applying
-    another selection later still compares with the model)."""
-    if choice is None or model is None or person is None:
-        return {"selection_source": "model"}
-    flipped = model.class_numbers[model.selected != person.selected]
-    return {
-        "selection_source": PERSON,
-        "person_selection": {
-            "file": str(choice.path.resolve()),
-            "sha256": choice.sha256,
-            "n_flipped": int(flipped.size),
-            "flipped_classes": sorted(int(c) for c in flipped),
-            "n_selected": person.n_selected,
-        },
-        "model_selection": {
+    """What a run record says about who selected.
+
+    ``"selection_source"`` is ``"person"`` when a person decided at least one class:
+    marked ``person`` in the file's ``source`` column, or decided otherwise than the
+    model (``n_person``; a file without a ``source`` column, such as
+    ``backup_selection.star``, counts the flips only), else ``"model"`` (a file that
+    repeats the model's decisions is recorded, with a warning, but is no label). With
+    a choice, ``"person_selection"`` holds the file's path and SHA-256, ``n_person``
+    and the classes flipped relative to the model. ``"model_selection"`` holds the
+    model's own decisions and full-precision scores (``scores.csv`` rounds them), so
+    that applying a selection later compares with the model exactly.
+    """
+    record: dict[str, Any] = {"selection_source": "model"}
+    if model is not None:
+        record["model_selection"] = {
             "kept": sorted(int(c) for c in model.class_numbers[model.selected]),
             "reasons": {
                 str(int(c)): r
                 for c, r in zip(model.class_numbers, model.reasons, strict=True)
                 if r
             },
-        },
+            "scores": {
+                str(int(c)): float(s)
+                for c, s in zip(model.class_numbers, model.scores, strict=True)
+            },
+        }
+    if choice is None or model is None or person is None:
+        return record
+    flips = model.selected != person.selected
+    flipped = model.class_numbers[flips]
+    choice = check_choice(choice, model.class_numbers)
+    marked = choice.marked[positions(choice.class_numbers, model.class_numbers)]
+    n_person = int(np.count_nonzero(flips | marked))
+    if n_person == 0:
+        log.warning(
+            "%s: no class differs from the model's selection: not counted as a "
+            "person's labels",
+            choice.path,
+        )
+    record["selection_source"] = PERSON if n_person else "model"
+    record["person_selection"] = {
+        "file": str(choice.path.resolve()),
+        "sha256": choice.sha256,
+        "n_person": n_person,
+        "n_flipped": int(flipped.size),
+        "flipped_classes": sorted(int(c) for c in flipped),
+        "n_selected": person.n_selected,
     }
+    return record
 
 
 def person_corrected(record: Any) -> bool:
-    """Whether a run record (parsed ``run_record.json``) is of a person's selection."""
+    """Whether a run record (parsed ``run_record.json``) is of a person's selection: a
+    ``"person"`` source with at least one class a person decided (older records, without
+    ``n_person``: at least one class flipped)."""
     if not isinstance(record, dict):
         return False
     config = record.get("config")
-    return isinstance(config, dict) and config.get("selection_source") == PERSON
+    if not isinstance(config, dict) or config.get("selection_source") != PERSON:
+        return False
+    done = config.get("person_selection")
+    if not isinstance(done, dict):
+        return False
+    decided = done.get("n_person", done.get("n_flipped", 0))
+    return isinstance(decided, int) and decided > 0

@@ -245,8 +245,8 @@ def run_offline(
     classes, templates, particles = read_job(Path(job_dir))
     what = classes.provenance.job or str(job_dir)
     if choice is not None:
-        check_choice(choice, classes.class_numbers)
-    selection, who = choose(select(classes), choice)
+        choice = check_choice(choice, classes.class_numbers)
+    selection, who = choose(select(classes), choice, classes.field("particle_count"))
     require_selection(selection)
     parts = partition(
         templates, particles, selection.class_numbers[selection.selected], what=what

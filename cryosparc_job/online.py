@@ -336,12 +336,13 @@ def score_in_job(
             title=title,
         )
     classes, templates, particles = load_class2d(cs, source, request.project)
-    if request.choice is not None:
-        check_choice(request.choice, classes.class_numbers)
+    choice = request.choice
+    if choice is not None:  # checked before the job was made; the data may differ now
+        choice = check_choice(choice, classes.class_numbers)
     ext.log(
         f"Scoring {len(classes)} class averages of {what} ({len(particles):,} particles)"
     )
-    selection, who = choose(select(classes), request.choice)
+    selection, who = choose(select(classes), choice, classes.field("particle_count"))
     if request.choice is not None:
         n_flipped = who["person_selection"]["n_flipped"]
         ext.log(
@@ -374,19 +375,29 @@ def score_in_job(
     return {name: len(dset) for name, dset in ready}
 
 
+def _class_numbers(source: Any, project: str) -> np.ndarray:
+    """The 2D job's class numbers (``blob/idx`` + 1 of its class averages)."""
+    what = f"{project}/{source.uid} class_averages"
+    templates = _download(what, lambda: source.load_output("class_averages"))
+    return np.asarray(templates["blob/idx"], dtype=np.int64) + 1
+
+
 def run_online(cs: Any, request: OnlineRequest, select: Selector) -> OnlineResult:
     """Score ``request.project/request.job`` and save the selection to a new External job.
 
     Raises
     ------
     InputError
-        Unknown project, workspace or job, or a job that is not a completed 2D
-        classification (no job is created), or bad data found during the run.
+        Unknown project, workspace or job, a job that is not a completed 2D
+        classification, or a person's selection of other classes (no job is
+        created), or bad data found during the run.
     ServerError, JobInterrupted, APIError
         During the run: the External job is marked failed with the message.
     """
     source = find_class2d_job(cs, request.project, request.job)
     workspace = resolve_workspace(cs, source, request.project, request.workspace)
+    if request.choice is not None:  # a selection of another job makes no job
+        check_choice(request.choice, _class_numbers(source, request.project))
     title = request.title or f"cryodiscovery selection of {request.job}"
     ext = cs.create_external_job(
         request.project,

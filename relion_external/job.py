@@ -158,21 +158,30 @@ class ExternalJob:
             self.outcome = "bad_input"
         else:
             self.outcome = "failure"
+        try:
+            self.finish(self.outcome)
+        except OSError:
+            if exc is None:
+                raise
+            # The run's own error (often the same unwritable folder) is the one to report.
+            log.debug("cannot write the exit marker", exc_info=True)
+
+    def finish(self, outcome: str) -> Path:
+        """Leave exactly one exit marker, the one of ``outcome`` (``"success"``,
+        ``"aborted"``, ``"failure"`` or ``"bad_input"``); returns its path."""
         name = {
             "success": EXIT_SUCCESS,
             "aborted": EXIT_ABORTED,
             "failure": EXIT_FAILURE,
             "bad_input": EXIT_FAILURE,
-        }[self.outcome]
-        try:
-            self.marker(name).touch()
-        except OSError:
-            if exc is None:
-                raise
-            # The run's own error (often the same unwritable folder) is the one to report.
-            log.debug("cannot write %s", self.marker(name), exc_info=True)
-            return
+        }[outcome]
+        for other in EXIT_MARKERS:
+            if other != name:
+                self.marker(other).unlink(missing_ok=True)
+        self.marker(name).touch()
+        self.outcome = outcome
         log.debug("wrote %s", self.marker(name))
+        return self.marker(name)
 
     @property
     def exit_code(self) -> int:

@@ -31,7 +31,7 @@ from cryodiscovery.core.report.selection_files import (
     write_selection_files,
 )
 from cryodiscovery.relion_external.config import ExternalJobConfig
-from cryodiscovery.relion_external.job import EXIT_MARKERS, EXIT_SUCCESS, ExternalJob
+from cryodiscovery.relion_external.job import ABORT_NOW, ExternalJob, JobAborted
 from cryodiscovery.relion_external.nodes import detect_version, write_output_nodes
 from cryodiscovery.relion_external.outputs import (
     class_averages_table,
@@ -139,7 +139,7 @@ def _select(
         class2d.classes, config.selection, scorer=scorer, abort_check=job.check_abort
     )
     job.check_abort()
-    selection, record = choose(model, choice)
+    selection, record = choose(model, choice, class2d.classes.field("particle_count"))
     if choice is not None:
         log.info(
             "The person's selection %s: %d classes kept, %d differ from the model",
@@ -267,7 +267,7 @@ def run_selection_job(
     choice = None
     if config.selection_file is not None:  # refused before minutes of scoring
         choice = read_person_choice(config.selection_file, len(class2d.model_classes))
-        check_choice(choice, class2d.classes.class_numbers)
+        choice = check_choice(choice, class2d.classes.class_numbers)
     job.check_abort()
     selection, scorer, record = _select(config, class2d, job, choice)
     plan = OutputPlan(
@@ -299,8 +299,21 @@ def rewrite_relion_job(correction: Correction) -> str:
     """Write an External job's outputs again from a person's selection (``cryodiscovery
     apply-selection``): the same writers and guarantees as the job. Inputs are read
     again, nothing is scored; on success the job shows ``RELION_JOB_EXIT_SUCCESS``, on
-    any failure the folder (markers included) stays as it was."""
+    any failure the folder (markers included) stays as it was. A leftover
+    ``RELION_JOB_ABORT_NOW`` (the job was aborted; RELION removes it only when it runs
+    the job again) is refused before anything is read."""
     config = correction.config
+    control = correction.path("control_dir") if config.get("control_dir") else None
+    if control is None or control.resolve() == correction.path("out_dir").resolve():
+        control = correction.job_dir
+    job = ExternalJob(control)
+    aborted = InputError(
+        job.marker(ABORT_NOW),
+        "the job was aborted in RELION; delete this file to write its outputs from "
+        "the selection (RELION deletes it when it runs the job again)",
+    )
+    if job.abort_requested():
+        raise aborted
     class2d = read_relion_class2d(correction.path("in_parts"))
     if not class2d.data_star.is_file():
         raise InputError(
@@ -308,9 +321,6 @@ def rewrite_relion_job(correction: Correction) -> str:
         )
     correction.check_classes(class2d.classes.class_numbers, class2d.model_star)
     scorer = correction.explain_scorer()
-    control = correction.path("control_dir") if config.get("control_dir") else None
-    if control is None or control.resolve() == correction.path("out_dir").resolve():
-        control = correction.job_dir
     plan = OutputPlan(
         folder=correction.job_dir,
         job_name=str(config.get("out_dir") or correction.job_dir.as_posix()),
@@ -320,11 +330,11 @@ def rewrite_relion_job(correction: Correction) -> str:
         argv=correction.argv,
     )
     selection = correction.in_input_order(class2d.classes.class_numbers)
-    kept, _ = _write_outputs(plan, class2d, selection, scorer, ExternalJob(control))
-    for name in EXIT_MARKERS:  # the outputs are whole and this run's: a success
-        if name != EXIT_SUCCESS:
-            (control / name).unlink(missing_ok=True)
-    (control / EXIT_SUCCESS).touch()
+    try:
+        kept, _ = _write_outputs(plan, class2d, selection, scorer, job)
+    except JobAborted as err:  # aborted in RELION meanwhile: nothing was replaced
+        raise aborted from err
+    job.finish("success")  # the outputs are whole and this run's
     return (
         f"{selection.n_selected} of {len(selection.scores)} classes kept, "
         f"{kept.n_written} of {kept.n_read} particles, in {correction.job_dir}"

@@ -4,11 +4,17 @@ JOB_OUTPUT_DIR is the output folder of an earlier run of `cryodiscovery score`, 
 RELION External job (cryodiscovery-relion) or of the cryoSPARC job offline
 (cryodiscovery-cryosparc --out). Its run_record.json names the inputs, which are read
 again; the outputs are written again with the person's decisions (scores stay the
-model's), all or nothing, and the run record says a person selected (then training
-harvests the folder as a person's labels). --selection takes the review page's
-selection.csv (class_number,selected,score,source; selected 1 or 0) or RELION's
-backup_selection.star. A selection of another job, one that keeps no class, or inputs
-that are gone end with one line (exit status 2) and change nothing.
+model's), all or nothing. The run record says how many classes a person decided
+(rows marked person in selection.csv, or classes that differ from the model's
+decision): when at least one, training harvests the folder as a person's labels; a file
+that only repeats the model's decisions (the review page exported untouched) is written
+with a warning but is no label. --selection takes the review page's selection.csv
+(class_number,selected,score,source; selected 1 or 0) or RELION's
+backup_selection.star. A selection of another job, one that keeps no class (or only
+classes without particles), inputs that are gone, or a RELION job with a leftover
+RELION_JOB_ABORT_NOW end with one line (exit status 2) and change nothing; a failure
+while writing (a full disk) ends with one line (exit status 1) and leaves the folder
+as it was.
 
 Examples:
   cryodiscovery apply-selection External/job010 --selection ~/Downloads/selection.csv
@@ -22,13 +28,8 @@ import logging
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from cryodiscovery.core.correction import Correction, Rewriter, prepare_correction
+from cryodiscovery.core.correction import Rewriter, prepare_correction, rewrite_score
 from cryodiscovery.core.errors import InputError
-from cryodiscovery.core.io.readers import read_class_averages
-from cryodiscovery.core.report.selection_files import (
-    format_summary,
-    write_selection_outputs,
-)
 
 log = logging.getLogger(__name__)
 
@@ -51,27 +52,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="the person's selection: selection.csv or backup_selection.star",
     )
-
-
-def rewrite_score(correction: Correction) -> str:
-    """Write a ``score`` output folder again from the person's selection."""
-    config = correction.config
-    source = correction.path("input_path")
-    classes = read_class_averages(source, config.get("angpix"))
-    correction.check_classes(classes.class_numbers, source)
-    scorer = correction.explain_scorer()
-    outputs = write_selection_outputs(
-        correction.job_dir,
-        classes,
-        correction.in_input_order(classes.class_numbers),
-        argv=correction.argv,
-        command="score",
-        explain=scorer is not None,
-        scorer=scorer,
-        config=correction.record_config(),
-        explain_method=str(config.get("explain") or "gradient-x-input"),
-    )
-    return format_summary(classes, correction.person, outputs)
 
 
 def rewriter_for(command: str, record_path: Path) -> Rewriter:
@@ -98,9 +78,10 @@ def main(args: argparse.Namespace) -> int:
     )
     rewrite = rewriter_for(correction.command, correction.record_path)
     summary = rewrite(correction)
-    flipped = correction.record_config()["person_selection"]["n_flipped"]
+    done = correction.who["person_selection"]
+    whose = "a person's" if done["n_person"] else "the model's decisions, no label"
     print(
-        f"{summary}\n  selection  {args.selection} (a person's; {flipped} class(es) "
-        "differ from the model)"
+        f"{summary}\n  selection  {args.selection} ({whose}; {done['n_flipped']} "
+        "class(es) differ from the model)"
     )
     return 0

@@ -90,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
             "input_path": str(args.input),
             "angpix": args.angpix,
             **selection_config(args),
-            **selection_record(),
+            **selection_record(model=selection),
             "working_dir": str(Path.cwd()),
         },
         explain_method=args.explain_method,

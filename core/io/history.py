@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from cryodiscovery.core.classes import ClassAverages
+from cryodiscovery.core.correction import recorded_path
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.io.cryosparc_class2d import (
     read_cryosparc_class2d,
@@ -30,6 +31,7 @@ from cryodiscovery.core.io.relion_class2d import (
 )
 from cryodiscovery.core.io.star_tables import read_star
 from cryodiscovery.core.person_selection import person_corrected
+from cryodiscovery.core.report.selection_files import read_scores_csv
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +58,22 @@ def find_labelled_sets(root: Path) -> list[ClassAverages]:
     Found: RELION ``Select/jobNNN`` folders with ``backup_selection.star`` (the Class2D
     source from the Select job's ``job.star``, ``note.txt``, ``class_averages.star`` or the
     project's ``default_pipeline.star``), RELION Class2D folders with a
-    ``backup_selection.star`` beside the run files, and cryoSPARC Select 2D folders
-    (``templates_selected.cs``/``templates_excluded.cs``) with the 2D job they point at.
-    A Class2D job selected more than once is returned once, with the labels of the
-    latest Select job. Automatic selections are not a person's labels and are skipped
-    (see :func:`automatic_selection`; above all this project's own outputs, which would
-    otherwise train the model on its own predictions), as are sets that cannot be read
-    (e.g. a missing stack, with a warning).
+    ``backup_selection.star`` beside the run files, cryoSPARC Select 2D folders
+    (``templates_selected.cs``/``templates_excluded.cs``) with the 2D job they point at,
+    and outputs of this project a person corrected (``cryodiscovery apply-selection``,
+    ``--selection``): RELION External jobs (``backup_selection.star``), cryoSPARC
+    offline outputs (``templates_*.cs``) and ``score`` outputs (``scores.csv``), each
+    led back to its input by its run record (relative paths against the recorded
+    working folder, so also when written outside the project). A Class2D job selected
+    more than once is returned once, with the labels of the selection whose label file
+    (``backup_selection.star``, ``templates_*.cs``, ``scores.csv``) was written last
+    (ties: the higher job number). Automatic selections are not a person's labels and
+    are skipped (see :func:`automatic_selection`; above all this project's own outputs,
+    which would otherwise train the model on its own predictions, and corrections in
+    which no class was decided by a person), as are sets that cannot be read (e.g. a
+    missing stack, with a warning).
     """
-    found: dict[tuple[str, int], tuple[tuple[int, str], ClassAverages]] = {}
+    found: dict[tuple[str, int], tuple[tuple[int, int, str], ClassAverages]] = {}
     for folder, files in _walk(Path(root)):
         if "backup_selection.star" in files:
             read_set = _relion_set
@@ -86,16 +95,29 @@ def find_labelled_sets(root: Path) -> list[ClassAverages]:
             log.info(
                 "%s selected again in %s; the later selection is kept", key[0], folder
             )
-        order = _job_order(folder)
+        order = _job_order(folder, files)
         if key not in found or found[key][0] < order:
             found[key] = (order, classes)
     return [classes for _, (_, classes) in sorted(found.items())]
 
 
-def _job_order(folder: Path) -> tuple[int, str]:
-    """Sort key of a job folder: its number (job014, J43), then its path."""
+def _job_order(folder: Path, files: set[str]) -> tuple[int, int, str]:
+    """Sort key of a labelled folder: when its label file was last written, then its
+    job number (job014, J43; a corrected ``cd_job001`` ranks by time, not by digits
+    that number another kind of job), then its path."""
+    labels = [
+        f
+        for f in files
+        if f in ("backup_selection.star", "scores.csv") or _SELECT_CS.match(f)
+    ]
+    times = []
+    for name in labels:
+        try:
+            times.append((folder / name).stat().st_mtime_ns)
+        except OSError:
+            continue
     digits = re.findall(r"\d+", folder.name)
-    return (int(digits[-1]) if digits else -1, str(folder))
+    return (max(times, default=-1), int(digits[-1]) if digits else -1, str(folder))
 
 
 def _walk(root: Path) -> Iterator[tuple[Path, set[str]]]:
@@ -108,11 +130,14 @@ def _walk(root: Path) -> Iterator[tuple[Path, set[str]]]:
 
 def _relion_set(folder: Path) -> tuple[tuple[str, int], ClassAverages] | None:
     selection = folder / "backup_selection.star"
+    recorded = _recorded_input(folder, "in_parts")
     try:
         if any(RUN_FILE_RE.match(p.name) for p in folder.glob("*_it*_model.star")):
             job = read_relion_class2d(
                 folder
             )  # generated: ground truth beside the run files
+        elif recorded is not None:  # a corrected External job, wherever it is
+            job = read_relion_class2d(recorded)
         else:
             project = folder.parent.parent
             source = _relion_select_source(folder, project)
@@ -215,20 +240,12 @@ def _relion_select_source(select_dir: Path, project: Path) -> str | None:
     note = select_dir / "note.txt"
     if note.is_file():
         candidates.extend(_INPUT_RE.findall(note.read_text(errors="replace")))
-    candidates.extend(_record_sources(select_dir, project))
     candidates.extend(_class_averages_source(select_dir))
     candidates.extend(_pipeline_sources(project, select_dir))
     for cand in candidates:
         if RUN_FILE_RE.match(Path(cand).name) and (project / cand).is_file():
             return cand
     return None
-
-
-def _record_sources(job_dir: Path, project: Path) -> list[str]:
-    """The Class2D input a person-corrected External job's run record names
-    (``in_parts``), relative to the project."""
-    source = _recorded_input(job_dir, "in_parts")
-    return [] if source is None else [os.path.relpath(source, project)]
 
 
 def _class_averages_source(select_dir: Path) -> list[str]:
@@ -289,15 +306,11 @@ def _cryosparc_set(folder: Path) -> tuple[tuple[str, int], ClassAverages] | None
 
 def _recorded_input(folder: Path, key: str) -> Path | None:
     """The input path ``config[key]`` of a person-corrected output's run record (a
-    relative one resolved against the recorded working folder), else ``None``."""
+    relative one resolved against the run's working folder), else ``None``."""
     record = _record(folder / "run_record.json")
-    if not person_corrected(record) or not record["config"].get(key):
+    if not person_corrected(record):
         return None
-    config = record["config"]
-    path = Path(str(config[key]))
-    if path.is_absolute():
-        return path
-    return Path(str(config.get("working_dir") or folder.parent)) / path
+    return recorded_path(record, key, folder)
 
 
 def _score_set(folder: Path) -> tuple[tuple[str, int], ClassAverages] | None:
@@ -310,10 +323,10 @@ def _score_set(folder: Path) -> tuple[tuple[str, int], ClassAverages] | None:
     config = record["config"]
     try:
         classes = read_class_averages(source, config.get("angpix"))
-        table = pd.read_csv(folder / "scores.csv")
-        kept = dict(zip(table["class_number"], table["selected"], strict=True))
+        numbers, _, selected, _, _ = read_scores_csv(folder / "scores.csv")
+        kept = dict(zip(numbers.tolist(), selected.tolist(), strict=True))
         labels = [int(kept[int(c)]) for c in classes.class_numbers]
-    except (InputError, OSError, ValueError, KeyError) as exc:
+    except (InputError, OSError, KeyError) as exc:
         log.warning("skipping %s: %s", folder, exc)
         return None
     first = (

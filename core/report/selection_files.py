@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from cryodiscovery.core.classes import ClassAverages
+from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.outputs import replace_output_set, write_run_record
 from cryodiscovery.core.report import explain as saliency
 from cryodiscovery.core.report.gallery import (
@@ -105,6 +106,43 @@ def write_scores_csv(path: Path, classes: ClassAverages, selection: Selection) -
             ]
             writer.writerow(row + ([classes.kinds[i]] if with_kind else []))
     return path
+
+
+def read_scores_csv(
+    path: Path,
+) -> tuple[
+    npt.NDArray[np.int64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.bool_],
+    npt.NDArray[np.float64],
+    list[str],
+]:
+    """Read a table :func:`write_scores_csv` wrote: ``(n,)`` class numbers, scores (as
+    written, 6 decimals), selected, particle counts (NaN where empty) and reasons, in
+    the file's order.
+
+    Raises
+    ------
+    InputError
+        A missing file, a missing column or value, or no rows.
+    """
+    if not path.is_file():
+        raise InputError(path, "file not found (the run's scores)")
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        numbers = np.asarray([int(r["class_number"]) for r in rows], dtype=np.int64)
+        scores = np.asarray([float(r["score"]) for r in rows], dtype=np.float64)
+        selected = np.asarray([r["selected"] == "1" for r in rows], dtype=bool)
+        counts = np.asarray(
+            [float(r.get("particle_count") or "nan") for r in rows], dtype=np.float64
+        )
+        reasons = [r.get("reason") or "" for r in rows]
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise InputError(path, f"not a scores table of a run ({err})") from err
+    if numbers.size == 0:
+        raise InputError(path, "no classes")
+    return numbers, scores, selected, counts, reasons
 
 
 def _tile_labels(classes: ClassAverages, selection: Selection) -> list[list[LabelLine]]:
@@ -453,7 +491,9 @@ def format_summary(
     """A short plain-text summary of a scoring run for the terminal or a job log."""
     kept = int(np.count_nonzero(selection.selected))
     n = len(classes)
-    few = sum("min_particles" in r for r in selection.reasons)
+    few = sum(
+        "min_particles" in r and not r.startswith("person:") for r in selection.reasons
+    )
     source = _THRESHOLD_SOURCES.get(
         selection.threshold_source, selection.threshold_source
     )

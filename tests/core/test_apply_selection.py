@@ -5,7 +5,6 @@ output harvested as a person's labels while the model's own stay out."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -27,10 +26,17 @@ from cryodiscovery.cryosparc_job import cli as cryosparc_cli
 from cryodiscovery.relion_external import cli as relion_cli
 from cryosparc.dataset import Dataset
 from support.models import save_tiny_model
-
-DATA_STAR = "Class2D/job001/run_it025_data.star"
-JOB = "External/job010"
-KEEP_ALL = ["--threshold", "0"]
+from support.person_selections import (
+    DATA_STAR,
+    JOB,
+    KEEP_ALL,
+    apply,
+    flipped,
+    kept_of,
+    scores,
+    snapshot,
+    write_selection,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,51 +51,6 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     write_relion_project(run, root / "relion")
     write_cryosparc_project(run, root / "cryosparc")
     return {"relion": root / "relion", "cryosparc": root / "cryosparc"}
-
-
-def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
-    """Every file under ``folder``: SHA-256 and mtime."""
-    return {
-        str(p.relative_to(folder)): (
-            hashlib.sha256(p.read_bytes()).hexdigest(),
-            p.stat().st_mtime_ns,
-        )
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-def scores(folder: Path) -> pd.DataFrame:
-    return pd.read_csv(folder / "scores.csv", keep_default_na=False)
-
-
-def write_selection(path: Path, table: pd.DataFrame, kept: set[int]) -> Path:
-    """A review page's selection.csv: the job's classes and scores, ``kept`` selected."""
-    with open(path, "w", newline="") as fh:
-        out = csv.writer(fh)
-        out.writerow(["class_number", "selected", "score", "source"])
-        for row in table.itertuples():
-            keep = int(row.class_number) in kept
-            source = "person" if keep != bool(row.selected) else "model"
-            out.writerow([row.class_number, int(keep), f"{row.score:.4f}", source])
-    return path
-
-
-def kept_of(table: pd.DataFrame) -> set[int]:
-    return {int(c) for c in table.loc[table["selected"] == 1, "class_number"]}
-
-
-def flipped(table: pd.DataFrame) -> set[int]:
-    """Two kept classes rejected, and every class with particles that was rejected
-    kept: the person's selection."""
-    kept = sorted(kept_of(table))
-    with_particles = table["particle_count"].astype(str).str.strip() != "0"
-    rejected = set(table.loc[with_particles, "class_number"]) - set(kept)
-    return (set(kept[2:]) | {int(c) for c in rejected}) or {kept[0]}
-
-
-def apply(job: Path, selection: Path) -> int:
-    return cli.main(["apply-selection", str(job), "--selection", str(selection)])
 
 
 @pytest.fixture
@@ -150,12 +111,22 @@ def test_relion_job_written_again_from_a_person(relion, tmp_path, monkeypatch):
     assert snapshot(relion / "Class2D") == inputs
     assert not list(job.glob(".staging-*"))
 
-    # Another selection later is still compared with the model's decisions.
-    again = write_selection(tmp_path / "again.csv", after, kept_of(before))
+    assert "selection_file" not in config  # a --selection of the scoring run, if any
+    assert config["scored_argv"][1:3] == ["--o", f"{JOB}/"]
+    assert config["person_selection"]["n_person"] == done["n_flipped"]
+
+    # Another selection later is still compared with the model's decisions: the
+    # model's own selection again (the page of the model's run, exported untouched)
+    # is written, but no class was a person's: no label.
+    again = write_selection(tmp_path / "again.csv", before, kept_of(before))
     assert apply(relion / JOB, again) == 0
     record = json.loads((job / "run_record.json").read_text())
     assert record["config"]["person_selection"]["n_flipped"] == 0
+    assert record["config"]["person_selection"]["n_person"] == 0
+    assert record["config"]["selection_source"] == "model"
+    assert record["config"]["scored_argv"][1:3] == ["--o", f"{JOB}/"]
     assert kept_of(scores(job)) == kept_of(before)
+    assert automatic_selection(job) is not None
 
 
 def test_backup_selection_star_is_accepted(relion, tmp_path):
@@ -341,6 +312,22 @@ def test_bad_selection_is_refused_untouched(relion, tmp_path, capsys, make, text
     assert len(err) == 1, err
     assert err[0].startswith(f"cryodiscovery apply-selection: error: {selection}: ")
     assert text in err[0]
+    assert snapshot(job) == before
+
+
+def test_a_job_aborted_in_relion_is_refused_untouched(relion, tmp_path, capsys):
+    """A leftover RELION_JOB_ABORT_NOW: one line naming it, not a traceback."""
+    job = relion / JOB
+    selection = write_selection(tmp_path / "s.csv", scores(job), flipped(scores(job)))
+    (job / "RELION_JOB_ABORT_NOW").touch()
+    before = snapshot(job)
+    capsys.readouterr()
+    assert apply(job, selection) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(
+        f"cryodiscovery apply-selection: error: {job / 'RELION_JOB_ABORT_NOW'}: "
+    )
+    assert "aborted" in line
     assert snapshot(job) == before
 
 

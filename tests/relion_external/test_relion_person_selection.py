@@ -1,6 +1,7 @@
 """``cryodiscovery-relion --selection FILE``: the External job passes a person's selection
 on instead of the model's threshold decision (classes are still scored), and refuses a
-selection of another job with RELION_JOB_EXIT_FAILURE and no outputs."""
+selection of another job, or of only classes without particles, with
+RELION_JOB_EXIT_FAILURE and no outputs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import starfile
+from cryodiscovery.core import cli
 from cryodiscovery.relion_external.cli import main
 from cryodiscovery.relion_external.job_star import job_star_text
 
@@ -79,3 +81,27 @@ def test_an_empty_value_means_no_selection(relion_project, monkeypatch):
 
 def test_the_job_star_offers_the_parameter():
     assert "param7_label  selection" in job_star_text()
+
+
+def test_a_selection_of_only_empty_classes_is_refused(
+    relion_project, monkeypatch, tmp_path, capsys
+):
+    """Class 2 has no particles: keeping only it passes nothing on, refused naming the
+    person's file, with --selection as with apply-selection (the folder untouched)."""
+    project = relion_project()
+    monkeypatch.chdir(project)
+    selection = selection_csv(tmp_path / "selection.csv", {2})
+    assert run("--selection", str(selection)) == 2
+    out = project / JOB
+    assert sorted(p.name for p in out.iterdir()) == ["RELION_JOB_EXIT_FAILURE"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"cryodiscovery-relion: error: {selection}: no particles")
+
+    assert run("--threshold", "0") == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert cli.main(["apply-selection", str(out), "--selection", str(selection)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"cryodiscovery apply-selection: error: {selection}: no")
+    assert "0 particles" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
