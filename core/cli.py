@@ -6,11 +6,14 @@ under the ``cryodiscovery.commands`` entry-point group (so core imports no adapt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import signal
 import sys
+from collections.abc import Iterator
 from importlib.metadata import entry_points
-from types import ModuleType
+from types import FrameType, ModuleType
 
 from cryodiscovery.core import __version__
 from cryodiscovery.core.errors import InputError
@@ -93,6 +96,26 @@ def configure_logging(verbose: bool = False) -> None:
     )
 
 
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM (``kill``, a queue's time limit) raises
+    :class:`KeyboardInterrupt` like Ctrl-C, so staged outputs are removed and the command
+    exits 130 instead of dying with partial files left behind."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``cryodiscovery`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -100,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     args._argv = ["cryodiscovery", *(sys.argv[1:] if argv is None else argv)]
     configure_logging(args.verbose)
     try:
-        return int(args._main(args) or 0)
+        with sigterm_interrupts():
+            return int(args._main(args) or 0)
     except InputError as err:
         print(f"cryodiscovery {args.command}: error: {err}", file=sys.stderr)
         return 2

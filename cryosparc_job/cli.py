@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryodiscovery.core import __version__
-from cryodiscovery.core.cli import configure_logging
+from cryodiscovery.core.cli import configure_logging, sigterm_interrupts
 from cryodiscovery.core.commands.selection_args import (
     add_selection_args,
     selection_options,
@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None, *, select: Selector | None = None) -> in
     try:
         options = selection_options(args)  # refused here, before any server is asked
         choice = read_person_choice(args.selection) if args.selection else None
-        _run(args, argv, select or make_selector(options), choice)
+        with sigterm_interrupts():
+            _run(args, argv, select or make_selector(options), choice)
         return 0
     except InputError as err:
         return _error(args, err, 2)

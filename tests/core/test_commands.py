@@ -321,3 +321,56 @@ def test_demo_prints_a_command_that_runs_without_activating_the_venv(
     assert printed != "cryodiscovery" and Path(printed).resolve() == exe.resolve()
     monkeypatch.setenv("PATH", f"{exe.parent}{os.pathsep}/usr/bin")  # activated
     assert command_path() == "cryodiscovery"
+
+
+def test_sigterm_mid_write_exits_130_and_leaves_no_partial_outputs(
+    simulated: ClassAverages, model: Path, tmp_path: Path
+) -> None:
+    """SIGTERM (``kill``, a queue's time limit) while the outputs are being staged: exit
+    130 like Ctrl-C, no staging folder, no outputs (a real process, a real signal)."""
+    import subprocess
+    import sys
+
+    stack = tmp_path / "classes.mrcs"
+    write_stack(stack, simulated.images[:5], 2.0)
+    out = tmp_path / "out"
+    script = (
+        "import os, signal, sys, time\n"
+        "from cryodiscovery.core import cli\n"
+        "from cryodiscovery.core.report import selection_files as sf\n"
+        "def killed(folder, *a, **k):\n"
+        "    (folder / 'scores.csv').write_text('half')\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+        "sf.write_selection_files = killed\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "score",
+            str(stack),
+            "--out",
+            str(out),
+            "--model",
+            str(model),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 130, done.stderr
+    assert "interrupted" in done.stderr.splitlines()[-1]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_sigterm_handler_is_restored() -> None:
+    import os
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), cli.sigterm_interrupts():
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) == before
