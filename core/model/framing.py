@@ -7,13 +7,17 @@ Both give, bit for bit, what the plain one-image-at-a-time definitions give
 (tests/core/test_framing.py): window sizes are rounded to discrete steps, so any change in
 a radius, however small, could move a window and a score. The speed comes from doing
 less work, not other arithmetic: the Gaussian smoothing (most of the cost) runs only on
-the square that holds the mask, and in threads.
+the square that holds the mask, and blocks of images run in threads. (Reductions along
+an axis of a stack are not always the bits of one image's reduction, so each image keeps
+its own.)
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -21,9 +25,10 @@ import torch
 from scipy import ndimage
 
 FloatArray = npt.NDArray[np.float32]
+_Block = TypeVar("_Block")
 
-#: Images per block of the mask detection (a block's temporaries stay in the CPU cache).
-_BLOCK = 16
+#: Images per block of work (a block's temporaries stay in the CPU cache).
+_BLOCK = 8
 
 #: Gaussian kernel reach in σ (scipy's default ``truncate``).
 _TRUNCATE = 4.0
@@ -53,20 +58,22 @@ def mask_radius_fraction(images: npt.ArrayLike) -> FloatArray:
     ring = np.minimum(np.rint(radius * box).astype(np.int64), 2 * box).ravel()
     ring_radius = np.arange(2 * box + 1) / box
     corners = np.median(imgs[:, [0, 0, -1, -1], [0, -1, 0, -1]], axis=1)
+    spread = imgs.reshape(n, -1).std(axis=1)
+    spread = np.where(spread > 0, spread, 1.0)
     out = np.ones(n, dtype=np.float32)
-    for start in range(0, n, _BLOCK):
-        block = imgs[start : start + _BLOCK]
-        spread = block.reshape(len(block), -1).std(axis=1)
-        spread = np.where(spread > 0, spread, 1.0)
-        level = corners[start : start + _BLOCK, None, None]
-        differs = np.abs(block - level) > 1e-4 * spread[:, None, None]
-        for i, d in enumerate(differs.reshape(len(block), -1), start):
+
+    def detect(part: slice) -> None:
+        level, scale = corners[part, None, None], spread[part, None, None]
+        differs = np.abs(imgs[part] - level) > 1e-4 * scale
+        for i, d in enumerate(differs.reshape(len(differs), -1), part.start):
             total = int(d.sum())
             if total in (0, d.size):
                 continue
             # Outermost radius holding 99.5% of the differing pixels (ignores strays).
             cum = np.cumsum(np.bincount(ring[d], minlength=ring_radius.size))
             out[i] = ring_radius[int(np.searchsorted(cum, 0.995 * total))]
+
+    _in_threads(detect, [slice(a, a + _BLOCK) for a in range(0, n, _BLOCK)])
     return np.clip(out, 0.25, 1.0).astype(np.float32)
 
 
@@ -99,50 +106,39 @@ def particle_radius(images: npt.ArrayLike, mask: npt.ArrayLike) -> FloatArray:
     mask_px = np.asarray(mask, dtype=np.float64) * box / 2.0
     out = np.empty(n, dtype=np.float32)
     # Images with one mask radius share their regions (most stacks have one mask).
+    blocks: list[tuple[npt.NDArray[np.intp], float]] = []
     for rm in np.unique(mask_px).tolist():
         pick = np.flatnonzero(mask_px == rm)
-        inside = r <= 0.97 * rm
-        if not inside.any():  # every weight is 0
+        if not (r <= 0.97 * rm).any():  # no pixel inside: every weight is 0
             out[pick] = rm
             continue
+        blocks += [(pick[a : a + _BLOCK], rm) for a in range(0, len(pick), _BLOCK)]
+
+    def measure(block: tuple[npt.NDArray[np.intp], float]) -> None:
+        rows, rm = block
+        inside = r <= 0.97 * rm
         solvent = (r >= 0.8 * rm)[inside]
-        values = _smoothed_inside(imgs, pick, inside)
-        for i, row in zip(pick.tolist(), values, strict=True):
+        values = _smoothed_inside(imgs, rows, inside)
+        for i, row in zip(rows.tolist(), values, strict=True):
             total, cum = _contrast(row, solvent, inside, shells)
             found = float(np.searchsorted(cum, 0.85 * total)) + 0.5
             out[i] = rm if total <= 0 else found
+
+    _in_threads(measure, blocks)
     return out
 
 
-def smooth_images(
-    images: npt.NDArray[np.floating], sigma: float, reach: int
-) -> npt.NDArray[np.float64]:
-    """``(n, h, w)`` images smoothed in-plane by a Gaussian of ``sigma`` px cut at
-    ``reach`` px, as float64.
-
-    ``scipy.ndimage.gaussian_filter`` (mode ``"reflect"``) on blocks of images, in
-    ``torch.get_num_threads()`` threads (scipy releases the GIL); each image is filtered
-    on its own and float32 input is widened exactly, so the result equals one call on
-    the float64 stack bit for bit.
-    """
-    out = np.empty(images.shape, dtype=np.float64)
-
-    def run(part: slice) -> None:
-        ndimage.gaussian_filter(
-            images[part],
-            (0.0, sigma, sigma),
-            output=out[part],
-            radius=(0, reach, reach),
-        )
-
-    parts = [slice(a, a + 8) for a in range(0, len(images), 8)]
-    workers = min(torch.get_num_threads(), len(parts))
+def _in_threads(work: Callable[[_Block], None], blocks: list[_Block]) -> None:
+    """``work(block)`` for every block, in ``torch.get_num_threads()`` threads (the
+    CPU budget the user gave; numpy and scipy release the GIL in their loops). Each
+    image is computed on its own, whichever thread takes it."""
+    workers = min(torch.get_num_threads(), len(blocks))
     if workers <= 1:
-        run(slice(None))
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(run, parts))
-    return out
+        for block in blocks:
+            work(block)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(work, blocks))  # list(): raise the first error here
 
 
 def _smoothed_inside(
@@ -161,7 +157,14 @@ def _smoothed_inside(
     rows = np.flatnonzero(inside.any(axis=1))  # the disc is symmetric: columns alike
     lo = max(int(rows[0]) - reach, 0)
     hi = min(int(rows[-1]) + 1 + reach, box)
-    smooth = smooth_images(imgs[pick, lo:hi, lo:hi], sigma, reach)
+    # float32 input is widened exactly (scipy filters in float64 whatever the input).
+    smooth = np.empty((len(pick), hi - lo, hi - lo))
+    ndimage.gaussian_filter(
+        imgs[pick, lo:hi, lo:hi],
+        (0.0, sigma, sigma),
+        output=smooth,
+        radius=(0, reach, reach),
+    )
     return smooth[:, inside[lo:hi, lo:hi]]
 
 

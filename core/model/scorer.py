@@ -186,8 +186,12 @@ class ClassScorer:
             for start in range(0, len(classes), batch_size):
                 if on_batch is not None:
                     on_batch()
-                part = classes.subset(
-                    np.arange(start, min(start + batch_size, len(classes)))
+                part = (
+                    classes  # one batch: no copy of the images
+                    if len(classes) <= batch_size
+                    else classes.subset(
+                        np.arange(start, min(start + batch_size, len(classes)))
+                    )
                 )
                 images, meta = self.prepare(part)
                 logits = self.member_logits(images, meta, networks)
