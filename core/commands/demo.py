@@ -111,7 +111,14 @@ def main(args: argparse.Namespace) -> int:
         command="demo",
         explain=args.explain,
         scorer=scorer,
-        config={"classes": args.classes, "seed": args.seed},
+        # what `score` records too, so `apply-selection DIR/score` can read it again
+        config={
+            "classes": args.classes,
+            "seed": args.seed,
+            "input_path": str(data_star),
+            "angpix": None,
+            "working_dir": str(Path.cwd()),
+        },
     )
     report = decision_report(
         labels, selection.scores, selection.selected, classes.kinds, selection.threshold

@@ -218,6 +218,30 @@ def test_demo_then_evaluate_its_project(run, model: Path, tmp_path: Path) -> Non
     for name in ("roc.png", "score_distribution.png", "run_record.json"):
         assert (out / name).stat().st_size > 0
 
+    # the README's review steps on the demo's own folder: flip one class and apply
+    table = _rows(demo / "score" / "scores.csv")
+    flip = int(table[0]["class_number"])
+    selection = tmp_path / "selection.csv"
+    lines = ["class_number,selected,score,source"]
+    for r in table:
+        n, kept = int(r["class_number"]), r["selected"] == "1"
+        kept = not kept if n == flip else kept
+        who = "person" if n == flip else "model"
+        lines.append(f"{n},{int(kept)},{r['score']},{who}")
+    selection.write_text("\n".join(lines) + "\n")
+    code, _, err = run(
+        ["apply-selection", str(demo / "score"), "--selection", str(selection)]
+    )
+    assert code == 0, err
+    after = {
+        int(r["class_number"]): r["selected"]
+        for r in _rows(demo / "score" / "scores.csv")
+    }
+    before = {int(r["class_number"]): r["selected"] for r in table}
+    assert [n for n in after if after[n] != before[n]] == [flip]
+    record = json.loads((demo / "score" / "run_record.json").read_text())
+    assert record["config"]["selection_source"] == "person"
+
 
 def test_evaluate_without_labels_names_the_folder(
     run, model: Path, tmp_path: Path
