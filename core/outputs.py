@@ -69,23 +69,41 @@ def staged_outputs(out_dir: str | Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def check_output_folder(out_dir: str | Path) -> Path:
+#: Files that mark a folder as a RELION job's (or project's) or a cryoSPARC job's.
+FOREIGN_JOB_FILES: dict[str, str] = {
+    "job.json": "a cryoSPARC job",
+    "job.star": "a RELION job",
+    "note.txt": "a RELION job",
+    "default_pipeline.star": "a RELION project",
+    "RELION_JOB_EXIT_SUCCESS": "a RELION job",
+    "RELION_JOB_EXIT_FAILURE": "a RELION job",
+}
+
+
+def check_output_folder(out_dir: str | Path, command: str | None = None) -> Path:
     """Refuse an output folder that cannot be used, before any work is done.
 
     Creates nothing: the nearest existing ancestor must be a folder this process can
     write in (probed by creating and removing a file, so the answer is right for root
-    and for ACLs too).
+    and for ACLs too). With ``command``, a folder that belongs to a RELION or cryoSPARC
+    job or project (:data:`FOREIGN_JOB_FILES`) is refused too, unless it holds this
+    command's own earlier outputs (a ``run_record.json`` of ``command``): those folders
+    are RELION's and cryoSPARC's, and writing into them would mix outputs into a job
+    they describe.
 
     Raises
     ------
     InputError
-        ``out_dir`` (or a parent) is an existing file, or the folder cannot be written.
+        ``out_dir`` (or a parent) is an existing file, the folder cannot be written, or
+        it is another program's job folder.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(
             out, "exists and is not a folder; give a folder for the outputs"
         )
+    if command is not None and out.is_dir():
+        _refuse_foreign_job(out, command)
     existing = out
     while not existing.exists():
         existing = existing.parent
@@ -98,6 +116,23 @@ def check_output_folder(out_dir: str | Path) -> Path:
     os.close(fd)
     os.unlink(probe)
     return out
+
+
+def _refuse_foreign_job(out: Path, command: str) -> None:
+    record = out / "run_record.json"
+    if record.is_file():
+        try:
+            if json.loads(record.read_text()).get("command") == command:
+                return
+        except (OSError, ValueError, AttributeError):
+            pass
+    for name, owner in FOREIGN_JOB_FILES.items():
+        if (out / name).exists():
+            raise InputError(
+                out,
+                f"is {owner}'s folder (it holds {name}), not an output folder of "
+                f"{command}; give a new folder for the outputs",
+            )
 
 
 def _in_set(name: str, patterns: Iterable[str]) -> bool:

@@ -241,7 +241,13 @@ def run_offline(
         ``.cs`` or ``.mrc`` files), or its particles and templates do not match, or the
         person's selection is not about its classes or keeps none.
     """
-    check_output_folder(out_dir)  # refused before the scoring, not after
+    # refused before the scoring, not after: an unusable folder, the 2D job's own, or
+    # another cryoSPARC job's (a Select 2D job's .cs files must never be replaced)
+    if Path(out_dir).resolve() == Path(job_dir).resolve():
+        raise InputError(
+            out_dir, "is the 2D job's own folder; give a new folder for the outputs"
+        )
+    check_output_folder(out_dir, "cryodiscovery-cryosparc")
     classes, templates, particles = read_job(Path(job_dir))
     what = classes.provenance.job or str(job_dir)
     if choice is not None:

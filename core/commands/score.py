@@ -73,7 +73,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run ``cryodiscovery score``; returns the exit code."""
     options = selection_options(args)
-    check_output_folder(args.out)  # refused before minutes of scoring, not after
+    check_output_folder(args.out, "score")  # refused before minutes of scoring
     classes = read_class_averages(args.input, args.angpix)
     scorer = load_scorer(args.model)
     selection = select_classes(classes, options, scorer)

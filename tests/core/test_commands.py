@@ -398,3 +398,29 @@ def test_sigterm_handler_is_restored() -> None:
     with pytest.raises(KeyboardInterrupt), cli.sigterm_interrupts():
         os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_score_refuses_another_programs_job_folder_and_touches_nothing(
+    run, relion_job: Path, model: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    class2d = relion_job.parent  # the generated project's Class2D/job001
+    (class2d / "job.star").touch()
+    before = sorted(p.name for p in class2d.iterdir())
+    code, _, err = run(
+        ["score", str(relion_job), "--out", str(class2d), "--model", str(model)]
+    )
+    assert code == 2
+    assert "a RELION job's folder (it holds job.star)" in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in class2d.iterdir()) == before
+    # its own earlier output folder is fine, also with a RELION-looking file in it
+    out = tmp_path / "mine"
+    assert (
+        run(["score", str(relion_job), "--out", str(out), "--model", str(model)])[0]
+        == 0
+    )
+    (out / "note.txt").write_text("my notes\n")
+    assert (
+        run(["score", str(relion_job), "--out", str(out), "--model", str(model)])[0]
+        == 0
+    )

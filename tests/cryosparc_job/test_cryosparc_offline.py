@@ -239,3 +239,20 @@ def test_each_output_has_a_group_file_for_import_result_group(job_dir, tmp_path)
         slots = {s for f in files for s in Dataset.load(out / f).prefixes()}
         assert slots == set(doc["results"])
     assert (out / "J43_passthrough_particles_selected.cs").is_file()
+
+
+@pytest.mark.parametrize("where", ["input", "select"])
+def test_refuses_the_2d_job_folder_and_other_cryosparc_jobs(
+    job_dir, tmp_path, capsys, where
+):
+    out = job_dir if where == "input" else tmp_path / "CS-demo" / "J13"
+    if where == "select":  # a Select 2D job of cryoSPARC: its .cs must stay
+        out.mkdir(parents=True)
+        (out / "job.json").write_text('{"type": "select_2D"}')
+        (out / "particles_selected.cs").write_bytes(b"cryoSPARC's own")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    code = main(["--job-dir", str(job_dir), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert ("2D job's own folder" if where == "input" else "job.json") in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
