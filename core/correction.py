@@ -226,13 +226,12 @@ def recorded_selection(
 
 
 def working_dir_of(job_dir: Path, record: dict[str, Any]) -> Path:
-    """The folder the run was started from: as recorded, else the folder its relative
-    output path (``--out``/``--o`` in the recorded command line, also ``--out=X``) was
-    relative to, else the current folder."""
-    recorded = record["config"].get("working_dir")
-    if recorded:
-        return Path(str(recorded))
-    argv = [str(a) for a in record.get("argv") or []]
+    """The folder the run's relative paths are relative to: where the job folder is now,
+    less the relative output path the scoring command line gave (``--out``/``--o``,
+    also ``--out=X``), so that a RELION project moved or copied elsewhere reads its own
+    inputs; else the recorded working folder; else the current folder."""
+    config = record.get("config") or {}
+    argv = [str(a) for a in config.get("scored_argv") or record.get("argv") or []]
     here = job_dir.resolve()
     for i, arg in enumerate(argv):
         flag, eq, value = arg.partition("=")
@@ -246,7 +245,8 @@ def working_dir_of(job_dir: Path, record: dict[str, Any]) -> Path:
         parts = given.parts
         if parts and not given.is_absolute() and here.parts[-len(parts) :] == parts:
             return here.parents[len(parts) - 1]
-    return Path.cwd()
+    recorded = config.get("working_dir")
+    return Path(str(recorded)) if recorded else Path.cwd()
 
 
 def recorded_path(record: Any, key: str, job_dir: Path) -> Path | None:

@@ -422,3 +422,19 @@ def test_a_failure_while_writing_changes_nothing(relion, tmp_path, monkeypatch, 
     assert line.endswith("score_histogram.png: No space left on device")
     assert snapshot(job) == before
     assert not list(job.glob(".staging-*"))
+
+
+def test_a_copied_project_reads_its_own_inputs(relion, tmp_path, monkeypatch):
+    """The record names the project folder it ran in; a copy of the project (moved
+    disk, a colleague's copy) must read the copy's Class2D, never the original's."""
+    copy = tmp_path / "elsewhere" / "project"
+    shutil.copytree(relion, copy)
+    shutil.move(relion / "Class2D", tmp_path / "original_class2d")  # out of reach
+    original = snapshot(relion)
+    monkeypatch.chdir(tmp_path)
+    job = copy / JOB
+    table = scores(job)
+    selection = write_selection(tmp_path / "s.csv", table, flipped(table))
+    assert apply(job, selection) == 0
+    assert kept_of(scores(job)) == flipped(table)
+    assert snapshot(relion) == original
