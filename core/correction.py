@@ -169,6 +169,12 @@ Rewriter = Callable[[Correction], str]
 def read_run_record(job_dir: Path) -> dict[str, Any]:
     """``job_dir/run_record.json``; an :class:`InputError` when ``job_dir`` is not the
     output folder of a cryodiscovery run."""
+    if job_dir.is_file():
+        raise InputError(
+            job_dir,
+            "is a file; give the job's output folder (the selection file goes after "
+            "--selection)",
+        )
     if not job_dir.is_dir():
         raise InputError(job_dir, "no such folder")
     path = job_dir / "run_record.json"

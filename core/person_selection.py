@@ -88,6 +88,10 @@ def read_person_choice(path: str | Path, n_classes: int | None = None) -> Person
         number or not 0/1, a class listed twice, no rows), named with the line.
     """
     file = Path(path)
+    if file.is_dir():
+        raise InputError(
+            file, "is a folder; give the selection file (selection.csv or a .star)"
+        )
     if not file.is_file():
         raise InputError(file, "file not found")
     if file.suffix.lower() == ".star":

@@ -28,7 +28,12 @@ import logging
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from cryodiscovery.core.correction import Rewriter, prepare_correction, rewrite_score
+from cryodiscovery.core.correction import (
+    Rewriter,
+    prepare_correction,
+    read_run_record,
+    rewrite_score,
+)
 from cryodiscovery.core.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -73,10 +78,14 @@ def rewriter_for(command: str, record_path: Path) -> Rewriter:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``cryodiscovery apply-selection``; returns the exit code."""
+    # which tool wrote the folder, first: a folder of another command is named as such
+    record = read_run_record(args.job_dir)
+    rewrite = rewriter_for(
+        str(record.get("command") or ""), args.job_dir / "run_record.json"
+    )
     correction = prepare_correction(
         args.job_dir, args.selection, getattr(args, "_argv", None)
     )
-    rewrite = rewriter_for(correction.command, correction.record_path)
     summary = rewrite(correction)
     done = correction.who["person_selection"]
     whose = "a person's" if done["n_person"] else "the model's decisions, no label"

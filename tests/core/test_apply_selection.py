@@ -438,3 +438,23 @@ def test_a_copied_project_reads_its_own_inputs(relion, tmp_path, monkeypatch):
     assert apply(job, selection) == 0
     assert kept_of(scores(job)) == flipped(table)
     assert snapshot(relion) == original
+
+
+def test_wrong_arguments_are_named_for_what_they_are(relion, tmp_path, capsys):
+    job = relion / JOB
+    selection = write_selection(tmp_path / "s.csv", scores(job), flipped(scores(job)))
+    simulated = tmp_path / "sim"
+    simulated.mkdir()
+    (simulated / "run_record.json").write_text('{"command": "simulate", "config": {}}')
+    cases = [
+        ([str(job), "--selection", str(tmp_path)], "is a folder"),
+        ([str(selection), "--selection", str(selection)], "is a file"),
+        ([str(simulated), "--selection", str(selection)], "written by simulate"),
+    ]
+    before = snapshot(job)
+    for argv, says in cases:
+        capsys.readouterr()
+        assert cli.main(["apply-selection", *argv]) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert says in line
+    assert snapshot(job) == before
