@@ -273,8 +273,7 @@ def run_offline(
         files = {
             k: out / p.relative_to(stage) for k, p in {**written, **reports}.items()
         }
-    summary = summary_line(classes, selection, parts)
-    log.info("%s", summary)
+    summary = summary_line(classes, selection, parts)  # the caller prints it
     return OfflineResult(
         {n: len(d) for n, d in parts.outputs() if len(d)}, files, summary
     )

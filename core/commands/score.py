@@ -6,7 +6,9 @@ folder), a cryoSPARC 2D classification job folder or one of its .cs files, or a 
 
 Writes into DIR: scores.csv (class_number, score, selected, particle_count,
 resolution_A, reason), gallery.png (kept and rejected classes, best first),
-score_histogram.png and run_record.json; with --explain also explain/class_NNN.png
+score_histogram.png, review.html (open it in a browser: move the threshold, flip
+classes, export selection.csv for `cryodiscovery apply-selection`) and run_record.json;
+with --explain also explain/class_NNN.png
 (what drove each decision) and explain/overview.png. When no class is kept, it writes
 nothing and ends with one line naming the best score (exit status 2).
 

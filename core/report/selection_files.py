@@ -33,7 +33,7 @@ from cryodiscovery.core.report.gallery import (
     tile_size_for,
     to_rgb8,
 )
-from cryodiscovery.core.report.review import write_review_page
+from cryodiscovery.core.report.review import model_decisions, write_review_page
 from cryodiscovery.core.selection import Selection
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -151,15 +151,25 @@ def _tile_labels(classes: ClassAverages, selection: Selection) -> list[list[Labe
     show_counts = bool(np.isfinite(counts).any()) or any(
         "min_particles" in r for r in selection.reasons
     )
+    model_kept, _ = model_decisions(selection)
     labels = []
     for i in range(len(classes)):
         lines: list[LabelLine] = [
             (f"#{int(classes.class_numbers[i])}", f"{float(selection.scores[i]):.3f}")
         ]
+        reason = selection.reasons[i]
+        mark = (
+            "a person's"  # flipped against the model's decision
+            if bool(selection.selected[i]) != bool(model_kept[i])
+            else "few particles"
+            if "min_particles" in reason
+            else ""
+        )
         if show_counts:
             count = "" if math.isnan(counts[i]) else f"n={round(counts[i]):,}"
-            few = "min_particles" in selection.reasons[i]
-            lines.append((count, "few particles" if few else ""))
+            lines.append((count, mark))
+        elif mark:
+            lines.append(("", mark))
         if any(classes.kinds):
             lines.append((classes.kinds[i].replace("_", " "), ""))
         labels.append(lines)

@@ -132,6 +132,26 @@ def test_sections_put_kept_first_each_sorted_by_score() -> None:
     assert "chosen by a person" in kept.title and "≥" not in kept.title
 
 
+def test_tiles_mark_the_classes_a_person_flipped() -> None:
+    classes, selection = make_case(n=6, seed=2)
+    flip = int(np.flatnonzero(selection.selected)[0])
+    selected = selection.selected.copy()
+    selected[flip] = False
+    reasons = [
+        "person: rejected (model: kept)"
+        if i == flip
+        else f"person: {'kept' if k else 'rejected (model: score)'}"
+        for i, k in enumerate(selection.selected)
+    ]
+    person = dataclasses.replace(selection, selected=selected, reasons=tuple(reasons))
+    marks = [
+        line[1] for tile in report._tile_labels(classes, person) for line in tile[1:]
+    ]
+    assert marks.count("a person's") == 1
+    flipped_tile = report._tile_labels(classes, person)[flip]
+    assert any(line[1] == "a person's" for line in flipped_tile[1:])
+
+
 def test_tiles_are_stretched_per_class() -> None:
     classes, _ = make_case()
     tiles = stretch_to_tiles(classes.images, 40)
