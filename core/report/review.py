@@ -28,6 +28,15 @@ page opens with the run's decisions: where one differs from the model's (a run t
 applied a person's selection, ``apply-selection`` or ``--selection``), it starts as a
 person's decision.
 
+The details of a class (key ``i`` or ``I``, or its i button) show the run's decision
+("rejected (a person)" for a person's run) and the model's at the run's threshold as
+separate rows, and follow every change while open. A person's decisions and a moved
+slider are kept in the browser's ``localStorage`` under :func:`storage_key` (unique to
+the run) and restored, with a note, when the page is opened again; while some are not
+yet exported, leaving the page asks first (``beforeunload``). A browser whose storage
+throws (some ``file://`` pages) gets a working page without that memory. The page is
+titled by the job, or by the file's folder and name for a bare stack.
+
 Text from the run (job and file names, model name, metadata, kinds) reaches the page
 only HTML-escaped or, from the page's JSON (in which every ``<``, ``>`` and ``&`` is a
 ``\\u`` escape), through ``textContent``; a NaN score or threshold is ``null`` there.
@@ -41,6 +50,7 @@ page responsive), each stretched to its own percentile range as the gallery does
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import math
@@ -235,7 +245,9 @@ def _class_entries(
     """Per class, what the page's script needs (JSON-safe: NaN is ``None``).
 
     ``model``: the model's decision at the run's threshold; ``few``: rejected by the
-    run's particle-count rule (too few particles, or none), whatever the threshold.
+    run's particle-count rule (too few particles, or none), whatever the threshold;
+    ``run``, ``modelRun``: the run's and the model's decision there as the details
+    show them.
     """
     counts = classes.field("particle_count")
     resolution = classes.field("resolution_A")
@@ -248,7 +260,10 @@ def _class_entries(
             "kept": bool(selection.selected[i]),
             "model": bool(model[i]),
             "few": "min_particles" in why[i],
-            "reason": selection.reasons[i],
+            "run": _decision_text(
+                bool(selection.selected[i]), selection.reasons[i], why[i]
+            ),
+            "modelRun": _decision_text(bool(model[i]), why[i], why[i]),
             "count": _number(counts[i], 3),
             "res": _number(resolution[i], 3),
             "details": _details(classes, i),
@@ -256,6 +271,26 @@ def _class_entries(
         }
         for i in range(len(classes))
     ]
+
+
+#: How the details word the run's reasons for a rejection.
+_REASON_WORDS = {
+    "score": "score below the threshold",
+    "min_particles": "too few particles",
+}
+
+
+def _decision_text(kept: bool, reason: str, model_reason: str) -> str:
+    """A decision as the details show it: ``"kept"``, ``"rejected (too few
+    particles)"``, or ``"rejected (a person)"`` where a person decided (``reason``
+    starts with ``"person:"``); ``model_reason`` is the model's reason for a
+    rejection."""
+    if reason.startswith("person:"):
+        return f"{'kept' if kept else 'rejected'} (a person)"
+    if kept:
+        return "kept"
+    words = [_REASON_WORDS.get(r, r) for r in model_reason.split(",") if r]
+    return f"rejected ({', '.join(words)})" if words else "rejected"
 
 
 def _tile_html(entry: dict[str, Any], image: str, edge: int) -> str:
@@ -279,10 +314,21 @@ def _tile_html(entry: dict[str, Any], image: str, edge: int) -> str:
     )
 
 
+def source_label(path: str) -> str:
+    """A class-average file named by its folder and name, with the job type folder
+    when the folder is a job's (``"Class2D/job012/run_it025_classes.mrcs"``,
+    ``"P3/J42/J42_class_averages.cs"``), since bare names repeat across jobs."""
+    parts = [p for p in Path(path).parts if p not in (Path(path).anchor, ".", "")]
+    keep = 2
+    if len(parts) >= 3 and re.fullmatch(r"job\d+|J\d+", parts[-2]):
+        keep = 3
+    return "/".join(parts[-keep:]) or path
+
+
 def _title(classes: ClassAverages, selection: Selection) -> tuple[str, str]:
     prov = classes.provenance
     source = prov.job or (
-        Path(prov.sources[0]).name if prov.sources else "class averages"
+        source_label(prov.sources[0]) if prov.sources else "class averages"
     )
     apix = "" if classes.pixel_size is None else f", {classes.pixel_size:.3g} Å/px"
     subtitle = (
@@ -365,6 +411,7 @@ def write_review_page(
         "starHead": star_head,
         "starTail": BACKUP_STAR_TAIL,
         "detailLabels": _DETAIL_LABELS,
+        "storageKey": storage_key(classes, selection, entries),
         "classes": entries,
     }
     fields = {
@@ -373,6 +420,7 @@ def write_review_page(
         "__START__": repr(float(start)),
         "__THRESHOLD__": shown,
         "__MARKS__": "" if threshold is None else f'<option value="{threshold!r}">',
+        "__RUN_BUTTON__": html.escape(_run_button(selection, shown)),
         "__THRESHOLD_SOURCE__": html.escape(selection.threshold_source),
         "__EDGE__": str(edge),
         "__TILES__": tiles,
@@ -383,6 +431,38 @@ def write_review_page(
     with atomic_path(Path(path)) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return Path(path)
+
+
+def _person_run(selection: Selection) -> bool:
+    return selection.threshold_source.endswith("overridden by a person") or any(
+        r.startswith("person:") for r in selection.reasons
+    )
+
+
+def _run_button(selection: Selection, shown: str) -> str:
+    """The short text of the button that returns the slider to the run's threshold."""
+    if _person_run(selection):
+        return "run: person's selection"
+    source = selection.threshold_source.split(",")[0].strip()
+    return f"run threshold {shown} ({source})"
+
+
+def storage_key(
+    classes: ClassAverages, selection: Selection, entries: list[dict[str, Any]]
+) -> str:
+    """The key under which the page keeps a person's decisions in the browser: unique
+    to the run (model, job, files, and each class's number, score and decision), so
+    that another run's page, or this job's after ``apply-selection``, starts afresh."""
+    prov = classes.provenance
+    run = [
+        selection.model_sha256,
+        prov.job,
+        list(prov.sources),
+        _number(selection.threshold),
+        [[c["n"], c["scoreText"], c["kept"], c["model"]] for c in entries],
+    ]
+    digest = hashlib.sha256(json.dumps(run).encode()).hexdigest()[:24]
+    return f"cryodiscovery-review:{digest}"
 
 
 def script_json(data: Any) -> str:

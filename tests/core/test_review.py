@@ -411,3 +411,126 @@ def test_a_persons_selection_keeps_the_models_decisions_of_the_run(
         write_review_page(
             tmp_path / "h.html", classes, selection, model_selected=[True]
         )
+
+
+def test_details_word_the_runs_and_the_models_decisions_apart(tmp_path: Path) -> None:
+    """A person's run: the run's decision says a person made it, the model's its own
+    reason, with no nested 'person: ... (model: ...)' text."""
+    classes = ClassAverages.create(
+        np.zeros((4, 16, 16)), metadata={"particle_count": [50, 50, 5, 50]}
+    )
+    model_run = dataclasses.replace(
+        make_selection(classes),
+        scores=np.array([0.9, 0.2, 0.8, 0.1]),
+        selected=np.array([True, False, False, False]),
+        reasons=("", "score", "min_particles", "score,min_particles"),
+    )
+    entries = page_data(
+        write_review_page(tmp_path / "m.html", classes, model_run).read_text()
+    )["classes"]
+    assert [c["run"] for c in entries] == [
+        "kept",
+        "rejected (score below the threshold)",
+        "rejected (too few particles)",
+        "rejected (score below the threshold, too few particles)",
+    ]
+    assert [c["modelRun"] for c in entries] == [c["run"] for c in entries]
+    persons = dataclasses.replace(
+        model_run,
+        selected=np.array([False, True, False, False]),
+        reasons=(
+            "person: rejected (model: kept)",
+            "person: kept (model: score)",
+            "person: rejected (model: min_particles)",
+            "person: rejected (model: score)",
+        ),
+        threshold_source="adaptive, overridden by a person",
+    )
+    text = write_review_page(tmp_path / "p.html", classes, persons).read_text()
+    entries = page_data(text)["classes"]
+    assert [c["run"] for c in entries] == [
+        "rejected (a person)",
+        "kept (a person)",
+        "rejected (a person)",
+        "rejected (a person)",
+    ]
+    assert [c["modelRun"] for c in entries] == [
+        "kept",
+        "rejected (score below the threshold)",
+        "rejected (too few particles)",
+        "rejected (score below the threshold)",
+    ]
+    assert ">" + html.escape("run: person's selection") + "</button>" in text
+    assert "overridden by a person)</button>" not in text
+
+
+def test_the_run_button_is_short(tmp_path: Path) -> None:
+    classes = ClassAverages.create(np.zeros((2, 16, 16)))
+    selection = make_selection(classes, 0.54)
+    text = write_review_page(tmp_path / "r.html", classes, selection).read_text()
+    assert ">run threshold 0.540 (adaptive)</button>" in text
+
+
+@pytest.mark.parametrize(
+    "source, shown",
+    [
+        (
+            "/data/p/Class2D/job012/run_it025_classes.mrcs",
+            "Class2D/job012/run_it025_classes.mrcs",
+        ),
+        ("P3/J42/J42_020_class_averages.cs", "P3/J42/J42_020_class_averages.cs"),
+        ("/data/stacks/classes.mrcs", "stacks/classes.mrcs"),
+        ("classes.mrcs", "classes.mrcs"),
+    ],
+)
+def test_a_bare_stack_is_titled_by_its_folder_and_name(
+    tmp_path: Path, source: str, shown: str
+) -> None:
+    classes = ClassAverages.create(
+        np.zeros((2, 16, 16)), provenance=Provenance("mrcs", (source,), "")
+    )
+    text = write_review_page(
+        tmp_path / "r.html", classes, make_selection(classes)
+    ).read_text()
+    assert f"<title>Review: {shown}</title>" in text
+    # A job name, when known, is the title.
+    named = dataclasses.replace(
+        classes, provenance=Provenance("relion", (source,), "Class2D/job013")
+    )
+    text = write_review_page(
+        tmp_path / "n.html", named, make_selection(named)
+    ).read_text()
+    assert "<title>Review: Class2D/job013</title>" in text
+
+
+def test_the_storage_key_is_the_runs_own(tmp_path: Path) -> None:
+    """Decisions kept in the browser belong to one run: another model, job, score or
+    decision (apply-selection) gives another key; the same run the same key."""
+    classes = ClassAverages.create(
+        np.zeros((3, 16, 16)), provenance=Provenance("relion", ("a.star",), "job1")
+    )
+    base = make_selection(classes)
+
+    def key(c: ClassAverages, s: Selection, name: str) -> str:
+        return str(
+            page_data(write_review_page(tmp_path / name, c, s).read_text())[
+                "storageKey"
+            ]
+        )
+
+    first = key(classes, base, "a.html")
+    assert first.startswith("cryodiscovery-review:")
+    assert key(classes, base, "b.html") == first
+    others = [
+        key(classes, dataclasses.replace(base, model_sha256="cd" * 32), "c.html"),
+        key(classes, dataclasses.replace(base, scores=base.scores * 0.9), "d.html"),
+        key(classes, dataclasses.replace(base, selected=~base.selected), "e.html"),
+        key(
+            dataclasses.replace(
+                classes, provenance=Provenance("relion", ("a.star",), "job2")
+            ),
+            base,
+            "f.html",
+        ),
+    ]
+    assert len({first, *others}) == 5

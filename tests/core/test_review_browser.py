@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -73,15 +72,6 @@ def wait_for_file(path: Path, timeout: float = 20.0) -> Path:
             return path
         time.sleep(0.1)
     raise AssertionError(f"{path.name} was not downloaded")
-
-
-def save_screenshot(driver: Any, tmp_path: Path) -> None:
-    shot = tmp_path / "review_page.png"
-    assert driver.save_screenshot(str(shot))
-    artefacts = os.environ.get("CRYODISCOVERY_ARTEFACTS")
-    if artefacts:
-        Path(artefacts).mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, Path(artefacts) / shot.name)
 
 
 def click(driver: Any, css: str) -> None:
@@ -160,7 +150,7 @@ def test_slider_flips_and_exports_in_chromium(scored_job: Path, tmp_path: Path):
         table = wait_for_file(downloads / "selection.csv")
         click(driver, f'.tile[data-class="{kept_one}"] .info')
         assert driver.find_element("id", "details").is_displayed()
-        save_screenshot(driver, tmp_path)
+        browser.save_screenshot(driver, tmp_path / "review_page.png")
         assert browser.severe_messages(driver) == []
 
     check_exports(
@@ -227,43 +217,269 @@ def check_applied(
         assert theirs
 
 
-def test_a_persons_applied_selection_opens_as_theirs(tmp_path: Path):
-    """A run that applied a person's selection: the classes off the threshold rule open
-    as the person's decisions, and stay so when the slider moves."""
-    if browser.missing():
-        pytest.skip(f"no browser for the review page test: {browser.missing()}")
+def persons_run(n_more: int = 0) -> tuple[ClassAverages, Selection]:
+    """Six classes (and ``n_more`` others the model rejects) of a run that applied a
+    person's selection at threshold 0.5: the person kept 2 and rejected 3 against the
+    model; a bare stack, without a job name."""
+    n = 6 + n_more
     rng = np.random.default_rng(2)
-    classes = ClassAverages.create(rng.normal(size=(6, 32, 32)))
-    scores = np.array([0.9, 0.2, 0.8, 0.1, 0.7, 0.3])
-    selected = np.array([True, True, False, False, True, False])  # 2 and 3 flipped
+    classes = ClassAverages.create(
+        rng.normal(size=(n, 32, 32)),
+        metadata={"particle_count": rng.integers(10, 5000, n)},
+        provenance=Provenance(
+            "mrcs", ("/data/p/Class2D/job012/run_it025_classes.mrcs",), ""
+        ),
+    )
+    scores = np.concatenate(
+        [[0.9, 0.2, 0.8, 0.1, 0.7, 0.3], rng.uniform(0, 0.45, n_more)]
+    )
+    selected = np.zeros(n, dtype=bool)
+    selected[[0, 1, 4]] = True  # 2 kept, 3 rejected by the person
     reasons = (
         "person: kept",
         "person: kept (model: score)",
         "person: rejected (model: kept)",
         "person: rejected (model: score)",
         "person: kept",
-        "person: rejected (model: score)",
+        *["person: rejected (model: score)"] * (1 + n_more),
     )
     selection = Selection(
         class_numbers=classes.class_numbers,
         scores=scores,
         selected=selected,
         threshold=0.5,
-        threshold_source="adaptive",
+        threshold_source="adaptive, overridden by a person",
         mode="image-only",
         model_sha256="ab" * 32,
         model_name="test",
         reasons=reasons,
     )
-    page = write_review_page(tmp_path / "review.html", classes, selection)
+    return classes, selection
+
+
+def open_page(driver: Any, page: Path) -> None:
+    driver.get(page.as_uri())
+    driver.find_element("css selector", "body[data-ready='true']")
+
+
+def test_a_persons_applied_selection_opens_as_theirs(tmp_path: Path):
+    """A run that applied a person's selection: the classes off the threshold rule open
+    as the person's decisions, and stay so when the slider moves."""
+    if browser.missing():
+        pytest.skip(f"no browser for the review page test: {browser.missing()}")
+    page = write_review_page(tmp_path / "review.html", *persons_run())
     with browser.headless_chromium() as driver:
-        driver.get(page.as_uri())
-        driver.find_element("css selector", "body[data-ready='true']")
+        open_page(driver, page)
+        assert driver.title == "Review: Class2D/job012/run_it025_classes.mrcs"
         marked = driver.find_elements("css selector", ".tile.person")
         assert {int(t.get_attribute("data-class")) for t in marked} == {2, 3}
         assert counts(driver)[0] == 3
         driver.execute_script(SET_SLIDER, "0.75")  # the model keeps 1 and 3 only
         assert counts(driver)[0] == 2  # 1, and 2 kept by the person; 3 rejected
+
+
+def details_rows(driver: Any) -> dict[str, str]:
+    """The open details panel's table: label -> value."""
+    rows = driver.find_elements("css selector", "#details tr")
+    cells = [r.find_elements("tag name", "td") for r in rows]
+    return {c[0].text: c[1].text for c in cells}
+
+
+def test_details_follow_every_change_and_open_with_i_or_I(tmp_path: Path):
+    """The open details show the run's and the model's decision as separate rows and
+    are redrawn on a flip, a slider move, Clear and the run button; i and I open them."""
+    if browser.missing():
+        pytest.skip(f"no browser for the review page test: {browser.missing()}")
+    page = write_review_page(tmp_path / "review.html", *persons_run())
+    with browser.headless_chromium() as driver:
+        open_page(driver, page)
+        tile = driver.find_element("css selector", '.tile[data-class="3"]')
+        tile.send_keys("I")
+        assert driver.find_element("id", "details").is_displayed()
+        rows = details_rows(driver)
+        assert rows["Run decision"] == "rejected (a person)"
+        assert rows["Model's decision at the run's threshold"] == "kept"
+        assert rows["Your decision"] == "reject"
+        assert "(person:" not in driver.find_element("id", "details").text
+        tile.send_keys("\ue00c")  # Escape
+        assert not driver.find_element("id", "details").is_displayed()
+
+        tile = driver.find_element("css selector", '.tile[data-class="2"]')
+        tile.send_keys("i")
+        rows = details_rows(driver)
+        assert rows["Run decision"] == "kept (a person)"
+        assert rows["Model's decision at the run's threshold"] == (
+            "rejected (score below the threshold)"
+        )
+        assert (rows["Your decision"], rows["Shown as"]) == ("keep", "kept")
+        tile.send_keys(" ")  # back to the model's decision
+        assert details_rows(driver)["Your decision"] == "none"
+        assert details_rows(driver)["Shown as"] == "rejected"
+        tile.send_keys(" ")
+        assert details_rows(driver)["Your decision"] == "keep"
+        driver.execute_script(SET_SLIDER, "0.15")
+        rows = details_rows(driver)
+        assert rows["Model's decision at 0.150"] == "kept"
+        driver.execute_script(SET_SLIDER, "0.25")
+        rows = details_rows(driver)
+        assert (
+            rows["Model's decision at 0.250"] == "rejected (score below the threshold)"
+        )
+        assert "Model's decision at 0.150" not in rows
+        driver.find_element("id", "clear-flips").click()
+        assert details_rows(driver)["Your decision"] == "none"
+        driver.find_element("id", "reset-threshold").click()
+        rows = details_rows(driver)
+        assert not any(k.startswith("Model's decision at 0.") for k in rows)
+        assert rows["Shown as"] == "rejected"
+        assert browser.severe_messages(driver) == []
+
+
+PAGE_STATE = """
+const note = document.getElementById("restored");
+const event = new Event("beforeunload", {cancelable: true});
+window.dispatchEvent(event);  // true when a listener asks before leaving
+const person = [...document.querySelectorAll(".tile.person")];
+return {
+  unsaved: document.body.dataset.unsaved,
+  asks: event.defaultPrevented,
+  note: note.hidden ? null : note.textContent,
+  person: person.map((t) => Number(t.dataset.class)).sort((a, b) => a - b),
+};
+"""
+
+
+def page_state(driver: Any) -> dict[str, Any]:
+    """Whether the page holds unexported decisions and asks before leaving, its
+    restored note (``None`` when hidden) and the classes marked as a person's."""
+    return driver.execute_script(PAGE_STATE)
+
+
+def test_decisions_survive_a_reload_and_leaving_asks_first(tmp_path: Path):
+    """Unexported decisions: leaving asks first (beforeunload) and a reload restores
+    them, with a note; an export or Clear ends the asking; a page whose storage throws
+    still works."""
+    if browser.missing():
+        pytest.skip(f"no browser for the review page test: {browser.missing()}")
+    classes, selection = hostile_run()
+    page = write_review_page(tmp_path / "review.html", classes, selection)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with browser.headless_chromium(downloads) as driver:
+        open_page(driver, page)
+        assert page_state(driver) == {
+            "unsaved": "false",
+            "asks": False,
+            "note": None,
+            "person": [],
+        }
+        click(driver, '.tile[data-class="17"] img')
+        assert page_state(driver) == {
+            "unsaved": "true",
+            "asks": True,
+            "note": None,
+            "person": [17],
+        }
+        driver.refresh()
+        driver.find_element("css selector", "body[data-ready='true']")
+        state = page_state(driver)
+        assert state["person"] == [17] and state["asks"]
+        assert state["note"] == (
+            "restored 1 decision from this browser; Clear to discard"
+        )
+        assert counts(driver)[0] == 4
+
+        click(driver, "#export-csv")
+        wait_for_file(downloads / "selection.csv")
+        assert page_state(driver)["asks"] is False
+        driver.execute_script(SET_SLIDER, "0.55")  # unexported again
+        assert page_state(driver)["asks"] is True
+        driver.refresh()
+        driver.find_element("css selector", "body[data-ready='true']")
+        state = page_state(driver)
+        assert state["person"] == [17] and state["asks"]
+        assert state["note"].startswith("restored 1 decision and threshold 0.550")
+        assert driver.find_element("id", "threshold-value").text == "0.550"
+        click(driver, "#clear-flips")
+        click(driver, "#reset-threshold")
+        assert page_state(driver) == {
+            "unsaved": "false",
+            "asks": False,
+            "note": None,
+            "person": [],
+        }
+        driver.refresh()
+        driver.find_element("css selector", "body[data-ready='true']")
+        assert page_state(driver)["note"] is None
+        assert counts(driver)[0] == selection.n_selected
+
+        # Another run's page (other scores) does not take this one's decisions.
+        click(driver, '.tile[data-class="17"] img')
+        other = dataclasses.replace(selection, scores=selection.scores * 0.99)
+        page2 = write_review_page(tmp_path / "other" / "review.html", classes, other)
+        open_page(driver, page2)
+        assert page_state(driver)["person"] == []
+        assert browser.severe_messages(driver) == []
+
+    with browser.headless_chromium() as driver:
+        browser.run_before_pages(driver, browser.STORAGE_REFUSED)
+        open_page(driver, page)
+        assert driver.execute_script(
+            "try { localStorage; return false } catch (e) { return true }"
+        )
+        click(driver, '.tile[data-class="17"] img')
+        assert page_state(driver)["person"] == [17]
+        assert page_state(driver)["asks"] is True
+        assert counts(driver)[0] == 4
+        assert browser.severe_messages(driver) == []
+
+
+def header_box(driver: Any) -> dict[str, float]:
+    return driver.execute_script(
+        "const box = (s) => document.querySelector(s).getBoundingClientRect();"
+        "const h = box('header'), g = box('#histogram'), c = box('.controls');"
+        "return {header: h.height, view: innerHeight, histTop: g.top - h.top,"
+        " histLeft: g.left, histHeight: g.height, controlsRight: c.right}"
+    )
+
+
+def test_the_header_is_compact(tmp_path: Path):
+    """At 800x600 the sticky header takes at most 35% of the window (the histogram
+    behind a toggle), at 1400x900 the histogram sits beside the controls even for a
+    person's run; screenshots of both."""
+    if browser.missing():
+        pytest.skip(f"no browser for the review page test: {browser.missing()}")
+    page = write_review_page(tmp_path / "review.html", *persons_run(34))
+    with browser.headless_chromium(size=(800, 600)) as driver:
+        open_page(driver, page)
+        assert driver.find_element("id", "reset-threshold").text == (
+            "run: person's selection"
+        )
+        box = header_box(driver)
+        assert box["header"] <= 0.35 * box["view"], box
+        assert box["histHeight"] == 0
+        browser.save_screenshot(driver, tmp_path / "review_header_800x600.png")
+        # The restored note still fits.
+        click(driver, '.tile[data-class="1"] img')
+        driver.refresh()
+        driver.find_element("css selector", "body[data-ready='true']")
+        assert page_state(driver)["note"]
+        box = header_box(driver)
+        assert box["header"] <= 0.35 * box["view"], box
+        toggle = driver.find_element("id", "histogram-toggle")
+        toggle.click()
+        assert toggle.get_attribute("aria-expanded") == "true"
+        assert header_box(driver)["histHeight"] > 0
+        assert browser.severe_messages(driver) == []
+    with browser.headless_chromium(size=(1400, 900)) as driver:
+        open_page(driver, page)
+        assert not driver.find_element("id", "histogram-toggle").is_displayed()
+        box = header_box(driver)
+        assert box["histHeight"] > 0 and box["histTop"] < 20, box
+        assert box["histLeft"] >= box["controlsRight"], box
+        assert box["header"] <= 0.35 * box["view"], box
+        browser.save_screenshot(driver, tmp_path / "review_header_1400x900.png")
+        assert browser.severe_messages(driver) == []
 
 
 HOSTILE_JOB = "job<script>alert(1)</script>&\"'"

@@ -5,6 +5,7 @@ looks for (or downloads) a browser or a driver."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -89,3 +90,33 @@ def severe_messages(driver: Any) -> list[str]:
     """The console's ``SEVERE`` entries (uncaught script errors, failed loads) since the
     last call, as text."""
     return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+#: A script that makes ``localStorage`` and ``sessionStorage`` throw, as some browsers'
+#: ``file://`` pages (or privacy settings) do.
+STORAGE_REFUSED = """
+for (const name of ["localStorage", "sessionStorage"]) {
+  Object.defineProperty(window, name, {
+    configurable: true,
+    get() { throw new DOMException("storage refused", "SecurityError"); },
+  });
+}
+"""
+
+
+def run_before_pages(driver: Any, script: str) -> None:
+    """Run ``script`` in every page the driver opens from now on, before the page's
+    own scripts (Chromium's ``Page.addScriptToEvaluateOnNewDocument``)."""
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": script})
+
+
+def save_screenshot(driver: Any, path: Path) -> Path:
+    """The window's screenshot as ``path`` (a PNG), copied into the folder that
+    ``CRYODISCOVERY_ARTEFACTS`` names, when set."""
+    if not driver.save_screenshot(str(path)):
+        raise AssertionError(f"no screenshot for {path}")
+    artefacts = os.environ.get("CRYODISCOVERY_ARTEFACTS")
+    if artefacts:
+        Path(artefacts).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(artefacts) / path.name)
+    return path
