@@ -32,7 +32,11 @@ from cryodiscovery.core.report.selection_files import (
 )
 from cryodiscovery.relion_external.config import ExternalJobConfig
 from cryodiscovery.relion_external.job import ABORT_NOW, ExternalJob, JobAborted
-from cryodiscovery.relion_external.nodes import detect_version, write_output_nodes
+from cryodiscovery.relion_external.nodes import (
+    STAR_VERSION,
+    detect_version,
+    write_output_nodes,
+)
 from cryodiscovery.relion_external.outputs import (
     class_averages_table,
     write_backup_selection,
@@ -216,6 +220,7 @@ def _write_outputs(
             explain=plan.explain,
             scorer=scorer if plan.explain else None,
             config=plan.record,
+            star_version=STAR_VERSION[plan.version],
         )
         nodes = {k: f"{prefix}{k}.star" for k in ("particles", "class_averages")}
         write_output_nodes(stage, nodes, plan.version)

@@ -390,6 +390,7 @@ def write_selection_files(
     scorer: saliency.ExplainableScorer | None = None,
     config: Mapping[str, Any] | None = None,
     explain_method: str = "gradient-x-input",
+    star_version: int = 30001,
 ) -> dict[str, Path]:
     """Write the report files of a scoring run straight into ``folder`` (a staging
     folder of :func:`~cryodiscovery.core.outputs.replace_output_set`, whose names must
@@ -412,6 +413,9 @@ def write_selection_files(
         Extra settings to record (options of the command).
     explain_method:
         A method of :data:`cryodiscovery.core.report.explain.METHODS`.
+    star_version:
+        The ``# version`` of the review page's exported ``backup_selection.star`` (the
+        RELION job passes its RELION's: 50001 for 5.0).
 
     Returns
     -------
@@ -436,7 +440,13 @@ def write_selection_files(
         )
         written += overlays
     written.append(
-        write_review_page(stage / "review.html", classes, selection, saliency=maps)
+        write_review_page(
+            stage / "review.html",
+            classes,
+            selection,
+            saliency=maps,
+            star_version=star_version,
+        )
     )
     record = _record_config(classes, selection, explain, explain_method, config)
     names = sorted(str(p.relative_to(stage)) for p in written)

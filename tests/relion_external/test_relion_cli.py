@@ -74,6 +74,20 @@ def test_outputs_for_older_relion_versions(relion_project, monkeypatch, version)
     assert not list(out.glob(".staging-*"))
 
 
+@pytest.mark.parametrize(("version", "star"), [("4.0", 30001), ("5.0", 50001)])
+def test_review_page_exports_the_jobs_star_version(
+    relion_project, monkeypatch, version, star
+):
+    """The page's backup_selection.star export carries the version line the job's own
+    backup_selection.star has (RELION 5.0 writes 50001)."""
+    project = relion_project(version=version)
+    monkeypatch.chdir(project)
+    assert run(*DETERMINISTIC) == 0
+    out = project / JOB
+    assert f"# version {star}" in (out / "backup_selection.star").read_text()
+    assert f"# version {star}" in (out / "review.html").read_text()
+
+
 def test_rerun_replaces_outputs_and_a_failed_rerun_keeps_them(
     relion_project, monkeypatch, capsys
 ):
