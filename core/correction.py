@@ -29,9 +29,9 @@ from cryodiscovery.core.person_selection import (
     positions,
     read_person_choice,
 )
+from cryodiscovery.core.report.scores_table import read_scores_csv
 from cryodiscovery.core.report.selection_files import (
     format_summary,
-    read_scores_csv,
     write_selection_outputs,
 )
 from cryodiscovery.core.selection import Selection

@@ -31,7 +31,7 @@ from cryodiscovery.core.io.relion_class2d import (
 )
 from cryodiscovery.core.io.star_tables import read_star
 from cryodiscovery.core.person_selection import person_corrected
-from cryodiscovery.core.report.selection_files import read_scores_csv
+from cryodiscovery.core.report.scores_table import read_scores_csv
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from cryodiscovery.core.classes import ClassAverages, Provenance
 from cryodiscovery.core.model.nets import ClassNet, NetConfig
 from cryodiscovery.core.model.preprocess import PreprocessConfig
 from cryodiscovery.core.model.scorer import ClassScorer
+from cryodiscovery.core.report import scores_table
 from cryodiscovery.core.report import selection_files as report
 from cryodiscovery.core.report.gallery import (
     KEPT_COLOUR,
@@ -89,10 +90,10 @@ def test_scores_csv_is_sorted_by_class_number_with_blank_unknowns(
     tmp_path: Path,
 ) -> None:
     classes, selection = make_case()
-    path = report.write_scores_csv(tmp_path / "scores.csv", classes, selection)
+    path = scores_table.write_scores_csv(tmp_path / "scores.csv", classes, selection)
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == [*report.SCORE_COLUMNS, "kind"]
+    assert list(rows[0]) == [*scores_table.SCORE_COLUMNS, "kind"]
     assert [int(r["class_number"]) for r in rows] == list(range(1, 13))
     by_number = {int(n): i for i, n in enumerate(classes.class_numbers)}
     for row in rows:
@@ -109,9 +110,9 @@ def test_scores_csv_is_sorted_by_class_number_with_blank_unknowns(
 
 def test_scores_csv_has_no_kind_column_when_kinds_unknown(tmp_path: Path) -> None:
     classes, selection = make_case(kinds=False)
-    path = report.write_scores_csv(tmp_path / "scores.csv", classes, selection)
+    path = scores_table.write_scores_csv(tmp_path / "scores.csv", classes, selection)
     header = path.read_text().splitlines()[0]
-    assert header == ",".join(report.SCORE_COLUMNS)
+    assert header == ",".join(scores_table.SCORE_COLUMNS)
 
 
 def test_sections_put_kept_first_each_sorted_by_score() -> None:

@@ -27,11 +27,11 @@ from cryodiscovery.core.model.nets import ClassNet, NetConfig
 from cryodiscovery.core.model.preprocess import PreprocessConfig
 from cryodiscovery.core.model.scorer import ClassScorer
 from cryodiscovery.core.report import selection_files
+from cryodiscovery.core.report.png import png_bytes
 from cryodiscovery.core.report.review import (
     backup_selection_text,
     display_size,
     model_decisions,
-    png_bytes,
     write_review_page,
 )
 from cryodiscovery.core.selection import Selection, SelectionOptions, select_classes
