@@ -192,3 +192,18 @@ def test_particle_framing_config_and_old_models() -> None:
         PreprocessConfig(framing="mask")
     with pytest.raises(ValueError, match="particle_fill"):
         PreprocessConfig(particle_fill=0.95)
+
+
+def test_fourier_resample_gives_the_same_bits_on_any_thread_count() -> None:
+    """scipy.fft's workers share out whole 1-D transforms: inputs, and so scores, do not
+    depend on torch.get_num_threads()."""
+    x = np.random.default_rng(1).normal(size=(21, 90, 90)).astype(np.float32)
+    before = torch.get_num_threads()
+    try:
+        got = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            got += [fourier_resample(x, 64), fourier_resample(x, 131)]
+    finally:
+        torch.set_num_threads(before)
+    assert all(np.array_equal(a, b) for a, b in zip(got[:2] * 2, got[2:], strict=True))
