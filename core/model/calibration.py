@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import ndtri
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +355,8 @@ def adaptive_threshold(
     if sep < cfg.min_separation or gain < cfg.min_bic_gain:
         why = f"scores not bimodal (separation {sep:.2f}, BIC gain {gain:.1f})"
         return AdaptiveThreshold(stored_threshold, False, why, separation=sep)
-    t_fnr = float(mu[1] + sd[1] * ndtri(max(target_fnr, 1e-4)))
+    # the normal quantile (stdlib: scipy.special costs 0.15 s of import per command)
+    t_fnr = float(mu[1] + sd[1] * NormalDist().inv_cdf(max(target_fnr, 1e-4)))
     t_z = min(t_fnr, _boundary(w, mu, sd))
     t = float(sigmoid(t_z))
     t = min(max(t, cfg.floor), stored_threshold)

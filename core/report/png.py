@@ -33,7 +33,7 @@ def _filtered_rows(x: npt.NDArray[np.int16], channels: int) -> npt.NDArray[np.ui
 
 def png_bytes(pixels: npt.ArrayLike) -> bytes:
     """Encode ``(h, w)`` grey or ``(h, w, 3)`` RGB uint8 pixels as a PNG (8 bits per
-    channel, per-row adaptive filters, deflate level 9).
+    channel, per-row adaptive filters, deflate level 6).
 
     A class average at 128 px takes about 7 KB (Pillow's optimised PNG is no smaller);
     grey images are stored as grey, a third of RGB.
@@ -52,7 +52,8 @@ def png_bytes(pixels: npt.ArrayLike) -> bytes:
     colour = 0 if channels == 1 else 2  # grey or RGB
     header = struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)
     # Z_FILTERED suits filtered continuous-tone rows: 5% smaller than the default.
-    deflate = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_FILTERED)
+    # Level 6: 1.7% larger than level 9 on class averages, 4-5x faster.
+    deflate = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_FILTERED)
     data = deflate.compress(raw.tobytes()) + deflate.flush()
     return (
         b"\x89PNG\r\n\x1a\n"
