@@ -231,38 +231,54 @@ def recorded_selection(
     return model, counts
 
 
-def working_dir_of(job_dir: Path, record: dict[str, Any]) -> Path:
-    """The folder the run's relative paths are relative to: where the job folder is now,
-    less the relative output path the scoring command line gave (``--out``/``--o``,
-    also ``--out=X``), so that a RELION project moved or copied elsewhere reads its own
-    inputs; else the recorded working folder; else the current folder."""
+def working_dir_candidates(job_dir: Path, record: dict[str, Any]) -> list[Path]:
+    """Where the run's relative paths may be relative to, most likely first: the
+    recorded working folder, then where the job folder is now less the relative output
+    path the scoring command line gave (``--out``/``--o``, also ``--out=X``; a RELION
+    project moved or copied elsewhere), then the current folder."""
     config = record.get("config") or {}
+    found: list[Path] = []
+    recorded = config.get("working_dir")
+    if recorded:
+        found.append(Path(str(recorded)))
     argv = [str(a) for a in config.get("scored_argv") or record.get("argv") or []]
     here = job_dir.resolve()
     for i, arg in enumerate(argv):
         flag, eq, value = arg.partition("=")
-        if flag not in _OUT_FLAGS:
+        if flag not in _OUT_FLAGS or (not eq and i + 1 >= len(argv)):
             continue
-        if not eq:
-            if i + 1 >= len(argv):
-                continue
-            value = argv[i + 1]
-        given = Path(value)
+        given = Path(value if eq else argv[i + 1])
         parts = given.parts
         if parts and not given.is_absolute() and here.parts[-len(parts) :] == parts:
-            return here.parents[len(parts) - 1]
-    recorded = config.get("working_dir")
-    return Path(str(recorded)) if recorded else Path.cwd()
+            found.append(here.parents[len(parts) - 1])
+    found.append(Path.cwd())
+    return list(dict.fromkeys(found))
+
+
+def working_dir_of(job_dir: Path, record: dict[str, Any]) -> Path:
+    """The folder the run was started from (:func:`working_dir_candidates`' first)."""
+    return working_dir_candidates(job_dir, record)[0]
 
 
 def recorded_path(record: Any, key: str, job_dir: Path) -> Path | None:
-    """The path a run record holds under ``config[key]`` (a relative one resolved
-    against the run's working folder, :func:`working_dir_of`); ``None`` without one."""
+    """The path a run record holds under ``config[key]``; a relative one resolved
+    against the first of :func:`working_dir_candidates` where it exists, so a project
+    copied or moved as a whole reads its own inputs when the original is gone or the
+    record predates the copy (else against the recorded working folder, so that the
+    error names the path the run used); ``None`` without one."""
     config = record.get("config") if isinstance(record, dict) else None
     if not isinstance(config, dict) or not config.get(key):
         return None
     path = Path(str(config[key]))
-    return path if path.is_absolute() else working_dir_of(job_dir, record) / path
+    if path.is_absolute():
+        return path
+    bases = working_dir_candidates(job_dir, record)
+    # A copy of the whole project beside the original: its own inputs come first.
+    moved = [b for b in bases[1:] if b != Path.cwd()] + bases[:1] + [Path.cwd()]
+    for base in dict.fromkeys(moved):
+        if (base / path).exists():
+            return base / path
+    return bases[0] / path
 
 
 def prepare_correction(
@@ -308,7 +324,7 @@ def rewrite_score(correction: Correction) -> str:
         classes,
         correction.in_input_order(classes.class_numbers),
         argv=correction.argv,
-        command="score",
+        command=correction.command,  # "score", or "demo" for the demo's folder
         explain=scorer is not None,
         scorer=scorer,
         config=correction.record_config(),

@@ -458,3 +458,22 @@ def test_wrong_arguments_are_named_for_what_they_are(relion, tmp_path, capsys):
         [line] = capsys.readouterr().err.strip().splitlines()
         assert says in line
     assert snapshot(job) == before
+
+
+def test_an_output_folder_copied_alone_reads_the_original_inputs(
+    generated, tiny_model, tmp_path, monkeypatch
+):
+    """Only the results folder copied elsewhere (the project stays): its relative
+    inputs are where the run was started, not beside the copy."""
+    project = tmp_path / "project"
+    shutil.copytree(generated["relion"], project)
+    monkeypatch.chdir(project)
+    argv = ["score", DATA_STAR, "--out", "res", "--model", str(tiny_model)]
+    assert cli.main([*argv, *KEEP_ALL]) == 0
+    copy = tmp_path / "elsewhere" / "res"
+    shutil.copytree(project / "res", copy)
+    monkeypatch.chdir(tmp_path)
+    table = scores(copy)
+    selection = write_selection(tmp_path / "s.csv", table, flipped(table))
+    assert apply(copy, selection) == 0
+    assert kept_of(scores(copy)) == flipped(table)

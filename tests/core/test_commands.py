@@ -241,6 +241,15 @@ def test_demo_then_evaluate_its_project(run, model: Path, tmp_path: Path) -> Non
     assert [n for n in after if after[n] != before[n]] == [flip]
     record = json.loads((demo / "score" / "run_record.json").read_text())
     assert record["config"]["selection_source"] == "person"
+    # still the demo's folder: a flip on simulated data is no label beside the truth
+    assert record["command"] == "demo"
+    from cryodiscovery.core.io.history import find_labelled_sets
+
+    (truth,) = find_labelled_sets(demo)  # the true selection (Select/job002) only
+    kinds = {int(r["class_number"]): r["kind"] for r in table}
+    assert truth.labels.tolist() == [
+        int(kinds[int(c)].startswith("good")) for c in truth.class_numbers
+    ]
 
 
 def test_evaluate_without_labels_names_the_folder(
