@@ -69,15 +69,27 @@ def staged_outputs(out_dir: str | Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-#: Files that mark a folder as a RELION job's (or project's) or a cryoSPARC job's.
-FOREIGN_JOB_FILES: dict[str, str] = {
-    "job.json": "a cryoSPARC job",
-    "job.star": "a RELION job",
-    "note.txt": "a RELION job",
-    "default_pipeline.star": "a RELION project",
-    "RELION_JOB_EXIT_SUCCESS": "a RELION job",
-    "RELION_JOB_EXIT_FAILURE": "a RELION job",
-}
+#: What marks a folder as a RELION job's (or project's) or a cryoSPARC job's: a file name,
+#: the text its content must hold (None: any file of that name), and whose it is.
+FOREIGN_JOB_FILES: tuple[tuple[str, str | None, str], ...] = (
+    ("default_pipeline.star", None, "a RELION project"),
+    ("RELION_JOB_EXIT_SUCCESS", None, "a RELION job"),
+    ("RELION_JOB_EXIT_FAILURE", None, "a RELION job"),
+    ("RELION_JOB_EXIT_ABORTED", None, "a RELION job"),
+    ("job.star", "data_job", "a RELION job"),
+    ("note.txt", "++++ Executing new job", "a RELION job"),
+    ("job.json", '"project_uid"', "a cryoSPARC job"),
+)
+
+
+def recorded_command(folder: str | Path) -> str | None:
+    """The ``command`` of ``folder/run_record.json`` (this project's outputs), or None."""
+    record = Path(folder) / "run_record.json"
+    try:
+        command = json.loads(record.read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return command if isinstance(command, str) else None
 
 
 def check_output_folder(out_dir: str | Path, command: str | None = None) -> Path:
@@ -86,7 +98,9 @@ def check_output_folder(out_dir: str | Path, command: str | None = None) -> Path
     Creates nothing: the nearest existing ancestor must be a folder this process can
     write in (probed by creating and removing a file, so the answer is right for root
     and for ACLs too). With ``command``, a folder that belongs to a RELION or cryoSPARC
-    job or project (:data:`FOREIGN_JOB_FILES`) is refused too, unless it holds this
+    job or project (:data:`FOREIGN_JOB_FILES`: RELION's pipeline and exit markers, or a
+    ``job.star``, ``note.txt`` or ``job.json`` with RELION's or cryoSPARC's content) is
+    refused too, unless it holds this
     command's own earlier outputs (a ``run_record.json`` of ``command``): those folders
     are RELION's and cryoSPARC's, and writing into them would mix outputs into a job
     they describe.
@@ -119,20 +133,24 @@ def check_output_folder(out_dir: str | Path, command: str | None = None) -> Path
 
 
 def _refuse_foreign_job(out: Path, command: str) -> None:
-    record = out / "run_record.json"
-    if record.is_file():
-        try:
-            if json.loads(record.read_text()).get("command") == command:
-                return
-        except (OSError, ValueError, AttributeError):
-            pass
-    for name, owner in FOREIGN_JOB_FILES.items():
-        if (out / name).exists():
-            raise InputError(
-                out,
-                f"is {owner}'s folder (it holds {name}), not an output folder of "
-                f"{command}; give a new folder for the outputs",
-            )
+    if recorded_command(out) == command:
+        return
+    for name, holds, owner in FOREIGN_JOB_FILES:
+        path = out / name
+        if not path.is_file():
+            continue
+        if holds is not None:
+            try:
+                with open(path, errors="replace") as fh:
+                    if holds not in fh.read(65536):
+                        continue
+            except OSError:
+                continue
+        raise InputError(
+            out,
+            f"is {owner}'s folder (it holds {name}), not an output folder of "
+            f"{command}; give a new folder for the outputs",
+        )
 
 
 def _in_set(name: str, patterns: Iterable[str]) -> bool:

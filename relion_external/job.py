@@ -8,7 +8,6 @@ creating ``RELION_JOB_ABORT_NOW``. Names as in RELION's ``src/pipeline_control.h
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -16,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.outputs import recorded_command
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +71,8 @@ def check_job_folder(folder: str | Path, command: str) -> None:
     if not path.is_dir():
         raise InputError(path, "exists and is not a folder; give the job folder")
     names = {p.name for p in path.iterdir()}
-    record = path / "run_record.json"
-    if record.is_file():
-        try:
-            if json.loads(record.read_text()).get("command") == command:
-                return
-        except (OSError, ValueError, AttributeError):
-            pass
+    if recorded_command(path) == command:
+        return
     job_star = path / "job.star"
     if job_star.is_file():
         try:

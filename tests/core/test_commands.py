@@ -413,13 +413,13 @@ def test_score_refuses_another_programs_job_folder_and_touches_nothing(
     run, relion_job: Path, model: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     class2d = relion_job.parent  # the generated project's Class2D/job001
-    (class2d / "job.star").touch()
+    (class2d / "job.star").write_text("\n# version 50001\n\ndata_job\n\n")
     before = sorted(p.name for p in class2d.iterdir())
     code, _, err = run(
         ["score", str(relion_job), "--out", str(class2d), "--model", str(model)]
     )
     assert code == 2
-    assert "a RELION job's folder (it holds job.star)" in err
+    assert "a RELION job's folder (it holds " in err
     assert len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in class2d.iterdir()) == before
     # its own earlier output folder is fine, also with a RELION-looking file in it
@@ -433,3 +433,10 @@ def test_score_refuses_another_programs_job_folder_and_touches_nothing(
         run(["score", str(relion_job), "--out", str(out), "--model", str(model)])[0]
         == 0
     )
+    # a user's folder with their own note.txt and job.json is not a job's folder
+    own = tmp_path / "results"
+    own.mkdir()
+    (own / "note.txt").write_text("to do: check class 7\n")
+    (own / "job.json").write_text('{"mine": true}')
+    scored = ["score", str(relion_job), "--out", str(own), "--model", str(model)]
+    assert run(scored)[0] == 0

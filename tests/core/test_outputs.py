@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from cryodiscovery.core.errors import InputError
@@ -141,3 +142,37 @@ def test_read_only_output_folder_is_an_input_error(tmp_path):
             check_output_folder(folder / "out")
     finally:
         folder.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "refused"),
+    [
+        (
+            "job.star",
+            "\n# version 50001\n\ndata_job\n\n_rlnJobTypeLabel relion.select\n",
+            True,
+        ),
+        ("job.star", "my own job list\n", False),
+        ("note.txt", "\n ++++ Executing new job on Mon Jan  1 2024\n", True),
+        ("note.txt", "to do: check class 7\n", False),
+        ("job.json", '{"project_uid": "P3", "uid": "J42", "type": "select_2D"}', True),
+        ("job.json", '{"mine": true}', False),
+        ("default_pipeline.star", "", True),
+        ("RELION_JOB_EXIT_FAILURE", "", True),
+    ],
+)
+def test_another_programs_job_folder_is_refused_by_its_content(
+    tmp_path: Path, name: str, text: str, refused: bool
+) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / name).write_text(text)
+    if refused:
+        with pytest.raises(InputError, match=f"it holds {name}"):
+            check_output_folder(folder, "score")
+    else:
+        assert check_output_folder(folder, "score") == folder
+    assert check_output_folder(folder) == folder  # without a command: no such check
+    # this command's own earlier outputs there: allowed
+    (folder / "run_record.json").write_text('{"command": "score"}')
+    assert check_output_folder(folder, "score") == folder

@@ -248,7 +248,7 @@ def test_refuses_the_2d_job_folder_and_other_cryosparc_jobs(
     out = job_dir if where == "input" else tmp_path / "CS-demo" / "J13"
     if where == "select":  # a Select 2D job of cryoSPARC: its .cs must stay
         out.mkdir(parents=True)
-        (out / "job.json").write_text('{"type": "select_2D"}')
+        (out / "job.json").write_text('{"project_uid": "P1", "type": "select_2D"}')
         (out / "particles_selected.cs").write_bytes(b"cryoSPARC's own")
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     code = main(["--job-dir", str(job_dir), "--out", str(out)])
