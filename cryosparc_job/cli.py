@@ -37,6 +37,7 @@ from cryodiscovery.core.commands.selection_args import (
     selection_options,
 )
 from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.outputs import check_output_folder
 from cryodiscovery.core.person_selection import PersonChoice, read_person_choice
 from cryodiscovery.cryosparc_job.online import (
     JobInterrupted,
@@ -178,6 +179,8 @@ def _run(
         result = run_offline(args.job_dir, args.out, select, argv=argv, choice=choice)
         print(f"{result.summary}\nwrote {len(result.files)} files to {args.out}")
         return result
+    if args.out is not None:  # the local report folder: refused before the server
+        check_output_folder(args.out, PROG)
     request = OnlineRequest(
         args.project, args.job, args.workspace, args.title, args.out, argv, choice
     )

@@ -243,7 +243,8 @@ def run_offline(
     """
     # refused before the scoring, not after: an unusable folder, the 2D job's own, or
     # another cryoSPARC job's (a Select 2D job's .cs files must never be replaced)
-    if Path(out_dir).resolve() == Path(job_dir).resolve():
+    source_dir = Path(job_dir) if Path(job_dir).is_dir() else Path(job_dir).parent
+    if Path(out_dir).resolve() == source_dir.resolve():
         raise InputError(
             out_dir, "is the 2D job's own folder; give a new folder for the outputs"
         )
@@ -261,7 +262,7 @@ def run_offline(
     job_uid = output_job_uid(out, what.rsplit("/", 1)[-1])
     config = {"job_dir": str(job_dir), "working_dir": str(Path.cwd()), **who}
     with replace_output_set(out, output_set()) as stage:
-        written = write_partition(parts, stage, job_uid, classes, Path(job_dir))
+        written = write_partition(parts, stage, job_uid, classes, source_dir)
         reports = write_selection_files(
             stage,
             classes,

@@ -131,3 +131,18 @@ def test_offline_is_not_refused_for_a_server_in_the_environment(
     code = main(["--job-dir", str(tmp_path / "J9"), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "no such file or folder" in _err(capsys)
+
+
+def test_online_out_into_a_cryosparc_job_folder_is_refused_first(
+    env, fake, tmp_path, capsys
+):
+    """The local report folder is checked before anything is asked of the server."""
+    other = tmp_path / "P1" / "J2"
+    other.mkdir(parents=True)
+    (other / "job.json").write_text('{"project_uid": "P1", "uid": "J2"}')
+    jobs = set(fake.jobs)
+    argv = ["--project", "P1", "--job", fake.uids["class2d"], "--out", str(other)]
+    assert main(argv, select=keep([1])) == 2
+    assert "job.json" in _err(capsys)
+    assert set(fake.jobs) == jobs  # no External job made
+    assert sorted(p.name for p in other.iterdir()) == ["job.json"]

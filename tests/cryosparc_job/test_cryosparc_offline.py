@@ -241,18 +241,19 @@ def test_each_output_has_a_group_file_for_import_result_group(job_dir, tmp_path)
     assert (out / "J43_passthrough_particles_selected.cs").is_file()
 
 
-@pytest.mark.parametrize("where", ["input", "select"])
+@pytest.mark.parametrize("where", ["input", "input .cs", "select"])
 def test_refuses_the_2d_job_folder_and_other_cryosparc_jobs(
     job_dir, tmp_path, capsys, where
 ):
-    out = job_dir if where == "input" else tmp_path / "CS-demo" / "J13"
+    out = tmp_path / "CS-demo" / "J13" if where == "select" else job_dir
+    source = job_dir / "J12_020_class_averages.cs" if where == "input .cs" else job_dir
     if where == "select":  # a Select 2D job of cryoSPARC: its .cs must stay
         out.mkdir(parents=True)
         (out / "job.json").write_text('{"project_uid": "P1", "type": "select_2D"}')
         (out / "particles_selected.cs").write_bytes(b"cryoSPARC's own")
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    code = main(["--job-dir", str(job_dir), "--out", str(out)])
+    code = main(["--job-dir", str(source), "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert ("2D job's own folder" if where == "input" else "job.json") in err
+    assert ("job.json" if where == "select" else "2D job's own folder") in err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
