@@ -11,12 +11,13 @@ import importlib
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from types import FrameType, ModuleType
 
 from cryodiscovery.core import __version__
 from cryodiscovery.core.errors import InputError
+from cryodiscovery.core.outputs import interrupt_or_hold
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +98,17 @@ def configure_logging(verbose: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """Within the block, SIGTERM (``kill``, a queue's time limit) raises
-    :class:`KeyboardInterrupt` like Ctrl-C, so staged outputs are removed and the command
-    exits 130 instead of dying with partial files left behind."""
+def sigterm_interrupts(
+    error: Callable[[], BaseException] = lambda: KeyboardInterrupt("SIGTERM"),
+) -> Iterator[None]:
+    """Within the block, SIGTERM (``kill``, a queue's time limit) raises ``error()``
+    (default :class:`KeyboardInterrupt`, as Ctrl-C), so staged outputs are removed and
+    the command exits 130 instead of dying with partial files left behind; while
+    outputs are being put in place (:func:`~cryodiscovery.core.outputs.commit_section`)
+    it waits for the last rename."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        interrupt_or_hold(error())
 
     try:
         previous = signal.signal(signal.SIGTERM, handler)

@@ -46,6 +46,37 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+#: Commit sections entered and not yet left, and the interruptions they hold back.
+_commit_depth = 0
+_held_back: list[BaseException] = []
+
+
+@contextlib.contextmanager
+def commit_section() -> Iterator[None]:
+    """Within the block (the renames that put a set of outputs in place), an interruption
+    raised through :func:`interrupt_or_hold` waits until the block ends, so a signal
+    never leaves half of the old outputs and half of the new; then it is raised."""
+    global _commit_depth
+    _commit_depth += 1
+    try:
+        yield
+    finally:
+        _commit_depth -= 1
+    if _commit_depth == 0 and _held_back:
+        error = _held_back[0]
+        _held_back.clear()
+        raise error
+
+
+def interrupt_or_hold(error: BaseException) -> None:
+    """For signal handlers: raise ``error`` now, or at the end of the commit section in
+    progress (:func:`commit_section`)."""
+    if _commit_depth:
+        _held_back.append(error)
+        return
+    raise error
+
+
 @contextlib.contextmanager
 def staged_outputs(out_dir: str | Path) -> Iterator[Path]:
     """Yield a staging folder inside ``out_dir``; on success move its files into place.
@@ -59,12 +90,13 @@ def staged_outputs(out_dir: str | Path) -> Iterator[Path]:
     stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     try:
         yield stage
-        for src in sorted(stage.rglob("*")):
-            if src.is_dir():
-                continue
-            dest = out / src.relative_to(stage)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dest)
+        with commit_section():
+            for src in sorted(stage.rglob("*")):
+                if src.is_dir():
+                    continue
+                dest = out / src.relative_to(stage)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dest)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -203,12 +235,13 @@ def replace_output_set(out_dir: str | Path, names: Iterable[str]) -> Iterator[Pa
         if undeclared:
             raise ValueError(f"outputs outside the declared set: {undeclared}")
         mode = 0o666 & ~_umask()  # temporary files are private; outputs are not
-        for src in staged:
-            src.chmod(mode)
-            dest = out / src.relative_to(stage)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dest)
-        _remove_stale(out, patterns, written)
+        with commit_section():  # a SIGTERM now waits for the last rename
+            for src in staged:
+                src.chmod(mode)
+                dest = out / src.relative_to(stage)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dest)
+            _remove_stale(out, patterns, written)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

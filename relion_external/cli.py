@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import signal
 import sys
 import traceback
-from collections.abc import Iterator
-from types import FrameType
 
 from cryodiscovery.core import __version__
+from cryodiscovery.core.cli import sigterm_interrupts
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.relion_external.config import add_args, config_from_args
 from cryodiscovery.relion_external.job import (
@@ -70,22 +68,10 @@ def configure_logging(verbose: bool = False) -> None:
     )
 
 
-@contextlib.contextmanager
-def _sigterm_aborts() -> Iterator[None]:
-    """Turn SIGTERM (a queue's time limit, ``kill``) into :class:`JobAborted`."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise JobAborted("terminated by SIGTERM")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def sigterm_aborts() -> contextlib.AbstractContextManager[None]:
+    """Within the block, SIGTERM (a queue's time limit, ``kill``) raises
+    :class:`JobAborted` (after the outputs being put in place, if any)."""
+    return sigterm_interrupts(lambda: JobAborted("terminated by SIGTERM"))
 
 
 def _report_failure(err: BaseException) -> None:
@@ -128,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CODES["bad_input"]
     job = ExternalJob(control)
     try:
-        with job, _sigterm_aborts():
+        with job, sigterm_aborts():
             log.info("%s %s: automated 2D class selection", PROG, __version__)
             if unknown:
                 log.warning("ignoring arguments not understood: %s", " ".join(unknown))

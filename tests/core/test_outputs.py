@@ -176,3 +176,40 @@ def test_another_programs_job_folder_is_refused_by_its_content(
     # this command's own earlier outputs there: allowed
     (folder / "run_record.json").write_text('{"command": "score"}')
     assert check_output_folder(folder, "score") == folder
+
+
+def test_sigterm_during_the_renames_waits_for_the_whole_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real SIGTERM arriving between two renames: every output of the new set is in
+    place before the interruption is raised (never half old, half new)."""
+    import signal
+
+    from cryodiscovery.core import cli
+    from cryodiscovery.core import outputs as outputs_module
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (out / name).write_text("old")
+    real_replace = os.replace
+    calls = []
+
+    def replace_then_signal(src: object, dest: object) -> None:
+        real_replace(src, dest)  # type: ignore[arg-type]
+        calls.append(dest)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(outputs_module.os, "replace", replace_then_signal)
+    with pytest.raises(KeyboardInterrupt), cli.sigterm_interrupts():
+        with replace_output_set(out, ["*.txt"]) as stage:
+            for name in ("a.txt", "b.txt", "c.txt"):
+                (stage / name).write_text("new")
+    assert len(calls) == 3
+    assert {p.name: p.read_text() for p in out.glob("*.txt")} == {
+        "a.txt": "new",
+        "b.txt": "new",
+        "c.txt": "new",
+    }
+    assert not list(out.glob(".staging-*"))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import starfile
 from cryodiscovery.relion_external import selection_job
-from cryodiscovery.relion_external.cli import _sigterm_aborts, main
+from cryodiscovery.relion_external.cli import main, sigterm_aborts
 from cryodiscovery.relion_external.job import ABORT_NOW, EXIT_MARKERS, JobAborted
 
 JOB = "External/job010/"
@@ -269,7 +269,7 @@ def test_write_job_star(tmp_path, capsys):
 
 def test_sigterm_becomes_an_abort_and_the_handler_is_restored():
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(JobAborted, match="SIGTERM"), _sigterm_aborts():
+    with pytest.raises(JobAborted, match="SIGTERM"), sigterm_aborts():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises as soon as the signal arrives
     assert signal.getsignal(signal.SIGTERM) is before
