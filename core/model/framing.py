@@ -104,7 +104,7 @@ def particle_radius(images: npt.ArrayLike, mask: npt.ArrayLike) -> FloatArray:
     n, box = imgs.shape[0], imgs.shape[-1]
     r, shells = _shells(box)
     mask_px = np.asarray(mask, dtype=np.float64) * box / 2.0
-    out = np.empty(n, dtype=np.float32)
+    out = np.full(n, np.nan, dtype=np.float32)  # NaN for a NaN mask, as before
     # Images with one mask radius share their regions (most stacks have one mask).
     blocks: list[tuple[npt.NDArray[np.intp], float]] = []
     for rm in np.unique(mask_px).tolist():
@@ -137,8 +137,11 @@ def _in_threads(work: Callable[[_Block], None], blocks: list[_Block]) -> None:
         for block in blocks:
             work(block)
         return
-    with ThreadPoolExecutor(workers) as pool:
+    pool = ThreadPoolExecutor(workers)
+    try:
         list(pool.map(work, blocks))  # list(): raise the first error here
+    finally:  # on Ctrl-C/SIGTERM do not wait for the queued blocks
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _smoothed_inside(

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from cryodiscovery.core.model.preprocess import N_META
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils import fuse_conv_bn_eval
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class ClassNet(nn.Module):
 
 def inference_copy(net: ClassNet) -> ClassNet:
     """A copy of an eval-mode ``net`` for scoring only: each BatchNorm folded into the
-    convolution before it (``torch.nn.utils.fusion.fuse_conv_bn_eval``: the same
+    convolution before it (``torch.nn.utils.fuse_conv_bn_eval``: the same
     affine map, one pass fewer) and the weights in ``channels_last`` memory format
     (faster convolutions on the CPU). Logits equal ``net``'s to float32 rounding
     (about 1e-6). ``net`` itself is left as it is: training and the federation keep the
@@ -183,7 +183,7 @@ def inference_copy(net: ClassNet) -> ClassNet:
     ValueError
         ``net`` is in training mode (its BatchNorm layers use batch statistics then).
     """
-    if net.training:
+    if any(m.training for m in net.modules()):
         raise ValueError("only a network in eval mode can be fused for inference")
     fused = copy.deepcopy(net)
     for module in list(fused.modules()):

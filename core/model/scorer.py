@@ -159,7 +159,9 @@ class ClassScorer:
         ``channels_last`` weights (:func:`~cryodiscovery.core.model.nets.inference_copy`),
         made afresh from the current weights on each call; the members themselves when
         any is in training mode or uses GroupNorm (nothing to fold)."""
-        if self.net_config.norm != "batch" or any(m.training for m in self.members):
+        if self.net_config.norm != "batch" or any(
+            m.training for member in self.members for m in member.modules()
+        ):
             return list(self.members)
         return [inference_copy(m) for m in self.members]
 

@@ -150,3 +150,16 @@ def test_scorer_scores_with_fused_copies_as_with_its_members() -> None:
     cfg = NetConfig(stem=8, widths=(12, 16), norm="group")
     grouped = ClassScorer([ClassNet(cfg)], cfg, PreprocessConfig(), "single", 0.5)
     assert grouped.inference_networks() == grouped.members
+
+
+def test_a_batchnorm_left_in_training_mode_is_never_fused() -> None:
+    """The whole net in eval mode but one BatchNorm in training mode (as a caller may
+    leave it): fusing is refused with a clear error, and scoring uses the members."""
+    scorer = tiny_scorer()
+    norm = next(
+        m for m in scorer.members[0].modules() if isinstance(m, torch.nn.BatchNorm2d)
+    )
+    norm.train()
+    with pytest.raises(ValueError, match="eval mode"):
+        inference_copy(scorer.members[0])
+    assert scorer.inference_networks()[0] is scorer.members[0]
