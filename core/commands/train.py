@@ -73,6 +73,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         default=0.03,
         help="false-negative rate the stored threshold is set for",
     )
+    parser.add_argument(
+        "--image-only-target-fnr",
+        type=float,
+        default=None,
+        metavar="F",
+        help="the same for the image-only threshold (bare stacks; default: "
+        "--target-fnr; the shipped model uses 0.2, see the README's Thresholds)",
+    )
     parser.add_argument("--name", default=None, help="model name (default: file stem)")
     parser.add_argument(
         "--device",
@@ -102,8 +110,12 @@ def main(args: argparse.Namespace) -> int:
     """Run ``cryodiscovery train``."""
     if args.epochs is not None and args.epochs < 1:
         raise InputError(None, f"--epochs must be at least 1, got {args.epochs}")
-    if not 0.0 <= args.target_fnr < 1.0:
-        raise InputError(None, f"--target-fnr must be in [0, 1), got {args.target_fnr}")
+    for flag, value in (
+        ("--target-fnr", args.target_fnr),
+        ("--image-only-target-fnr", args.image_only_target_fnr),
+    ):
+        if value is not None and not 0.0 <= value < 1.0:
+            raise InputError(None, f"{flag} must be in [0, 1), got {value}")
     device = resolve_device(args.device).type
     sets = _load_sets(args.data)
     net_config, pre = NetConfig(), PreprocessConfig()
@@ -131,7 +143,10 @@ def main(args: argparse.Namespace) -> int:
         net_config,
         pre,
         cfg,
-        boost=BoostConfig(target_fnr=args.target_fnr),
+        boost=BoostConfig(
+            target_fnr=args.target_fnr,
+            image_only_target_fnr=args.image_only_target_fnr,
+        ),
         init=init,
         name=args.name or args.out.stem,
         info={

@@ -198,6 +198,7 @@ def test_train_command_trains_and_fine_tunes_from_relion_projects(tmp_path) -> N
             epochs=1,
             seed=0,
             target_fnr=0.03,
+            image_only_target_fnr=None,
             name=None,
             device="cpu",
         )
@@ -209,8 +210,11 @@ def test_train_command_trains_and_fine_tunes_from_relion_projects(tmp_path) -> N
     assert out.with_suffix(".json").is_file()
     assert first.info["data_sizes"]["train"]["classes"] > 60
     tuned = tmp_path / "tuned.pt"
-    assert run(init=str(out), out=tuned) == 0
-    assert load_scorer(tuned).info["init"] == str(out)
+    assert run(init=str(out), out=tuned, image_only_target_fnr=0.2) == 0
+    tuned_model = load_scorer(tuned)
+    assert tuned_model.info["init"] == str(out)
+    assert first.image_only_target_fnr is None
+    assert tuned_model.image_only_target_fnr == 0.2
 
 
 def test_constant_schedule_keeps_the_rate_and_onecycle_anneals_it() -> None:
