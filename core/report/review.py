@@ -353,7 +353,7 @@ def write_review_page(
         "starHead": star_head,
         "starTail": BACKUP_STAR_TAIL,
         "detailLabels": _DETAIL_LABELS,
-        "storageKey": storage_key(classes, selection, entries),
+        "storageKey": storage_key(classes, selection, entries, Path(path)),
         "classes": entries,
     }
     fields = {
@@ -390,13 +390,21 @@ def _run_button(selection: Selection, shown: str) -> str:
 
 
 def storage_key(
-    classes: ClassAverages, selection: Selection, entries: list[dict[str, Any]]
+    classes: ClassAverages,
+    selection: Selection,
+    entries: list[dict[str, Any]],
+    page: Path | None = None,
 ) -> str:
     """The key under which the page keeps a person's decisions in the browser: unique
-    to the run (model, job, files, and each class's number, score and decision), so
-    that another run's page, or this job's after ``apply-selection``, starts afresh."""
+    to the run (model, job, files, each class's number, score and decision, and the
+    output folder the page is written for), so that another run's page (also one of the
+    same input in another folder), or this job's after ``apply-selection``, starts
+    afresh."""
     prov = classes.provenance
+    # the output folder, not a staging folder inside it
+    folder = "" if page is None else str(page.resolve().parent).split("/.staging-")[0]
     run = [
+        folder,
         selection.model_sha256,
         prov.job,
         list(prov.sources),

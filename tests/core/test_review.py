@@ -534,3 +534,11 @@ def test_the_storage_key_is_the_runs_own(tmp_path: Path) -> None:
         ),
     ]
     assert len({first, *others}) == 5
+    # the same run written into another output folder (score --out a / --out b)
+    elsewhere = tmp_path / "other"
+    elsewhere.mkdir()
+    assert key(classes, base, "other/a.html") != first
+    # a staging folder inside the output folder counts as the output folder
+    staged = tmp_path / ".staging-x1"
+    staged.mkdir()
+    assert key(classes, base, ".staging-x1/review.html") == first
