@@ -349,10 +349,6 @@ class Evaluation:
         return float(getattr(self, name))
 
 
-def _labelled(sets: Sequence[ClassAverages]) -> list[ClassAverages]:
-    return [s.subset(s.labels != Label.UNKNOWN) for s in sets if len(s)]
-
-
 @dataclass(frozen=True, eq=False)
 class PreparedSet:
     """Labelled classes turned into network inputs once (they do not change between
@@ -366,7 +362,8 @@ class PreparedSet:
 
 def prepare_sets(scorer: ClassScorer, sets: Sequence[ClassAverages]) -> PreparedSet:
     """Network inputs for the labelled classes of ``sets`` (unknown labels dropped)."""
-    parts = [s for s in _labelled(sets) if len(s)]
+    whole = [s for s in sets if len(s) and (s.labels != Label.UNKNOWN).any()]
+    parts = [s.subset(s.labels != Label.UNKNOWN) for s in whole]
     if not parts:
         size = scorer.preprocess.size
         return PreparedSet(
@@ -375,7 +372,15 @@ def prepare_sets(scorer: ClassScorer, sets: Sequence[ClassAverages]) -> Prepared
             torch.zeros(0, scorer.net_config.meta_features),
             scorer.preprocess,
         )
-    inputs = [scorer.prepare(s) for s in parts]
+    # images of the labelled classes; metadata features (some relative to the job, a
+    # class's share of its particles) from the whole job, as scoring computes them
+    inputs = [
+        (
+            scorer.prepare(part)[0],
+            scorer.metadata(job)[torch.from_numpy(job.labels != Label.UNKNOWN)],
+        )
+        for job, part in zip(whole, parts, strict=True)
+    ]
     labels = np.concatenate(
         [(s.labels == Label.SELECTED).astype(np.int64) for s in parts]
     )

@@ -26,6 +26,7 @@ from cryodiscovery.core.model.nets import (
 from cryodiscovery.core.model.preprocess import (
     PreprocessConfig,
     input_windows,
+    metadata_features,
     prepare_inputs,
 )
 
@@ -124,6 +125,13 @@ class ClassScorer:
             else IMAGE_ONLY
         )
 
+    def metadata(self, classes: ClassAverages) -> torch.Tensor:
+        """``(n, F)`` metadata features of a whole job (``(n, 0)`` for an image-only
+        model); some are relative to the job (a class's share of its particles)."""
+        if not self.uses_metadata:
+            return torch.zeros((len(classes), 0))
+        return torch.from_numpy(metadata_features(classes))
+
     def prepare(self, classes: ClassAverages) -> tuple[torch.Tensor, torch.Tensor]:
         """Network inputs: ``(n, 1, s, s)`` images and ``(n, F)`` metadata features."""
         images, meta = prepare_inputs(classes, self.preprocess)
@@ -182,6 +190,9 @@ class ClassScorer:
         dev = resolve_device(device)
         scores = []
         networks = self.inference_networks()
+        # Metadata features are relative to the whole job (a class's share of the
+        # particles, as in training): computed once, never per batch.
+        meta_all = self.metadata(classes)
         try:
             for m in networks:
                 m.to(dev)
@@ -195,7 +206,8 @@ class ClassScorer:
                         np.arange(start, min(start + batch_size, len(classes)))
                     )
                 )
-                images, meta = self.prepare(part)
+                images, _ = self.prepare(part)
+                meta = meta_all[start : start + len(part)]
                 logits = self.member_logits(images, meta, networks)
                 scores.append(self.combine(logits).double().numpy())
         finally:

@@ -122,7 +122,8 @@ def build_training_set(
         im, rad = resample_classes(sub, config)
         imgs.append(im)
         radii.append(rad)
-        metas.append(metadata_features(sub))
+        # features relative to the job (a class's share) from the whole job, as scoring
+        metas.append(metadata_features(classes)[known])
         labels.append((sub.labels == Label.SELECTED).astype(np.float32))
         kinds.extend(sub.kinds)
         groups.append(np.full(len(sub), group0 + i, dtype=np.int64))

@@ -163,3 +163,14 @@ def test_a_batchnorm_left_in_training_mode_is_never_fused() -> None:
     with pytest.raises(ValueError, match="eval mode"):
         inference_copy(scorer.members[0])
     assert scorer.inference_networks()[0] is scorer.members[0]
+
+
+def test_predict_in_several_batches_equals_one_batch() -> None:
+    """A job of more classes than a batch scores as one batch: the metadata features
+    that are relative to the job (a class's share of its particles) are the job's."""
+    scorer = tiny_scorer()
+    classes = make_toy_classes(23, seed=4)
+    whole = scorer.predict(classes, batch_size=256)
+    parts = scorer.predict(classes, batch_size=7)
+    np.testing.assert_allclose(parts, whole, rtol=0, atol=1e-6)
+    assert parts.shape == (23,)

@@ -233,3 +233,21 @@ def test_constant_schedule_keeps_the_rate_and_onecycle_anneals_it() -> None:
     assert cycle[0] < 0.001 and max(cycle) == pytest.approx(0.01) and cycle[-1] < 1e-4
     with pytest.raises(ValueError, match="unknown learning-rate schedule 'cyclic'"):
         TrainConfig(schedule="cyclic")
+
+
+def test_metadata_of_a_partly_labelled_job_are_the_whole_jobs() -> None:
+    """Training and the federation see a class's metadata as scoring does: features
+    relative to the job (a class's share of the particles) come from the whole job,
+    also when only some of its classes are labelled."""
+    from cryodiscovery.core.classes import Label
+    from cryodiscovery.core.model.preprocess import metadata_features
+
+    classes = make_toy_classes(12, seed=3)
+    labels = classes.labels.copy()
+    labels[::3] = Label.UNKNOWN
+    partly = dataclasses.replace(classes, labels=labels)
+    known = labels != Label.UNKNOWN
+    data = build_training_set([partly], PreprocessConfig())
+    expected = metadata_features(classes)[known]
+    assert np.array_equal(data.meta.numpy(), expected)
+    assert not np.array_equal(expected, metadata_features(classes.subset(known)))

@@ -252,3 +252,22 @@ def test_a_federation_recalibrated_model_serves_score_target_fnr(
     assert load_scorer(path).threshold_for_fnr(0.05, "image-only") == pytest.approx(
         calibrated.image_only_threshold
     )
+
+
+def test_prepared_metadata_of_a_partly_labelled_job_are_the_whole_jobs() -> None:
+    import dataclasses
+
+    from cryodiscovery.core.classes import Label
+    from cryodiscovery.core.model.preprocess import metadata_features
+
+    classes = simulate_class_averages(
+        SimulationConfig(n_classes=12, box_sizes=(64,)), 5
+    )
+    labels = classes.labels.copy()
+    labels[::4] = Label.UNKNOWN
+    partly = dataclasses.replace(classes, labels=labels)
+    scorer = tiny_scorer()
+    prepared = task.prepare_sets(scorer, [partly])
+    known = labels != Label.UNKNOWN
+    assert len(prepared.labels) == int(known.sum())
+    assert np.array_equal(prepared.meta.numpy(), metadata_features(classes)[known])
