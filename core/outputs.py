@@ -111,7 +111,18 @@ FOREIGN_JOB_FILES: tuple[tuple[str, str | None, str], ...] = (
     ("job.star", "data_job", "a RELION job"),
     ("note.txt", "++++ Executing new job", "a RELION job"),
     ("job.json", '"project_uid"', "a cryoSPARC job"),
+    ("project.json", '"uid"', "a cryoSPARC project"),
 )
+#: Of those, what marks a job folder (not a whole project): nothing may be written below
+#: one either.
+_JOB_MARKS = {
+    "RELION_JOB_EXIT_SUCCESS",
+    "RELION_JOB_EXIT_FAILURE",
+    "RELION_JOB_EXIT_ABORTED",
+    "job.star",
+    "note.txt",
+    "job.json",
+}
 
 
 def recorded_command(folder: str | Path) -> str | None:
@@ -148,7 +159,7 @@ def check_output_folder(out_dir: str | Path, command: str | None = None) -> Path
         raise InputError(
             out, "exists and is not a folder; give a folder for the outputs"
         )
-    if command is not None and out.is_dir():
+    if command is not None:
         _refuse_foreign_job(out, command)
     existing = out
     while not existing.exists():
@@ -165,11 +176,43 @@ def check_output_folder(out_dir: str | Path, command: str | None = None) -> Path
 
 
 def _refuse_foreign_job(out: Path, command: str) -> None:
-    if recorded_command(out) == command:
+    if out.is_dir():
+        _refuse_foreign_folder(out, command)
+    for parent in out.resolve().parents:  # nothing goes inside another job's folder
+        owner = _foreign_owner(parent, _JOB_MARKS)
+        if owner is not None:
+            raise InputError(
+                out,
+                f"is inside {owner[0]}'s folder {parent} (it holds {owner[1]}); give "
+                "a folder outside it for the outputs",
+            )
+
+
+def _refuse_foreign_folder(out: Path, command: str) -> None:
+    recorded = recorded_command(out)
+    if recorded == command:
         return
+    if recorded is not None:
+        raise InputError(
+            out,
+            f"holds the outputs of {recorded} (run_record.json), not of {command}; "
+            "give a new folder for the outputs",
+        )
+    owner = _foreign_owner(out, {name for name, _, _ in FOREIGN_JOB_FILES})
+    if owner is not None:
+        raise InputError(
+            out,
+            f"is {owner[0]}'s folder (it holds {owner[1]}), not an output folder of "
+            f"{command}; give a new folder for the outputs",
+        )
+
+
+def _foreign_owner(folder: Path, names: set[str]) -> tuple[str, str] | None:
+    """``(whose, file)`` when ``folder`` holds one of :data:`FOREIGN_JOB_FILES` named in
+    ``names`` with its content, else None."""
     for name, holds, owner in FOREIGN_JOB_FILES:
-        path = out / name
-        if not path.is_file():
+        path = folder / name
+        if name not in names or not path.is_file():
             continue
         if holds is not None:
             try:
@@ -178,11 +221,8 @@ def _refuse_foreign_job(out: Path, command: str) -> None:
                         continue
             except OSError:
                 continue
-        raise InputError(
-            out,
-            f"is {owner}'s folder (it holds {name}), not an output folder of "
-            f"{command}; give a new folder for the outputs",
-        )
+        return owner, name
+    return None
 
 
 def _in_set(name: str, patterns: Iterable[str]) -> bool:

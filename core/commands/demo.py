@@ -27,6 +27,7 @@ from cryodiscovery.core.classes import ClassAverages
 from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.io.readers import read_class_averages
 from cryodiscovery.core.model.checkpoint import load_scorer
+from cryodiscovery.core.outputs import check_output_folder
 from cryodiscovery.core.report.evaluation import decision_report
 from cryodiscovery.core.report.selection_files import (
     format_summary,
@@ -95,6 +96,7 @@ def main(args: argparse.Namespace) -> int:
     """Run ``cryodiscovery demo``; returns the exit code."""
     if not 2 <= args.classes <= 1000:
         raise InputError(None, f"--classes must be in 2-1000, got {args.classes}")
+    check_output_folder(args.out, "demo")  # never into another program's job folder
     scorer = load_scorer(args.model)  # first: a missing model fails before any work
     data_star, truth = simulate_project(args.out, args.classes, args.seed)
     classes = read_class_averages(data_star)

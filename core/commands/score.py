@@ -29,6 +29,7 @@ from cryodiscovery.core.commands.selection_args import (
     selection_config,
     selection_options,
 )
+from cryodiscovery.core.errors import InputError
 from cryodiscovery.core.io.readers import read_class_averages
 from cryodiscovery.core.model.checkpoint import load_scorer
 from cryodiscovery.core.outputs import check_output_folder
@@ -76,6 +77,14 @@ def main(args: argparse.Namespace) -> int:
     """Run ``cryodiscovery score``; returns the exit code."""
     options = selection_options(args)
     check_output_folder(args.out, "score")  # refused before minutes of scoring
+    source = Path(args.input)
+    if (
+        Path(args.out).resolve()
+        == (source if source.is_dir() else source.parent).resolve()
+    ):
+        raise InputError(
+            args.out, "is the input's own folder; give a new folder for the outputs"
+        )
     classes = read_class_averages(args.input, args.angpix)
     scorer = load_scorer(args.model)
     selection = select_classes(classes, options, scorer)

@@ -440,3 +440,26 @@ def test_score_refuses_another_programs_job_folder_and_touches_nothing(
     (own / "job.json").write_text('{"mine": true}')
     scored = ["score", str(relion_job), "--out", str(own), "--model", str(model)]
     assert run(scored)[0] == 0
+
+
+def test_score_and_demo_refuse_folders_they_must_not_write(
+    run, relion_job: Path, model: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    write_stack(stacks / "classes.mrcs", np.zeros((3, 32, 32), np.float32) + 1.0, 2.0)
+    argv = ["score", str(stacks / "classes.mrcs"), "--out", str(stacks)]
+    code, _, err = run([*argv, "--model", str(model)])
+    assert code == 2 and "input's own folder" in err
+    assert [p.name for p in stacks.iterdir()] == ["classes.mrcs"]
+    project = relion_job.parent.parent.parent
+    (project / "default_pipeline.star").write_text("data_pipeline_general\n")
+    listing = sorted(p.name for p in project.iterdir())
+    code, _, err = run(
+        ["demo", "--out", str(project), "--classes", "4", "--model", str(model)]
+    )
+    (project / "default_pipeline.star").unlink()  # the project is the module's
+    assert code == 2 and "a RELION project's folder" in err
+    assert sorted(p.name for p in project.iterdir()) == [
+        n for n in listing if n != "default_pipeline.star"
+    ]

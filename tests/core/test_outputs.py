@@ -213,3 +213,25 @@ def test_sigterm_during_the_renames_waits_for_the_whole_set(
         "c.txt": "new",
     }
     assert not list(out.glob(".staging-*"))
+
+
+def test_outputs_of_another_command_or_inside_a_job_are_refused(tmp_path: Path) -> None:
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    (offline / "run_record.json").write_text('{"command": "cryodiscovery-cryosparc"}')
+    with pytest.raises(
+        InputError, match="holds the outputs of cryodiscovery-cryosparc"
+    ):
+        check_output_folder(offline, "score")
+    job = tmp_path / "Class2D" / "job001"
+    job.mkdir(parents=True)
+    (job / "job.star").write_text("data_job\n")
+    with pytest.raises(InputError, match="is inside a RELION job's folder"):
+        check_output_folder(job / "sub" / "deeper", "score")
+    project = tmp_path / "CS-proj"
+    project.mkdir()
+    (project / "project.json").write_text('{"uid": "P3", "title": "x"}')
+    with pytest.raises(InputError, match="a cryoSPARC project's folder"):
+        check_output_folder(project, "cryodiscovery-cryosparc")
+    # a new folder in a cryoSPARC or RELION project (not in a job) is where outputs go
+    assert check_output_folder(project / "J43", "cryodiscovery-cryosparc")
