@@ -122,14 +122,25 @@ def sigterm_interrupts(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``cryodiscovery`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
-    args = build_parser().parse_args(argv)
+    """Run ``cryodiscovery`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
+
+    SIGTERM is an interruption from the start (importing the subcommands takes a
+    second or two) to the end: exit 130 whenever it comes."""
+    with sigterm_interrupts():
+        try:
+            args = build_parser().parse_args(argv)
+        except KeyboardInterrupt:
+            print("cryodiscovery: interrupted", file=sys.stderr)
+            return 130
+        return _run(args, argv)
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     # The exact command line, for the record every output folder gets.
     args._argv = ["cryodiscovery", *(sys.argv[1:] if argv is None else argv)]
     configure_logging(args.verbose)
     try:
-        with sigterm_interrupts():
-            return int(args._main(args) or 0)
+        return int(args._main(args) or 0)
     except InputError as err:
         print(f"cryodiscovery {args.command}: error: {err}", file=sys.stderr)
         return 2
