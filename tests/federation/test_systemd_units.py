@@ -82,5 +82,6 @@ def test_the_venv_holds_the_apps_a_superexec_starts_by_name() -> None:
 
 def test_units_are_package_data() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    data = config["tool"]["setuptools"]["package-data"]["cryodiscovery.federation"]
-    assert "systemd/*.service" in data
+    tool = config["tool"]["setuptools"]
+    assert "cryodiscovery.federation.systemd" in tool["packages"]
+    assert "*.service" in tool["package-data"]["cryodiscovery.federation.systemd"]
