@@ -7,6 +7,7 @@ nothing half-written.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping
@@ -358,6 +359,7 @@ def write_selection_files(
             star_version=star_version,
         )
     )
+    _warn_if_replacing_a_person(stage, selection)
     record = _record_config(classes, selection, explain, explain_method, config)
     names = sorted(str(p.relative_to(stage)) for p in written)
     record["outputs"] = [n for n in names if not n.startswith("explain/class_")]
@@ -376,6 +378,28 @@ def write_selection_files(
         result["explain"] = stage / "explain"
         result["explain_overview"] = stage / "explain" / "overview.png"
     return result
+
+
+def _warn_if_replacing_a_person(stage: Path, selection: Selection) -> None:
+    """A run of the model into a folder whose outputs a person corrected replaces the
+    person's selection: say so (the person's file is named in the old record)."""
+    if any(r.startswith("person:") for r in selection.reasons):
+        return
+    previous = stage.parent / "run_record.json"  # the stage is inside the output folder
+    if not stage.name.startswith(".staging-") or not previous.is_file():
+        return
+    try:
+        config = json.loads(previous.read_text()).get("config") or {}
+    except (OSError, ValueError, AttributeError):
+        return
+    if config.get("selection_source") == "person":
+        chosen = (config.get("person_selection") or {}).get("file", "a selection file")
+        log.warning(
+            "%s held a person's selection (%s); it is replaced by the model's: apply "
+            "that file again with `cryodiscovery apply-selection` to restore it",
+            stage.parent,
+            chosen,
+        )
 
 
 def _record_config(

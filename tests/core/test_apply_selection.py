@@ -477,3 +477,20 @@ def test_an_output_folder_copied_alone_reads_the_original_inputs(
     selection = write_selection(tmp_path / "s.csv", table, flipped(table))
     assert apply(copy, selection) == 0
     assert kept_of(scores(copy)) == flipped(table)
+
+
+def test_scoring_again_over_a_persons_selection_warns(
+    generated, tiny_model, tmp_path, monkeypatch, capsys
+):
+    project = tmp_path / "project"
+    shutil.copytree(generated["relion"], project)
+    monkeypatch.chdir(project)
+    argv = ["score", DATA_STAR, "--out", "cd", "--model", str(tiny_model), *KEEP_ALL]
+    assert cli.main(argv) == 0
+    table = scores(project / "cd")
+    selection = write_selection(tmp_path / "s.csv", table, flipped(table))
+    assert apply(project / "cd", selection) == 0
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    warned = [m for m in capsys.readouterr().err.splitlines() if "WARNING" in m]
+    assert any("held a person's selection" in m and "s.csv" in m for m in warned)
