@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 from cryodiscovery.core.classes import METADATA_FIELDS, ClassAverages
 from cryodiscovery.core.report.review import write_review_page
-from cryodiscovery.core.selection import Selection
 from cryodiscovery.core.synthetic.generator import (
     SimulationConfig,
     simulate_class_averages,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support/
+from bench_report import fake_selection  # uniform scores, kept from 0.5
 from support import browser
 
 #: One slider move, timed in the page up to a forced layout.
@@ -52,22 +52,6 @@ def tiled(classes: ClassAverages, n: int) -> ClassAverages:
         pixel_size=classes.pixel_size,
         metadata={name: classes.field(name)[idx] for name in METADATA_FIELDS},
         provenance=classes.provenance,
-    )
-
-
-def fake_selection(classes: ClassAverages, seed: int = 0) -> Selection:
-    """Uniform scores, kept from 0.5: the page does not care how good they are."""
-    scores = np.random.default_rng(seed).uniform(0, 1, len(classes))
-    return Selection(
-        class_numbers=classes.class_numbers,
-        scores=scores,
-        selected=scores >= 0.5,
-        threshold=0.5,
-        threshold_source="model",
-        mode="image+metadata",
-        model_sha256="0" * 64,
-        model_name="bench",
-        reasons=tuple("" if s >= 0.5 else "score" for s in scores),
     )
 
 
