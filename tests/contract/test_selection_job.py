@@ -25,12 +25,7 @@ import numpy as np
 import pytest
 from cryodiscovery.core.io.stack import read_mrc_images, write_stack
 from cryodiscovery.core.report import selection_files
-from cryodiscovery.core.synthetic.export import (
-    write_cryosparc_project,
-    write_relion_project,
-)
-from cryodiscovery.core.synthetic.generator import SimulationConfig, simulate_run
-from support.models import save_tiny_model
+from support.models import save_tiny_model, write_generated_projects
 
 DATA_STAR = "Class2D/job001/run_it025_data.star"
 RELION_STACK = "Class2D/job001/run_it025_classes.mrcs"
@@ -49,11 +44,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One simulated job, written as a RELION project and as cryoSPARC folders."""
-    run = simulate_run(SimulationConfig(n_classes=6, box_sizes=(64,)), 2)
-    root = tmp_path_factory.mktemp("generated")
-    write_relion_project(run, root / "relion")
-    write_cryosparc_project(run, root / "cryosparc")
-    return {"relion": root / "relion", "cryosparc": root / "cryosparc"}
+    return write_generated_projects(tmp_path_factory.mktemp("generated"), 6, 2)
 
 
 class SelectionJobContract(abc.ABC):

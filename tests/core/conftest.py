@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryodiscovery.core.classes import ClassAverages
+from support.models import save_tiny_model
 
 #: Real RELION 3.1 tutorial STAR files beside the project (absent on a fresh clone).
 SHARED_RELION31 = (
@@ -70,3 +71,9 @@ def relion31_project(tmp_path: Path) -> Path:
             3.54,
         )
     return project
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained three-network model file (32 px), one per test module."""
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt")

@@ -17,15 +17,10 @@ import pytest
 import starfile
 from cryodiscovery.core import cli
 from cryodiscovery.core.io.history import automatic_selection, find_labelled_sets
-from cryodiscovery.core.synthetic.export import (
-    write_cryosparc_project,
-    write_relion_project,
-)
-from cryodiscovery.core.synthetic.generator import SimulationConfig, simulate_run
 from cryodiscovery.cryosparc_job import cli as cryosparc_cli
 from cryodiscovery.relion_external import cli as relion_cli
 from cryosparc.dataset import Dataset
-from support.models import save_tiny_model
+from support.models import write_generated_projects
 from support.person_selections import (
     DATA_STAR,
     JOB,
@@ -40,17 +35,8 @@ from support.person_selections import (
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt")
-
-
-@pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    run = simulate_run(SimulationConfig(n_classes=8, box_sizes=(64,)), 3)
-    root = tmp_path_factory.mktemp("generated")
-    write_relion_project(run, root / "relion")
-    write_cryosparc_project(run, root / "cryosparc")
-    return {"relion": root / "relion", "cryosparc": root / "cryosparc"}
+    return write_generated_projects(tmp_path_factory.mktemp("generated"), 8, 3)
 
 
 @pytest.fixture

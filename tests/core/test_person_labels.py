@@ -18,7 +18,6 @@ from cryodiscovery.core.io.history import find_labelled_sets
 from cryodiscovery.core.synthetic.export import write_relion_project
 from cryodiscovery.core.synthetic.generator import SimulationConfig, simulate_run
 from cryodiscovery.relion_external import cli as relion_cli
-from support.models import save_tiny_model
 from support.person_selections import (
     DATA_STAR,
     KEEP_ALL,
@@ -28,11 +27,6 @@ from support.person_selections import (
     scores,
     write_selection,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt")
 
 
 @pytest.fixture
