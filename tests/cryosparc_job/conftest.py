@@ -33,3 +33,12 @@ def server(fake: FakeCryosparc) -> Iterator[str]:
 @pytest.fixture
 def config(server: str) -> ServerConfig:
     return ServerConfig(url=server, email=EMAIL, password=PASSWORD, timeout=10)
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, server: str) -> str:
+    """The test double's address and a login in the environment, as a user sets them."""
+    monkeypatch.setenv("CRYOSPARC_BASE_URL", server)
+    monkeypatch.setenv("CRYOSPARC_EMAIL", EMAIL)
+    monkeypatch.setenv("CRYOSPARC_PASSWORD", PASSWORD)
+    return server

@@ -7,15 +7,7 @@ import socket
 
 import pytest
 from cryodiscovery.cryosparc_job.cli import build_parser, main, server_config
-from cryosparc_testdata import EMAIL, PASSWORD, keep
-
-
-@pytest.fixture
-def env(monkeypatch, server):
-    monkeypatch.setenv("CRYOSPARC_BASE_URL", server)
-    monkeypatch.setenv("CRYOSPARC_EMAIL", EMAIL)
-    monkeypatch.setenv("CRYOSPARC_PASSWORD", PASSWORD)
-    return server
+from cryosparc_testdata import keep
 
 
 def _err(capsys) -> str:

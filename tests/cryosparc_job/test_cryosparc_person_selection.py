@@ -14,7 +14,7 @@ from cryodiscovery.core.synthetic.cryosparc_jobs import write_cryosparc_class2d
 from cryodiscovery.core.synthetic.generator import SimulationConfig, simulate_run
 from cryodiscovery.cryosparc_job.cli import main
 from cryosparc.dataset import Dataset
-from cryosparc_testdata import EMAIL, PASSWORD, keep
+from cryosparc_testdata import keep
 
 
 def selection_csv(path: Path, kept: set[int], n: int) -> Path:
@@ -74,14 +74,6 @@ def test_a_malformed_selection_is_refused_before_the_server_is_asked(tmp_path, c
         f"cryodiscovery-cryosparc: error: {selection}: line 2: selected '2' is not "
         "1 or 0"
     ]
-
-
-@pytest.fixture
-def env(monkeypatch, server):
-    monkeypatch.setenv("CRYOSPARC_BASE_URL", server)
-    monkeypatch.setenv("CRYOSPARC_EMAIL", EMAIL)
-    monkeypatch.setenv("CRYOSPARC_PASSWORD", PASSWORD)
-    return server
 
 
 def test_online_saves_the_person_selection(env, fake, class2d, tmp_path):
