@@ -282,10 +282,14 @@ def recorded_path(record: Any, key: str, job_dir: Path) -> Path | None:
 
 
 def prepare_correction(
-    job_dir: Path, selection_file: Path, argv: list[str] | None
+    job_dir: Path,
+    selection_file: Path,
+    argv: list[str] | None,
+    record: dict[str, Any] | None = None,
 ) -> Correction:
-    """Read the folder's record and scores and the person's file; check them against
-    each other. Reads only: nothing is written.
+    """Read the folder's record (unless given, as :func:`read_run_record` read it) and
+    scores and the person's file; check them against each other. Reads only: nothing is
+    written.
 
     Raises
     ------
@@ -294,7 +298,8 @@ def prepare_correction(
         another job (unknown classes, another class count, other scores), or a selection
         that keeps no class or only classes without particles.
     """
-    record = read_run_record(job_dir)
+    if record is None:
+        record = read_run_record(job_dir)
     model, counts = recorded_selection(job_dir, record)
     choice = read_person_choice(
         selection_file, n_classes=int(model.class_numbers.max())

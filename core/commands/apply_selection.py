@@ -84,7 +84,7 @@ def main(args: argparse.Namespace) -> int:
         str(record.get("command") or ""), args.job_dir / "run_record.json"
     )
     correction = prepare_correction(
-        args.job_dir, args.selection, getattr(args, "_argv", None)
+        args.job_dir, args.selection, getattr(args, "_argv", None), record
     )
     summary = rewrite(correction)
     done = correction.who["person_selection"]
