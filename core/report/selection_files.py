@@ -32,7 +32,11 @@ from cryodiscovery.core.report.gallery import (
     tile_size_for,
     to_rgb8,
 )
-from cryodiscovery.core.report.review import model_decisions, write_review_page
+from cryodiscovery.core.report.review import (
+    STAR_VERSION,
+    model_decisions,
+    write_review_page,
+)
 from cryodiscovery.core.report.scores_table import check_matches, write_scores_csv
 from cryodiscovery.core.selection import Selection
 from matplotlib.figure import Figure
@@ -301,7 +305,7 @@ def write_selection_files(
     scorer: saliency.ExplainableScorer | None = None,
     config: Mapping[str, Any] | None = None,
     explain_method: str = "gradient-x-input",
-    star_version: int = 30001,
+    star_version: int = STAR_VERSION,
 ) -> dict[str, Path]:
     """Write the report files of a scoring run straight into ``folder`` (a staging
     folder of :func:`~cryodiscovery.core.outputs.replace_output_set`, whose names must
