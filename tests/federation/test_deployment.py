@@ -277,20 +277,29 @@ def test_outside_clients_reach_only_the_fleet_api_through_nginx(
     assert control.node_statuses(server.conn) == nodes_before
 
 
+def _start_refused_supernode(spec: deploy.SuperNodeSpec) -> deploy.Daemon:
+    """The SuperNode process alone: a node the SuperLink refuses exits within a
+    second, often before its health endpoint could be polled, so the tests below
+    wait for its exit instead of going through :func:`deploy.start_supernode`."""
+    name, argv = deploy.supernode_commands(spec)[0]
+    env = deploy.flower_env(spec.state_dir / "flwr-home", spec.task_poll_s)
+    return deploy.start_daemon(name, argv, spec.state_dir / f"{name}.log", env)
+
+
 def test_supernode_without_a_registered_key_is_refused(
     server: LocalServer, tmp_path: Path
 ) -> None:
     yaml_path = _facility(tmp_path, SITES["filaments"], 7, server)
     spec = deploy.supernode_spec(yaml_path, tmp_path / "state", free_port(), 20.0)
     before = control.node_statuses(server.conn)
-    daemons = deploy.start_supernode(spec)
+    daemon = _start_refused_supernode(spec)
     try:
-        daemons[0].proc.wait(timeout=120)
-        text = daemons[0].log_text()
-        assert daemons[0].proc.returncode != 0
+        daemon.proc.wait(timeout=120)
+        text = daemon.log_text()
+        assert daemon.proc.returncode != 0
         assert "Failed to activate SuperNode" in text, text[-3000:]
     finally:
-        deploy.stop_all(daemons)
+        deploy.stop_all([daemon])
     assert control.node_statuses(server.conn) == before
 
 
@@ -303,16 +312,16 @@ def test_supernode_trusting_another_ca_cannot_connect(
     node_id = control.register_node(server.conn, pub)  # only TLS can stop it
     spec = deploy.supernode_spec(yaml_path, tmp_path / "state", free_port(), 10.0)
     spec = dataclasses.replace(spec, ca_cert=other_ca)
-    daemons = deploy.start_supernode(spec)
+    daemon = _start_refused_supernode(spec)
     try:
-        daemons[0].proc.wait(timeout=120)
-        text = daemons[0].log_text()
-        assert daemons[0].proc.returncode != 0
+        daemon.proc.wait(timeout=120)
+        text = daemon.log_text()
+        assert daemon.proc.returncode != 0
         assert (
             "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text
         ), text[-3000:]
     finally:
-        deploy.stop_all(daemons)
+        deploy.stop_all([daemon])
     assert control.node_statuses(server.conn)[node_id] == "registered"
 
 
