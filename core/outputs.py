@@ -142,8 +142,9 @@ def check_output_folder(out_dir: str | Path, command: str | None = None) -> Path
     write in (probed by creating and removing a file, so the answer is right for root
     and for ACLs too). With ``command``, a folder that belongs to a RELION or cryoSPARC
     job or project (:data:`FOREIGN_JOB_FILES`: RELION's pipeline and exit markers, or a
-    ``job.star``, ``note.txt`` or ``job.json`` with RELION's or cryoSPARC's content) is
-    refused too, unless it holds this
+    ``job.star``, ``note.txt`` or ``job.json`` with RELION's or cryoSPARC's content), or
+    that holds a RELION job folder (``Class2D/`` of a project), is refused too, unless
+    it holds this
     command's own earlier outputs (a ``run_record.json`` of ``command``): those folders
     are RELION's and cryoSPARC's, and writing into them would mix outputs into a job
     they describe.
@@ -205,6 +206,13 @@ def _refuse_foreign_folder(out: Path, command: str) -> None:
             f"is {owner[0]}'s folder (it holds {owner[1]}), not an output folder of "
             f"{command}; give a new folder for the outputs",
         )
+    for child in sorted(out.glob("job[0-9][0-9][0-9]*")):
+        if child.is_dir() and _foreign_owner(child, _JOB_MARKS) is not None:
+            raise InputError(
+                out,
+                f"is a RELION job-type folder (it holds {child.name}, a RELION job), "
+                f"not an output folder of {command}; give a new folder for the outputs",
+            )
 
 
 def _foreign_owner(folder: Path, names: set[str]) -> tuple[str, str] | None:

@@ -228,6 +228,10 @@ def test_outputs_of_another_command_or_inside_a_job_are_refused(tmp_path: Path) 
     (job / "job.star").write_text("data_job\n")
     with pytest.raises(InputError, match="is inside a RELION job's folder"):
         check_output_folder(job / "sub" / "deeper", "score")
+    # RELION's job-type folder (Class2D/ of the project): refused, it holds job001
+    with pytest.raises(InputError, match=r"RELION job-type folder \(it holds job001"):
+        check_output_folder(tmp_path / "Class2D", "score")
+    assert check_output_folder(tmp_path, "score") == tmp_path  # no job directly in it
     project = tmp_path / "CS-proj"
     project.mkdir()
     (project / "project.json").write_text('{"uid": "P3", "title": "x"}')
