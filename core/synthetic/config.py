@@ -36,8 +36,9 @@ class SimulationConfig:
     junk_fraction:
         Fraction of junk classes, exactly ``round(junk_fraction * n_classes)``.
     junk_kinds:
-        Junk kinds to draw from (see :data:`junk.JUNK_KINDS`); each appears at least once
-        when there are at least as many junk classes as kinds.
+        Junk kinds to draw from (see :data:`junk.JUNK_KINDS`), each junk class by the
+        generator's relative frequency of its kind (particle-like junk is the most
+        common, as in real runs).
     shapes:
         Molecule families (see :data:`shapes.SHAPE_FAMILIES`).
     particle_range:
