@@ -129,10 +129,12 @@ def main(args: argparse.Namespace) -> int:
         f"Simulated {len(classes)} classes ({report.n_good} good) in {data_star.parent}"
     )
     print(format_summary(classes, selection, outputs))
+    lost, kept_junk = report.confusion[1][0], report.confusion[0][1]
     print(
         f"  vs truth   accuracy {report.accuracy:.3f}, balanced accuracy "
         f"{report.balanced_accuracy:.3f}, false-negative rate {report.fnr:.3f} "
-        f"({report.confusion[1][0]} good classes rejected), ROC AUC {report.auc:.3f}"
+        f"({lost} good {'class' if lost == 1 else 'classes'} rejected, {kept_junk} junk "
+        f"{'class' if kept_junk == 1 else 'classes'} kept), ROC AUC {report.auc:.3f}"
     )
     print(
         f"Look at {outputs['gallery']} or open {outputs['review']} in a browser; "
