@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -123,6 +124,8 @@ _JOB_MARKS = {
     "note.txt",
     "job.json",
 }
+#: How RELION names a job's folder inside a job-type folder (``Class2D/job012``).
+_JOB_FOLDER_NAME = re.compile(r"job[0-9]{3,}")
 
 
 def recorded_command(folder: str | Path) -> str | None:
@@ -143,11 +146,11 @@ def check_output_folder(out_dir: str | Path, command: str | None = None) -> Path
     and for ACLs too). With ``command``, a folder that belongs to a RELION or cryoSPARC
     job or project (:data:`FOREIGN_JOB_FILES`: RELION's pipeline and exit markers, or a
     ``job.star``, ``note.txt`` or ``job.json`` with RELION's or cryoSPARC's content), or
-    that holds a RELION job folder (``Class2D/`` of a project), is refused too, unless
-    it holds this
-    command's own earlier outputs (a ``run_record.json`` of ``command``): those folders
-    are RELION's and cryoSPARC's, and writing into them would mix outputs into a job
-    they describe.
+    that holds a job folder (``Class2D/`` of a project holding ``job001``), is refused
+    too, unless it holds this command's own earlier outputs (a ``run_record.json`` of
+    ``command``); so is any folder inside a job's folder or a job-type folder. Those
+    folders are RELION's and cryoSPARC's, and writing into them would mix outputs into a
+    job they describe.
 
     Raises
     ------
@@ -187,6 +190,13 @@ def _refuse_foreign_job(out: Path, command: str) -> None:
                 f"is inside {owner[0]}'s folder {parent} (it holds {owner[1]}); give "
                 "a folder outside it for the outputs",
             )
+        job = _job_in(parent)
+        if job is not None:  # nor inside a job-type folder (Class2D/mine)
+            raise InputError(
+                out,
+                f"is inside the job-type folder {parent} (it holds {job[0]}, "
+                f"{job[1]}); give a folder outside it for the outputs",
+            )
 
 
 def _refuse_foreign_folder(out: Path, command: str) -> None:
@@ -206,13 +216,25 @@ def _refuse_foreign_folder(out: Path, command: str) -> None:
             f"is {owner[0]}'s folder (it holds {owner[1]}), not an output folder of "
             f"{command}; give a new folder for the outputs",
         )
-    for child in sorted(out.glob("job[0-9][0-9][0-9]*")):
-        if child.is_dir() and _foreign_owner(child, _JOB_MARKS) is not None:
-            raise InputError(
-                out,
-                f"is a RELION job-type folder (it holds {child.name}, a RELION job), "
-                f"not an output folder of {command}; give a new folder for the outputs",
-            )
+    job = _job_in(out)
+    if job is not None:
+        raise InputError(
+            out,
+            f"is a job-type folder (it holds {job[0]}, {job[1]}), not an output "
+            f"folder of {command}; give a new folder for the outputs",
+        )
+
+
+def _job_in(folder: Path) -> tuple[str, str] | None:
+    """``(name, whose)`` of a job folder directly in ``folder``, named as RELION names
+    them (``job`` and three or more digits) and holding a job's marks: ``folder`` is then
+    a job-type folder such as a project's ``Class2D/``. None otherwise."""
+    for child in sorted(folder.glob("job[0-9][0-9][0-9]*")):
+        if _JOB_FOLDER_NAME.fullmatch(child.name) and child.is_dir():
+            owner = _foreign_owner(child, _JOB_MARKS)
+            if owner is not None:
+                return child.name, owner[0]
+    return None
 
 
 def _foreign_owner(folder: Path, names: set[str]) -> tuple[str, str] | None:

@@ -228,9 +228,17 @@ def test_outputs_of_another_command_or_inside_a_job_are_refused(tmp_path: Path) 
     (job / "job.star").write_text("data_job\n")
     with pytest.raises(InputError, match="is inside a RELION job's folder"):
         check_output_folder(job / "sub" / "deeper", "score")
-    # RELION's job-type folder (Class2D/ of the project): refused, it holds job001
-    with pytest.raises(InputError, match=r"RELION job-type folder \(it holds job001"):
+    # RELION's job-type folder (Class2D/ of the project): refused, it holds job001,
+    # and so is a new folder made inside it
+    with pytest.raises(
+        InputError, match=r"is a job-type folder \(it holds job001, a RELION job\)"
+    ):
         check_output_folder(tmp_path / "Class2D", "score")
+    with pytest.raises(
+        InputError,
+        match=r"is inside the job-type folder .*Class2D \(it holds job001, a RELION job\)",
+    ):
+        check_output_folder(tmp_path / "Class2D" / "mine", "score")
     assert check_output_folder(tmp_path, "score") == tmp_path  # no job directly in it
     project = tmp_path / "CS-proj"
     project.mkdir()
@@ -239,3 +247,28 @@ def test_outputs_of_another_command_or_inside_a_job_are_refused(tmp_path: Path) 
         check_output_folder(project, "cryodiscovery-cryosparc")
     # a new folder in a cryoSPARC or RELION project (not in a job) is where outputs go
     assert check_output_folder(project / "J43", "cryodiscovery-cryosparc")
+
+
+def test_folders_only_named_like_jobs_are_not_job_type_folders(tmp_path: Path) -> None:
+    """A user's folder holding job-like names is no job-type folder: a plain job001/
+    without a job's marks, job003_notes/ with RELION's note text (not a job's name),
+    and a job-type folder holding this command's own earlier outputs is reused."""
+    out = tmp_path / "results"
+    (out / "job001").mkdir(parents=True)
+    notes = out / "job003_notes"
+    notes.mkdir()
+    (notes / "note.txt").write_text("++++ Executing new job on Mon\n")
+    assert check_output_folder(out, "score") == out
+    assert check_output_folder(out / "new", "score") == out / "new"
+    classes = tmp_path / "Class2D"
+    (classes / "job001").mkdir(parents=True)
+    (classes / "job001" / "RELION_JOB_EXIT_SUCCESS").touch()
+    (classes / "run_record.json").write_text('{"command": "score"}')
+    assert check_output_folder(classes, "score") == classes
+    cryosparc = tmp_path / "cs"
+    (cryosparc / "job012").mkdir(parents=True)
+    (cryosparc / "job012" / "job.json").write_text('{"project_uid": "P3"}')
+    with pytest.raises(
+        InputError, match=r"is a job-type folder \(it holds job012, a cryoSPARC job\)"
+    ):
+        check_output_folder(cryosparc, "score")
