@@ -13,7 +13,7 @@ job is run as RELION runs it, from the project folder::
 
 ``--repeats`` times into fresh job folders (the first run also warms the file cache).
 Prints the particle count and data.star size, every wall time, the median, and the peak
-RSS of the job's process.
+RSS of the job's process (MiB), with the verdict against the target for 200 classes.
 
     .venv/bin/python benchmarks/bench_relion_job.py [--classes 200] [--boxes 128 256]
 """
@@ -62,10 +62,12 @@ def write_project(project: Path, n_classes: int, box: int, max_particles: int) -
     return Path(done.stdout.strip().splitlines()[-1])
 
 
-def run_job(project: Path, data_star: Path, job: str) -> tuple[float, float]:
-    """Run the External job once; ``(wall seconds, peak RSS MB of its process)``."""
+def run_job(
+    program: str, project: Path, data_star: Path, job: str
+) -> tuple[float, float]:
+    """Run the External job once; ``(wall seconds, peak RSS MiB of its process)``."""
     argv = [
-        executable(),
+        program,
         "--o",
         f"External/{job}/",
         "--in_parts",
@@ -86,7 +88,7 @@ def run_job(project: Path, data_star: Path, job: str) -> tuple[float, float]:
         or not (project / "External" / job / "RELION_JOB_EXIT_SUCCESS").exists()
     ):
         raise SystemExit(f"the job failed ({code}): {log.read_text()[-2000:]}")
-    return wall, usage.ru_maxrss / 1024.0  # KiB on Linux
+    return wall, usage.ru_maxrss / 1024.0  # KiB on Linux: MiB
 
 
 def count_particles(data_star: Path) -> int:
@@ -115,12 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         help="most particles in one class (default 10000)",
     )
     args = parser.parse_args(argv)
+    program = executable()  # before minutes of generating
+    # the target is for 200 classes; other sizes print no verdict
+    target = TARGET_S if args.classes == 200 else None
     print(
         f"cryodiscovery-relion on {args.classes} generated classes, {os.cpu_count()} CPUs"
     )
     print(
         f"{'box':>4} {'particles':>10} {'data.star':>10}  wall per run (s)"
-        f"{'':14} median  peak RSS   target <= {TARGET_S:g} s"
+        f"{'':14} median  peak RSS"
+        + (f"   target <= {TARGET_S:g} s for 200 classes" if target else "")
     )
     for box in args.boxes:
         with tempfile.TemporaryDirectory(prefix="bench-relion-job-") as tmp:
@@ -128,15 +134,18 @@ def main(argv: list[str] | None = None) -> int:
             data_star = write_project(project, args.classes, box, args.max_particles)
             walls, peak = [], 0.0
             for i in range(args.repeats):
-                wall, rss = run_job(project, data_star, f"job{100 + i:03d}")
+                wall, rss = run_job(program, project, data_star, f"job{100 + i:03d}")
                 walls.append(wall)
                 peak = max(peak, rss)
             median = statistics.median(walls)
+            verdict = (
+                "" if target is None else ("met" if median <= target else "NOT met")
+            )
             print(
                 f"{box:>4} {count_particles(data_star):>10,} "
                 f"{data_star.stat().st_size / 1e6:>8.0f} MB  "
                 f"{' '.join(f'{w:5.2f}' for w in walls):<28} {median:5.2f}  "
-                f"{peak:6.0f} MB   {'met' if median <= TARGET_S else 'NOT met'}"
+                f"{peak:6.0f} MiB  {verdict}"
             )
     return 0
 

@@ -72,7 +72,7 @@ def write_data_star(path: Path, n: int, n_classes: int, seed: int = 0) -> None:
 
 
 def _peak_rss_mb(pid: int) -> float | None:
-    """``VmHWM`` (peak RSS of the running program image) from /proc, in MB."""
+    """``VmHWM`` (peak RSS of the running program image) from /proc, in MiB."""
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
@@ -84,7 +84,7 @@ def _peak_rss_mb(pid: int) -> float | None:
 
 
 def run_measured(cmd: list[str], stdout: Path | None = None) -> tuple[float, float]:
-    """Run ``cmd`` in a fresh process; (wall seconds, peak RSS in MB) of that process.
+    """Run ``cmd`` in a fresh process; (wall seconds, peak RSS in MiB) of that process.
 
     The peak is polled from /proc every 5 ms (``ru_maxrss`` of a child would include the
     memory of this Python process, which the child shares until it execs).
@@ -172,7 +172,7 @@ def _bench(args: argparse.Namespace, awk: str, work: Path) -> int:
         f"particles.star from {args.particles:,} particles, {args.classes} classes, {len(keep)} kept: {kept:,} particles written"
     )
     print(
-        f"{'':28s}{'wall (s, best of ' + str(args.repeats) + ')':>22s}{'peak RSS (MB)':>16s}"
+        f"{'':28s}{'wall (s, best of ' + str(args.repeats) + ')':>22s}{'peak RSS (MiB)':>16s}"
     )
     print(
         f"{'awk filter (' + Path(os.path.realpath(awk)).name + ')':28s}{awk_wall:22.2f}{awk_rss:16.1f}"

@@ -75,7 +75,7 @@ def throughput(classes: ClassAverages, repeats: int = 3) -> tuple[float, float, 
 
 
 def whole_command(classes: ClassAverages, workdir: Path) -> tuple[float, float, int]:
-    """Wall seconds, peak RSS (MB) and exit code of ``cryodiscovery score`` on a stack."""
+    """Wall seconds, peak RSS (MiB) and exit code of ``cryodiscovery score`` on a stack."""
     stack = workdir / f"classes_{classes.box_size}.mrcs"
     write_stack(stack, classes.images, classes.pixel_size)
     out = workdir / f"out_{classes.box_size}"
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         f"torch threads {torch.get_num_threads()}"
     )
     print(
-        "box  classes  classes/s  (preprocess/s, networks/s)  command_wall_s  peak_rss_MB"
+        "box  classes  classes/s  (preprocess/s, networks/s)  command_wall_s  peak_rss_MiB"
     )
     failed = 0
     with tempfile.TemporaryDirectory() as tmp:

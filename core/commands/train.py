@@ -79,7 +79,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="F",
         help="the same for the image-only threshold (bare stacks; default: "
-        "--target-fnr; the shipped model uses 0.2, see the README's Thresholds)",
+        "--target-fnr; the shipped model uses 0.15, see the README's Thresholds)",
     )
     parser.add_argument("--name", default=None, help="model name (default: file stem)")
     parser.add_argument(
