@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +195,19 @@ def test_demo_then_evaluate_its_project(run, model: Path, tmp_path: Path) -> Non
     assert str(demo / "score" / "gallery.png") in stdout
     rows = _rows(demo / "score" / "scores.csv")
     assert len(rows) == 10 and all(r["kind"] for r in rows)
+    # the counts it prints are the classes scores.csv shows on the wrong side, in the
+    # singular for one
+    good = [r["kind"].startswith("good") for r in rows]
+    lost = sum(g and r["selected"] == "0" for g, r in zip(good, rows, strict=True))
+    junk = sum(not g and r["selected"] == "1" for g, r in zip(good, rows, strict=True))
+    said = re.search(
+        r"\((\d+) good (class|classes) rejected, (\d+) junk (class|classes) kept\)",
+        stdout,
+    )
+    assert said is not None, stdout
+    assert (int(said[1]), int(said[3])) == (lost, junk)
+    assert said[2] == ("class" if lost == 1 else "classes")
+    assert said[4] == ("class" if junk == 1 else "classes")
 
     out = tmp_path / "eval"
     code, stdout, _ = run(
