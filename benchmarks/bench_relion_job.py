@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'box':>4} {'particles':>10} {'data.star':>10}  wall per run (s)"
         f"{'':14} median  peak RSS"
-        + (f"   target <= {TARGET_S:g} s for 200 classes" if target else "")
+        + (f"   target <= {TARGET_S:g} s for 200 classes" if target is not None else "")
     )
     for box in args.boxes:
         with tempfile.TemporaryDirectory(prefix="bench-relion-job-") as tmp:

@@ -5,29 +5,16 @@ cleanly when the folder is absent."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 from cryodiscovery.core.io.stack import write_stack
 from cryodiscovery.core.synthetic.config import SimulationConfig
 from cryodiscovery.core.synthetic.generator import simulate_class_averages
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _bench(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts import their helpers
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)  # dataclasses look it up there
-    spec.loader.exec_module(module)
-    return module
+from support.benchmarks import load_benchmark
 
 
 def _write_set(folder: Path, seed: int, columns: dict[str, str]) -> None:
@@ -63,7 +50,7 @@ def real_dir(tmp_path: Path) -> Path:
 def test_real_sets_carry_labels_csv_metadata(
     real_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _bench("bench_real", monkeypatch)
+    load_benchmark("bench_real", monkeypatch)
     real_classes = sys.modules["real_classes"]
     sets = {s.name: s for s in real_classes.read_real_sets(real_dir)}
     cs = sets["cryosparc_like"]
@@ -86,7 +73,7 @@ def test_bench_real_prints_and_writes_every_figure(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    bench = _bench("bench_real", monkeypatch)
+    bench = load_benchmark("bench_real", monkeypatch)
     out = tmp_path / "real.json"
     argv = [
         "--real-dir",
@@ -121,7 +108,7 @@ def test_bench_real_prints_and_writes_every_figure(
 def test_reframe_pads_with_the_frame_mean_and_crops_the_centre(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    bench = _bench("bench_real", monkeypatch)
+    bench = load_benchmark("bench_real", monkeypatch)
     images = np.zeros((1, 8, 8), np.float32)
     images[0, 1:-1, 1:-1] = 5.0
     images[0, 0, :] = 2.0  # frame mean: (8 * 2) / 28
@@ -139,7 +126,7 @@ def test_bench_realism_measures_real_and_generated(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    bench = _bench("bench_realism", monkeypatch)
+    bench = load_benchmark("bench_realism", monkeypatch)
     out = tmp_path / "realism.json"
     argv = [
         "--real-dir",
@@ -164,7 +151,7 @@ def test_bench_realism_measures_real_and_generated(
 
 
 def test_classifier_separates_what_differs(monkeypatch: pytest.MonkeyPatch) -> None:
-    bench = _bench("bench_realism", monkeypatch)
+    bench = load_benchmark("bench_realism", monkeypatch)
     rng = np.random.default_rng(0)
     n = len(sys.modules["image_statistics"].STATISTICS)
     x = rng.normal(size=(200, n))
@@ -181,7 +168,7 @@ def test_scripts_skip_cleanly_without_real_classes(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    bench = _bench(name, monkeypatch)
+    bench = load_benchmark(name, monkeypatch)
     assert bench.main(["--real-dir", str(tmp_path / "absent")]) == 0
     assert "no labelled real class averages" in capsys.readouterr().out
 
@@ -189,7 +176,7 @@ def test_scripts_skip_cleanly_without_real_classes(
 def test_bootstrap_auc_weights_classes_by_how_often_they_are_drawn(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    bench = _bench("bench_real", monkeypatch)
+    bench = load_benchmark("bench_real", monkeypatch)
     labels = np.array([1, 1, 0, 0, 1, 0])
     scores = np.array([0.9, 0.2, 0.3, 0.1, 0.5, 0.5])
     counts = np.array([[1, 1, 1, 1, 1, 1], [2, 0, 1, 1, 0, 0], [0, 0, 1, 1, 0, 1]])

@@ -3,26 +3,16 @@ project and prints one line per box; the 5 s verdict is printed only for 200 cla
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from support.benchmarks import load_benchmark
 
 
 def test_bench_relion_job_times_a_small_job(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "bench_relion_job", BENCHMARKS / "bench_relion_job.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_relion_job", module)
-    spec.loader.exec_module(module)
+    module = load_benchmark("bench_relion_job", monkeypatch)
     argv = ["--classes", "8", "--boxes", "64", "--repeats", "2"]
     assert module.main([*argv, "--max-particles", "2600"]) == 0
     out = capsys.readouterr().out

@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 from cryodiscovery.core.model.checkpoint import load_scorer
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_federation.py"
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_federation", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from support.benchmarks import load_benchmark
 
 
-def test_all_arms_start_from_the_shipped_default_model() -> None:
-    bench = _bench()
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    return load_benchmark("bench_federation", monkeypatch)
+
+
+def test_all_arms_start_from_the_shipped_default_model(bench: ModuleType) -> None:
     initial = bench._initial(argparse.Namespace(init="default", net="small", seed=0))
     shipped = load_scorer(None)
     assert initial.net_config == shipped.net_config
@@ -38,8 +29,9 @@ def test_all_arms_start_from_the_shipped_default_model() -> None:
             assert torch.equal(a, b), k
 
 
-def test_fresh_start_uses_the_requested_architecture_reproducibly() -> None:
-    bench = _bench()
+def test_fresh_start_uses_the_requested_architecture_reproducibly(
+    bench: ModuleType,
+) -> None:
     args = argparse.Namespace(init="fresh", net="small", seed=3, norm="batch")
     first, second = bench._initial(args), bench._initial(args)
     assert first.net_config.widths == (16, 32, 64)
@@ -56,15 +48,13 @@ def test_fresh_start_uses_the_requested_architecture_reproducibly() -> None:
     )
 
 
-def test_default_command_line_starts_from_the_shipped_model() -> None:
-    bench = _bench()
+def test_default_command_line_starts_from_the_shipped_model(bench: ModuleType) -> None:
     args = bench._parser().parse_args([])
     assert args.init == "default"
     assert bench._parser().parse_args(["--init", "fresh"]).init == "fresh"
 
 
-def test_rounds_to_reach_a_share_of_the_centralised_auc() -> None:
-    bench = _bench()
+def test_rounds_to_reach_a_share_of_the_centralised_auc(bench: ModuleType) -> None:
     aucs = [0.5, 0.9, 0.95, 0.99, 0.98]
     assert bench._reached(aucs, 1.0) == "99% of it first at round 4/5"
     assert bench._reached(aucs, 1.01) == (
@@ -78,8 +68,7 @@ def _ev(bench: ModuleType, auc: float) -> object:
     return bench.task.Evaluation(100, 50, auc, auc, 0.03, 0.3, 0.5)
 
 
-def test_summary_over_training_seeds() -> None:
-    bench = _bench()
+def test_summary_over_training_seeds(bench: ModuleType) -> None:
 
     def outcome(central: float, fed: float, local: float, curve: list[float]) -> object:
         return bench._Outcome(
@@ -109,8 +98,9 @@ def test_summary_over_training_seeds() -> None:
     )
 
 
-def test_several_seeds_run_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
-    bench = _bench()
+def test_several_seeds_run_end_to_end(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = "--init fresh --sites 2 --jobs 2 --classes 12 --test-jobs 1 --rounds 1 "
     argv += "--local-epochs 1 --modes local,central,fedavg --seeds 4,5 --threads 1"
     assert bench.main(argv.split()) == 0
